@@ -1,0 +1,146 @@
+"""One call of a user function under a rate limit, a per-key limit, a timeout and a retry policy.
+
+``map``/``imap`` (and the pipeline, flow and launcher layers) all need the same sequence —
+acquire the limiters, call, bound by a timeout, tell a throttle from a failure, back off, try
+again — so it is written once here. :func:`guard` builds the callable once per ``map`` call and
+picks the leanest variant for the options given: with no options it is the function itself,
+so the plain path costs nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Hashable
+from typing import TypeVar, Union
+
+import anyio
+
+from .errors import InvalidArgument, InvalidArgumentType
+from .limits import KeyedRateLimiter, RateLike, RateLimiter
+from .retry import Retry, RetryLike, as_retry, throttle_delay
+
+__all__ = ["LimiterLike", "KeyedLimiterLike", "as_keyed_limiter", "as_limiter", "guard"]
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+#: ``rate=``: a rate (a fresh limiter for this call) or a RateLimiter (shared across calls).
+LimiterLike = Union[RateLike, RateLimiter]
+#: ``per_key_rate=``: a rate (fresh buckets for this call) or a KeyedRateLimiter (shared).
+KeyedLimiterLike = Union[RateLike, KeyedRateLimiter]
+
+
+def as_limiter(value: LimiterLike | None) -> RateLimiter | None:
+    """Coerce ``rate=``: a limiter instance is shared as is, anything else makes a new one."""
+    if value is None or isinstance(value, RateLimiter):
+        return value
+    return RateLimiter(value)
+
+
+def as_keyed_limiter(value: KeyedLimiterLike | None) -> KeyedRateLimiter | None:
+    """Coerce ``per_key_rate=`` the same way."""
+    if value is None or isinstance(value, KeyedRateLimiter):
+        return value
+    return KeyedRateLimiter(value)
+
+
+def check_timeout(timeout: float | None) -> float | None:
+    """Validate ``timeout=``: None or a number > 0."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+        raise InvalidArgument(f"timeout must be None or a number of seconds > 0, got {timeout!r}")
+    return float(timeout)
+
+
+def guard(
+    fn: Callable[[T], Awaitable[R]],
+    *,
+    rate: LimiterLike | None = None,
+    key: Callable[[T], Hashable] | None = None,
+    per_key_rate: KeyedLimiterLike | None = None,
+    retry: RetryLike = None,
+    timeout: float | None = None,
+) -> Callable[[T], Awaitable[R]]:
+    """Wrap ``fn`` so that each call passes the limiters, the timeout and the retry policy.
+
+    Every argument is validated here, before any call starts.
+
+    Raises:
+        TypeError: ``fn`` or ``key`` is not callable.
+        ValueError: A rate, retry or timeout is invalid, or ``key`` and ``per_key_rate`` are
+            not given together.
+    """
+    if not callable(fn):
+        raise InvalidArgumentType(f"fn must be an async callable, got {fn!r}")
+    if key is not None and not callable(key):
+        raise InvalidArgumentType(f"key must be a callable of one item, got {key!r}")
+    if (key is None) != (per_key_rate is None):
+        raise InvalidArgument(
+            "key and per_key_rate go together: key(item) picks the bucket of per_key_rate; "
+            f"got key={key!r}, per_key_rate={per_key_rate!r}"
+        )
+    limiter = as_limiter(rate)
+    keyed = as_keyed_limiter(per_key_rate)
+    policy = as_retry(retry)
+    limit = check_timeout(timeout)
+    if limiter is None and keyed is None and policy is None and limit is None:
+        return fn
+    return _Guarded(fn, limiter, key, keyed, policy, limit)
+
+
+class _Guarded:
+    """The callable :func:`guard` returns when any option is set."""
+
+    __slots__ = ("_fn", "_key", "_keyed", "_limiter", "_retry", "_timeout")
+
+    def __init__(
+        self,
+        fn: Callable[[T], Awaitable[R]],
+        limiter: RateLimiter | None,
+        key: Callable[[T], Hashable] | None,
+        keyed: KeyedRateLimiter | None,
+        retry: Retry | None,
+        timeout: float | None,
+    ) -> None:
+        self._fn = fn
+        self._limiter = limiter
+        self._key = key
+        self._keyed = keyed
+        self._retry = retry
+        self._timeout = timeout
+
+    async def __call__(self, item: T) -> R:  # type: ignore[type-var]
+        limiter, keyed, retry, timeout = self._limiter, self._keyed, self._retry, self._timeout
+        bucket = self._key(item) if self._key is not None else None
+        failures = throttles = 0
+        while True:
+            if limiter is not None:
+                await limiter.acquire()
+            if keyed is not None:
+                await keyed.acquire(bucket)
+            try:
+                if timeout is None:
+                    return await self._fn(item)  # type: ignore[no-any-return]
+                with anyio.fail_after(timeout):
+                    return await self._fn(item)  # type: ignore[no-any-return]
+            except Exception as exc:
+                throttled, after = throttle_delay(exc)
+                if throttled:
+                    # Back-pressure, not failure: everyone behind these limiters should wait.
+                    throttles += 1
+                    wait = after
+                    if wait is None:
+                        wait = retry.delay(throttles) if retry is not None else 0.0
+                    if limiter is not None:
+                        limiter.pause(wait)
+                    if keyed is not None:
+                        keyed.pause(bucket, wait)
+                    if retry is None or throttles > retry.max_throttles:
+                        raise
+                    if limiter is None and keyed is None:
+                        await anyio.sleep(wait)
+                    continue
+                failures += 1
+                if retry is None or failures >= retry.attempts or not retry.retries(exc):
+                    raise
+                await anyio.sleep(retry.delay(failures))

@@ -1,0 +1,471 @@
+"""``map`` and ``imap``: call an async function over many items with bounded concurrency.
+
+Both run a fixed pool of ``concurrency`` workers that pull items from the input as they become
+free, rather than one task per item: spawning a task (and often a semaphore wait) per item is
+what makes ``gather``-style helpers slow and memory-hungry, and a pool pulling lazily from the
+input is also what keeps an infinite generator from being materialised.
+
+``imap`` hands results to a consumer that may stop at any moment. An async generator cannot own
+a task group across its ``yield``, so the workers run in a *driver* task owned by the iterator
+object; closing the iterator (``async with`` exit, ``aclose``, cancelling its consumer while it
+waits, or dropping it) cancels the driver, and the pool with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Hashable, Iterable
+from types import TracebackType
+from typing import Any, Generic, TypeVar, Union
+
+import anyio
+import anyio.abc
+from anyio.abc import TaskGroup
+
+from .calls import KeyedLimiterLike, LimiterLike, guard
+from .errors import InvalidArgument, InvalidArgumentType
+from .retry import RetryLike
+
+__all__ = ["IMap", "imap", "map"]
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+Items = Union[Iterable[T], AsyncIterable[T]]
+
+_DONE: Any = object()
+
+
+def _check_concurrency(concurrency: int) -> int:
+    if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+        raise InvalidArgument(f"concurrency must be an int >= 1, got {concurrency!r}")
+    return concurrency
+
+
+class _Source(Generic[T]):
+    """Hands out ``(index, item)`` to workers from a sync or async iterable, lazily.
+
+    Async iterators cannot be advanced by two tasks at once, so pulls from them are serialised
+    by a lock; a sync iterator is advanced directly (``next`` cannot be interleaved).
+    """
+
+    __slots__ = ("_aiter", "_count", "_done", "_iter", "_lock")
+
+    def __init__(self, items: Items[T]) -> None:
+        self._count = 0
+        self._done = False
+        self._iter: Iterable[T] | None = None
+        self._aiter: AsyncIterator[T] | None = None
+        self._lock: asyncio.Lock | None = None
+        if isinstance(items, AsyncIterable):
+            self._aiter = aiter(items)
+            self._lock = asyncio.Lock()
+        elif isinstance(items, Iterable):
+            self._iter = iter(items)
+        else:
+            raise InvalidArgumentType(
+                f"items must be an iterable or an async iterable, got {items!r}"
+            )
+
+    @property
+    def is_sync(self) -> bool:
+        return self._iter is not None
+
+    async def pull(self) -> tuple[int, T]:
+        """The next ``(index, item)``, or ``_DONE`` when exhausted; a source error propagates."""
+        if self._done:
+            return _DONE  # type: ignore[no-any-return]
+        if self._iter is not None:
+            try:
+                item = next(self._iter)  # type: ignore[call-overload]
+            except StopIteration:
+                self._done = True
+                return _DONE  # type: ignore[no-any-return]
+        else:
+            assert self._lock is not None and self._aiter is not None
+            async with self._lock:
+                if self._done:
+                    return _DONE  # type: ignore[no-any-return]
+                try:
+                    item = await anext(self._aiter)
+                except StopAsyncIteration:
+                    self._done = True
+                    return _DONE  # type: ignore[no-any-return]
+        index = self._count
+        self._count = index + 1
+        return index, item
+
+    async def aclose(self) -> None:
+        """Close an async generator source we consumed (its ``finally`` runs now, not at GC)."""
+        self._done = True
+        closer = getattr(self._aiter, "aclose", None)
+        if closer is not None:
+            with anyio.CancelScope(shield=True):
+                await closer()
+
+
+class _Pool:
+    """``concurrency`` workers that pull from a source, call, and hand each result to a sink.
+
+    The first exception (unless ``return_exceptions``) is recorded, the pool is cancelled, and
+    :meth:`run` raises that exception as itself. The pool holds no reference to whoever consumes
+    its results, so a dropped :class:`IMap` can be collected while its driver still runs.
+    """
+
+    __slots__ = ("_call", "_concurrency", "_return_exceptions", "_sink", "admit", "error", "source")
+
+    def __init__(
+        self,
+        call: Callable[[Any], Awaitable[Any]],
+        source: _Source[Any],
+        concurrency: int,
+        return_exceptions: bool,
+        sink: Callable[[int, Any], Awaitable[None]],
+        admit: asyncio.Semaphore | None = None,
+    ) -> None:
+        self._call = call
+        self.source = source
+        self._concurrency = concurrency
+        self._return_exceptions = return_exceptions
+        self._sink = sink
+        self.admit = admit
+        self.error: BaseException | None = None
+
+    async def run(self, workers: int | None = None) -> None:
+        try:
+            async with anyio.create_task_group() as tg:
+                for _ in range(self._concurrency if workers is None else workers):
+                    tg.start_soon(self._worker, tg)
+        finally:
+            await self.source.aclose()
+        if self.error is not None:
+            raise self.error
+
+    def fail(self, tg: TaskGroup, exc: BaseException) -> None:
+        """Record the first failure and cancel the pool; later ones lose the race."""
+        if self.error is None:
+            self.error = exc
+        tg.cancel_scope.cancel()
+
+    async def _worker(self, tg: TaskGroup) -> None:
+        source, call, sink, admit = self.source, self._call, self._sink, self.admit
+        while True:
+            if admit is not None:
+                await admit.acquire()
+            try:
+                pulled = await source.pull()
+            except Exception as exc:  # the input itself failed
+                self.fail(tg, exc)
+                return
+            if pulled is _DONE:
+                if admit is not None:
+                    admit.release()
+                return
+            index, item = pulled
+            try:
+                result: Any = await call(item)
+            except Exception as exc:
+                if not self._return_exceptions:
+                    self.fail(tg, exc)
+                    return
+                result = exc
+            await sink(index, result)
+
+
+def _pool_size(items: object, concurrency: int) -> int:
+    """No more workers than items, when the input knows its length."""
+    try:
+        return max(1, min(concurrency, len(items)))  # type: ignore[arg-type]
+    except TypeError:
+        return concurrency
+
+
+async def map(
+    fn: Callable[[T], Awaitable[R]],
+    items: Items[T],
+    *,
+    concurrency: int = 16,
+    rate: LimiterLike | None = None,
+    key: Callable[[T], Hashable] | None = None,
+    per_key_rate: KeyedLimiterLike | None = None,
+    retry: RetryLike = None,
+    timeout: float | None = None,
+    return_exceptions: bool = False,
+) -> list[Any]:
+    """Call ``fn`` on every item, at most ``concurrency`` at a time; results in input order.
+
+    Usage::
+
+        pages = await af.map(fetch, urls, concurrency=32, per_key_rate="10/s", key=host_of)
+
+    ``items`` is consumed lazily, no further ahead than the calls in flight. On the first
+    exception (after retries) the calls still in flight are cancelled and that exception is
+    raised as itself — not wrapped in an ExceptionGroup — unless ``return_exceptions`` puts it
+    in the result list instead. Cancelling the caller cancels every call in flight.
+
+    Args:
+        fn: Async callable of one item.
+        items: Iterable or async iterable.
+        concurrency: Most calls in flight at once.
+        rate: Limit on calls overall; a :class:`RateLimiter` is shared with whoever else uses it.
+        key: ``key(item)`` picks the bucket of ``per_key_rate`` for the call.
+        per_key_rate: Per-key limit; a :class:`KeyedRateLimiter` is shared as is.
+        retry: A :class:`Retry` or a number of attempts.
+        timeout: Seconds each call may take; an overrun is a ``TimeoutError``.
+        return_exceptions: Put exceptions in the result list instead of raising.
+
+    Raises:
+        ValueError, TypeError: Bad arguments, before any call starts.
+    """
+    call = guard(fn, rate=rate, key=key, per_key_rate=per_key_rate, retry=retry, timeout=timeout)
+    _check_concurrency(concurrency)
+    source = _Source(items)
+    workers = _pool_size(items, concurrency)
+    if source.is_sync:
+        return await _map_sync(call, source, workers, return_exceptions)
+
+    done: dict[int, Any] = {}
+
+    async def collect(index: int, result: Any) -> None:
+        done[index] = result
+
+    await _Pool(call, source, concurrency, return_exceptions, collect).run(workers)
+    return [done[i] for i in range(len(done))]
+
+
+async def _map_sync(
+    call: Callable[[Any], Awaitable[Any]],
+    source: _Source[Any],
+    workers: int,
+    return_exceptions: bool,
+) -> list[Any]:
+    """``map`` over a sync iterable: the hot path, with no per-item overhead beyond the call.
+
+    Workers share one iterator (``next`` cannot interleave on one thread) and write straight
+    into the result list, so each item costs one ``next``, one append and the call itself.
+    """
+    results: list[Any] = []
+    append = results.append
+    failure: list[BaseException] = []
+    iterator = source._iter
+    assert iterator is not None
+
+    async def worker(tg: TaskGroup) -> None:
+        while True:
+            try:
+                item = next(iterator)  # type: ignore[call-overload]
+            except StopIteration:
+                return
+            except Exception as exc:  # the input itself failed
+                _fail(tg, failure, exc)
+                return
+            index = len(results)
+            append(None)
+            try:
+                results[index] = await call(item)
+            except Exception as exc:
+                if not return_exceptions:
+                    _fail(tg, failure, exc)
+                    return
+                results[index] = exc
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(workers):
+            tg.start_soon(worker, tg)
+    if failure:
+        raise failure[0]
+    return results
+
+
+def _fail(tg: TaskGroup, failure: list[BaseException], exc: BaseException) -> None:
+    if not failure:
+        failure.append(exc)
+    tg.cancel_scope.cancel()
+
+
+def imap(
+    fn: Callable[[T], Awaitable[R]],
+    items: Items[T],
+    *,
+    ordered: bool = False,
+    concurrency: int = 16,
+    rate: LimiterLike | None = None,
+    key: Callable[[T], Hashable] | None = None,
+    per_key_rate: KeyedLimiterLike | None = None,
+    retry: RetryLike = None,
+    timeout: float | None = None,
+    return_exceptions: bool = False,
+) -> IMap[R]:
+    """Like :func:`map`, but yield results as they finish (in input order with ``ordered``).
+
+    Usage::
+
+        async with af.imap(fetch, urls, concurrency=8) as pages:
+            async for page in pages:
+                ...
+
+        async for page in af.imap(fetch, urls):   # also fine: stops the workers on break
+            ...
+
+    Memory stays bounded whatever the input: at most ``concurrency`` results wait for the
+    consumer, and with ``ordered=True`` at most ``2 * concurrency`` items are pulled ahead of
+    the next one to emit, so one slow item holds back admission instead of letting finished
+    results pile up. The first exception stops the workers and is raised by the iterator.
+
+    Raises:
+        ValueError, TypeError: Bad arguments, before any call starts.
+    """
+    call = guard(fn, rate=rate, key=key, per_key_rate=per_key_rate, retry=retry, timeout=timeout)
+    _check_concurrency(concurrency)
+    return IMap(call, _Source(items), concurrency, bool(ordered), bool(return_exceptions))
+
+
+class IMap(Generic[R]):
+    """The async iterator, and async context manager, that :func:`imap` returns."""
+
+    __slots__ = ("_closed", "_driver", "_pool", "_receive", "_send", "_workers")
+
+    def __init__(
+        self,
+        call: Callable[[Any], Awaitable[R]],
+        source: _Source[Any],
+        concurrency: int,
+        ordered: bool,
+        return_exceptions: bool,
+    ) -> None:
+        self._send, self._receive = anyio.create_memory_object_stream[Any](concurrency)
+        admit = asyncio.Semaphore(2 * concurrency) if ordered else None
+        sink = _OrderedSink(self._send, admit) if admit is not None else _UnorderedSink(self._send)
+        self._pool = _Pool(call, source, concurrency, return_exceptions, sink, admit)
+        self._workers = concurrency
+        self._driver: asyncio.Task[None] | None = None
+        self._closed = False
+
+    def __aiter__(self) -> IMap[R]:
+        return self
+
+    async def __anext__(self) -> R:
+        if self._driver is None:
+            self._start()
+        if self._pool.error is not None:
+            await self.aclose()
+            raise self._pool.error
+        try:
+            return self._receive.receive_nowait()  # type: ignore[no-any-return]
+        except anyio.WouldBlock:
+            pass
+        except anyio.EndOfStream:
+            return await self._end()
+        try:
+            return await self._receive.receive()  # type: ignore[no-any-return]
+        except anyio.EndOfStream:
+            return await self._end()
+        except BaseException:
+            # The consumer was cancelled while it waited: the pool goes with it.
+            await self.aclose()
+            raise
+
+    async def _end(self) -> R:
+        await self.aclose()
+        if self._pool.error is not None:
+            raise self._pool.error
+        raise StopAsyncIteration
+
+    async def __aenter__(self) -> IMap[R]:
+        self._start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Stop the workers and wait until they have stopped. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        driver = self._driver
+        if driver is not None and not driver.done():
+            driver.cancel()
+            with anyio.CancelScope(shield=True):
+                await asyncio.wait([driver])
+        self._receive.close()
+
+    def __del__(self) -> None:
+        # Dropped unclosed, e.g. by ``break`` out of a plain ``async for``.
+        driver = self._driver
+        if driver is not None and not driver.done():
+            driver.cancel()
+        self._receive.close()
+
+    def _start(self) -> None:
+        if self._driver is not None:
+            raise RuntimeError("this imap has already been started")
+        self._driver = asyncio.get_running_loop().create_task(_drive(self._pool, self._send))
+
+
+async def _drive(pool: _Pool, send: anyio.abc.ObjectSendStream[Any]) -> None:
+    """The driver task of an :class:`IMap`: runs the pool, then ends the stream."""
+    with send:
+        try:
+            await pool.run()
+        except BaseException as exc:
+            # The consumer reads ``pool.error``; a cancellation means it closed us.
+            if pool.error is None and not isinstance(exc, anyio.get_cancelled_exc_class()):
+                pool.error = exc
+
+
+class _UnorderedSink:
+    """Sends each result as soon as it is ready."""
+
+    __slots__ = ("_send",)
+
+    def __init__(self, send: anyio.abc.ObjectSendStream[Any]) -> None:
+        self._send = send
+
+    async def __call__(self, index: int, result: Any) -> None:
+        await _emit(self._send, result)
+
+
+class _OrderedSink:
+    """Holds results that finish early and emits the completed prefix in input order.
+
+    Each emitted result releases one admission slot, so the pool never runs more than the
+    semaphore's size ahead of the next result to emit.
+    """
+
+    __slots__ = ("_admit", "_flushing", "_next", "_pending", "_send")
+
+    def __init__(self, send: anyio.abc.ObjectSendStream[Any], admit: asyncio.Semaphore) -> None:
+        self._send = send
+        self._admit = admit
+        self._pending: dict[int, Any] = {}
+        self._next = 0
+        self._flushing = False
+
+    async def __call__(self, index: int, result: Any) -> None:
+        pending = self._pending
+        pending[index] = result
+        if self._flushing:
+            return  # the worker already flushing will see it
+        self._flushing = True
+        try:
+            while self._next in pending:
+                ready = pending.pop(self._next)
+                self._next += 1
+                await _emit(self._send, ready)
+                self._admit.release()
+        finally:
+            self._flushing = False
+
+
+async def _emit(send: anyio.abc.ObjectSendStream[Any], item: Any) -> None:
+    """Send, skipping the checkpoint when the stream has room (a hop then costs ~1 µs)."""
+    try:
+        send.send_nowait(item)  # type: ignore[attr-defined]
+    except anyio.WouldBlock:
+        await send.send(item)

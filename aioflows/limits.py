@@ -1,0 +1,535 @@
+"""Rates and token buckets: :class:`Rate`, :class:`RateLimiter`, :class:`KeyedRateLimiter`.
+
+A :class:`RateLimiter` is one token bucket with continuous refill and a FIFO queue of waiters.
+Its design follows anyio's and trio's locks: an uncontended ``acquire`` takes its tokens without
+yielding to the event loop (the fast path; measured ~0.5 µs against ~8 µs for a checkpoint), and
+a contended one parks on a future that a single loop timer resolves when the head of the queue
+can be served. Nothing polls.
+
+Lateness and throughput: asyncio wakes timers with epoll's millisecond granularity, so a waiter
+due at ``t`` is typically released at ``t + 0.05..1 ms``. A bucket that accounts each grant at the
+moment it is *released* loses that lateness on every grant once the bucket is full (aiolimiter
+measures −15 % at 1000/s with ``burst=1``). Here a queued grant is accounted at the time it fell
+due, but never more than :data:`CATCH_UP` seconds before it is released, so the long-run rate is
+exact while the tokens granted over any window ``T``, as seen by callers, stay within
+``burst + (T + CATCH_UP) * rate`` (and within ``burst + T * rate`` on the bucket's own clock).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import re
+import time
+from collections import deque
+from collections.abc import Hashable, Mapping
+from dataclasses import dataclass
+from types import TracebackType
+from typing import TYPE_CHECKING, Union
+
+from .errors import InvalidArgument, InvalidArgumentType
+
+if TYPE_CHECKING:
+    from typing_extensions import TypeAlias
+
+__all__ = ["CATCH_UP", "KeyedRateLimiter", "Rate", "RateLike", "RateLimiter"]
+
+#: Seconds of timer lateness a queued grant may be accounted back in time (see the module doc).
+CATCH_UP = 0.001
+
+#: A timer that fires this much before its deadline counts as on time (asyncio runs handles
+#: up to one clock resolution early; re-arming for a few nanoseconds would cost a whole ms).
+_EARLY = 1e-6
+
+_UNITS = {
+    "s": 1.0,
+    "sec": 1.0,
+    "second": 1.0,
+    "m": 60.0,
+    "min": 60.0,
+    "h": 3600.0,
+    "hour": 3600.0,
+    "d": 86400.0,
+    "day": 86400.0,
+}
+_NUMBER = r"(?:\d+(?:\.\d+)?|\.\d+)"
+_RATE_RE = re.compile(rf"({_NUMBER})/({_NUMBER})?({'|'.join(_UNITS)})")
+_ACCEPTED = (
+    '"N/s", "N/sec", "N/second", "N/m", "N/min", "N/h", "N/hour", "N/d", "N/day", '
+    'or a count of periods such as "5/10s" or "90000/1min"'
+)
+
+
+def _positive_number(value: object, what: str) -> float:
+    """Return ``value`` as a finite float > 0, or raise naming ``what``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidArgumentType(f"{what} must be a number > 0, got {value!r}")
+    if not (0 < value < math.inf):
+        raise InvalidArgument(f"{what} must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
+@dataclass(frozen=True, slots=True)
+class Rate:
+    """``limit`` events per ``period`` seconds.
+
+    Usage::
+
+        Rate(100)                 # 100 per second
+        Rate(600, period=60)      # 600 per minute
+        Rate.parse("90000/1min")  # the same thing, as text
+
+    Raises:
+        ValueError: ``limit`` or ``period`` is not a finite number > 0.
+    """
+
+    limit: float
+    period: float = 1.0
+
+    def __post_init__(self) -> None:
+        _positive_number(self.limit, "Rate limit")
+        _positive_number(self.period, "Rate period")
+
+    @property
+    def per_second(self) -> float:
+        """Events per second: ``limit / period``."""
+        return self.limit / self.period
+
+    @classmethod
+    def parse(cls, text: str) -> Rate:
+        """Parse ``"100/s"``, ``"600/min"``, ``"5/10s"`` and the other forms of the API contract.
+
+        Raises:
+            ValueError: ``text`` is not one of the accepted forms; the message lists them.
+        """
+        if not isinstance(text, str):
+            raise InvalidArgumentType(f"Rate.parse expects a string, got {text!r}")
+        match = _RATE_RE.fullmatch(text)
+        if match is None:
+            raise InvalidArgument(f"invalid rate {text!r}: expected {_ACCEPTED}")
+        count, periods, unit = match.groups()
+        limit, span = float(count), float(periods) if periods is not None else 1.0
+        if limit <= 0 or span <= 0:
+            raise InvalidArgument(f"invalid rate {text!r}: the count and the period must be > 0")
+        return cls(int(limit) if limit.is_integer() else limit, span * _UNITS[unit])
+
+    def __str__(self) -> str:
+        return f"{self.limit:g}/{self.period:g}s"
+
+
+#: What a ``rate=`` option accepts: a :class:`Rate`, its text form, or a number meaning per second.
+RateLike: TypeAlias = Union[Rate, str, float, int]
+
+
+def as_rate(value: RateLike, what: str = "rate") -> Rate:
+    """Coerce a rate-like value once, at the API edge."""
+    if isinstance(value, Rate):
+        return value
+    if isinstance(value, str):
+        return Rate.parse(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidArgumentType(
+            f"{what} must be a Rate, a string such as '100/s', or a number per second; "
+            f"got {value!r}"
+        )
+    return Rate(_positive_number(value, what))
+
+
+def _loop_time() -> float:
+    """The event loop's clock (fake under looptime), or the monotonic clock outside a loop."""
+    try:
+        return asyncio.get_running_loop().time()
+    except RuntimeError:
+        return time.monotonic()
+
+
+class RateLimiter:
+    """One token bucket: ``rate`` tokens per period, refilled continuously up to ``burst``.
+
+    Usage::
+
+        limiter = RateLimiter("600/min")        # 10/s, burst 10
+        async with limiter:                     # acquire(1)
+            await client.get(url)
+
+    ``acquire`` serves waiters first-in-first-out, so a big request is never starved by small
+    ones, and it is cancellation-safe: a waiter cancelled while waiting takes no tokens and
+    does not hold up the waiters behind it. An uncontended ``acquire`` returns without
+    yielding to the event loop (it is then *not* a checkpoint).
+
+    A limiter is bound to no event loop until it has waiters, and is not thread-safe.
+
+    Args:
+        rate: A :class:`Rate`, a string such as ``"100/s"``, or a number per second.
+        burst: Bucket capacity; defaults to one second's worth of tokens, at least 1.
+
+    Raises:
+        ValueError: The rate or burst is invalid.
+    """
+
+    __slots__ = (
+        "_burst",
+        "_loop",
+        "_paused_until",
+        "_per_sec",
+        "_rate",
+        "_timer",
+        "_timer_when",
+        "_tokens",
+        "_updated",
+        "_waiters",
+    )
+
+    def __init__(self, rate: RateLike, *, burst: float | None = None) -> None:
+        parsed = as_rate(rate)
+        per_sec = parsed.per_second
+        self._setup(
+            parsed,
+            per_sec,
+            max(1.0, per_sec) if burst is None else _positive_number(burst, "burst"),
+        )
+
+    def _setup(self, rate: Rate, per_sec: float, burst: float) -> None:
+        self._rate = rate
+        self._per_sec = per_sec
+        self._burst = burst
+        self._tokens = burst
+        # Accounting time of the last refill; -inf makes the first refill fill the bucket.
+        self._updated = -math.inf
+        self._paused_until = -math.inf
+        self._waiters: deque[tuple[float, asyncio.Future[None]]] = deque()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_when = math.inf
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @classmethod
+    def _trusted(cls, rate: Rate, burst: float) -> RateLimiter:
+        """Build a bucket from already validated parts (KeyedRateLimiter's hot path)."""
+        self = cls.__new__(cls)
+        self._setup(rate, rate.per_second, burst)
+        return self
+
+    # -- inspection ---------------------------------------------------------------------------
+
+    @property
+    def rate(self) -> Rate:
+        """The refill rate."""
+        return self._rate
+
+    @property
+    def burst(self) -> float:
+        """The bucket capacity."""
+        return self._burst
+
+    @property
+    def available(self) -> float:
+        """Tokens in the bucket now; negative while in debt after :meth:`charge`."""
+        self._refill(_loop_time())
+        return self._tokens
+
+    @property
+    def waiting(self) -> int:
+        """Number of tasks waiting in :meth:`acquire`."""
+        return sum(1 for _, fut in self._waiters if not fut.done())
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(rate={str(self._rate)!r}, burst={self._burst:g}, "
+            f"available={self.available:.3g}, waiting={self.waiting})"
+        )
+
+    # -- the bucket ---------------------------------------------------------------------------
+
+    def _refill(self, now: float) -> None:
+        if now > self._updated:
+            tokens = self._tokens + (now - self._updated) * self._per_sec
+            self._tokens = tokens if tokens < self._burst else self._burst
+            self._updated = now
+
+    def _check_cost(self, cost: float) -> None:
+        if isinstance(cost, bool) or not isinstance(cost, (int, float)):
+            raise InvalidArgumentType(f"cost must be a number, got {cost!r}")
+        if not 0 < cost <= self._burst:
+            raise InvalidArgument(
+                f"cost must be > 0 and <= burst ({self._burst:g}), got {cost!r}: "
+                "a cost above the bucket's capacity could never be granted"
+            )
+
+    def _is_idle_and_full(self, now: float) -> bool:
+        """True if dropping this bucket and making a fresh one later would change nothing."""
+        if self._waiters or now < self._paused_until:
+            return False
+        return self._tokens + (now - self._updated) * self._per_sec >= self._burst
+
+    # -- acquiring ----------------------------------------------------------------------------
+
+    async def acquire(self, cost: float = 1.0) -> None:
+        """Wait until ``cost`` tokens are available and take them.
+
+        Waiters are served in arrival order. Returns without yielding when no one is waiting
+        and the bucket holds enough tokens; otherwise it is a checkpoint.
+
+        Raises:
+            ValueError: ``cost <= 0`` or ``cost > burst``.
+        """
+        if cost != 1.0 or self._burst < 1.0:
+            self._check_cost(cost)
+        if not self._waiters:
+            now = asyncio.get_running_loop().time()
+            if now > self._updated:
+                tokens = self._tokens + (now - self._updated) * self._per_sec
+                self._tokens = tokens if tokens < self._burst else self._burst
+                self._updated = now
+            if self._tokens >= cost and now >= self._paused_until:
+                self._tokens -= cost
+                return
+        await self._wait(cost)
+
+    def try_acquire(self, cost: float = 1.0) -> bool:
+        """Take ``cost`` tokens if that needs no waiting (and nobody is queued); never waits."""
+        self._check_cost(cost)
+        if self._waiters:
+            return False
+        now = _loop_time()
+        self._refill(now)
+        if self._tokens >= cost and now >= self._paused_until:
+            self._tokens -= cost
+            return True
+        return False
+
+    async def _wait(self, cost: float) -> None:
+        loop = self._loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        self._waiters.append((cost, fut))
+        self._dispatch()
+        try:
+            await fut
+        except BaseException:
+            if fut.done() and not fut.cancelled():
+                # Granted, but cancelled before we could resume: give the tokens back.
+                self._tokens = min(self._burst, self._tokens + cost)
+            else:
+                fut.cancel()  # _dispatch skips abandoned futures
+            self._dispatch()
+            raise
+
+    def _dispatch(self) -> None:
+        """Grant queued waiters that can be served now; arm the timer for the next one."""
+        loop = self._loop
+        if loop is None:
+            return
+        waiters = self._waiters
+        now = loop.time()
+        while waiters:
+            cost, fut = waiters[0]
+            if fut.done():
+                waiters.popleft()
+                continue
+            tokens, updated = self._tokens, self._updated
+            due = updated if tokens >= cost else updated + (cost - tokens) / self._per_sec
+            if due < self._paused_until:
+                due = self._paused_until
+            if due > now + _EARLY:
+                self._arm(loop, due)
+                return
+            # Account the grant when it fell due (within CATCH_UP of now): see the module doc.
+            at = max(due, now - CATCH_UP)
+            self._refill(at)
+            self._tokens -= cost
+            waiters.popleft()
+            fut.set_result(None)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer, self._timer_when = None, math.inf
+
+    def _arm(self, loop: asyncio.AbstractEventLoop, when: float) -> None:
+        if self._timer is not None:
+            if self._timer_when <= when:
+                return  # fires earlier and re-dispatches
+            self._timer.cancel()
+        self._timer_when = when
+        self._timer = loop.call_at(when, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer, self._timer_when = None, math.inf
+        self._dispatch()
+
+    async def __aenter__(self) -> None:
+        await self.acquire()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        return None
+
+    # -- reconciling --------------------------------------------------------------------------
+
+    def charge(self, cost: float) -> None:
+        """Take ``cost`` tokens now without waiting; the bucket may go into debt.
+
+        Debt delays later waiters until it is refilled; it never lets them over-draw.
+        """
+        _positive_number(cost, "cost")
+        self._refill(_loop_time())
+        self._tokens -= cost
+
+    def refund(self, cost: float) -> None:
+        """Give ``cost`` tokens back (never above ``burst``), serving waiters that now fit."""
+        _positive_number(cost, "cost")
+        self._refill(_loop_time())
+        self._tokens = min(self._burst, self._tokens + cost)
+        if self._waiters:
+            self._dispatch()
+
+    def pause(self, seconds: float) -> None:
+        """Grant nothing until ``seconds`` from now (e.g. a 429's ``Retry-After``).
+
+        Pauses only extend: a shorter pause never cuts a longer one short.
+        """
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds >= 0:
+            raise InvalidArgument(f"pause seconds must be a number >= 0, got {seconds!r}")
+        until = _loop_time() + seconds
+        if until > self._paused_until:
+            self._paused_until = until
+
+
+class _KeySlot:
+    """``async with keyed(key):`` — acquires the key's bucket on entry."""
+
+    __slots__ = ("_key", "_keyed")
+
+    def __init__(self, keyed: KeyedRateLimiter, key: Hashable) -> None:
+        self._keyed = keyed
+        self._key = key
+
+    async def __aenter__(self) -> None:
+        await self._keyed.acquire(self._key)
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        return None
+
+
+class KeyedRateLimiter:
+    """One independent token bucket per key, e.g. per host or per API key.
+
+    Usage::
+
+        per_host = KeyedRateLimiter("10/s", overrides={"api.example.com": "2/s"})
+        async with per_host(url.host):
+            ...
+
+    Waiting on one key never delays another. Memory stays bounded: a bucket that has refilled
+    to full and has no waiters is dropped (a new one would be full too), swept a couple of
+    buckets at a time whenever a new key arrives, so no single call pays for a big sweep.
+
+    Args:
+        rate: Default rate of every key.
+        burst: Bucket capacity of every key (default: one second's worth of its rate, at least 1).
+        overrides: Per-key rates that replace the default for those keys.
+    """
+
+    __slots__ = ("_buckets", "_burst", "_clock", "_overrides", "_rate")
+
+    #: Below this many buckets nothing is swept.
+    _SWEEP_FLOOR = 1024
+    #: Buckets examined per new key once above the floor.
+    _SWEEP_STEP = 2
+
+    def __init__(
+        self,
+        rate: RateLike,
+        *,
+        burst: float | None = None,
+        overrides: Mapping[Hashable, RateLike] | None = None,
+    ) -> None:
+        self._rate = as_rate(rate)
+        self._burst = None if burst is None else _positive_number(burst, "burst")
+        self._overrides = {
+            key: as_rate(value, f"overrides[{key!r}]") for key, value in (overrides or {}).items()
+        }
+        self._buckets: dict[Hashable, RateLimiter] = {}
+        self._clock: deque[Hashable] = deque()
+
+    @property
+    def rate(self) -> Rate:
+        """The default rate of a key."""
+        return self._rate
+
+    def rate_for(self, key: Hashable) -> Rate:
+        """The rate that applies to ``key``."""
+        return self._overrides.get(key, self._rate)
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(rate={str(self._rate)!r}, "
+            f"overrides={len(self._overrides)}, buckets={len(self._buckets)})"
+        )
+
+    def _bucket(self, key: Hashable) -> RateLimiter:
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            rate = self._overrides.get(key, self._rate)
+            burst = max(1.0, rate.per_second) if self._burst is None else self._burst
+            bucket = self._buckets[key] = RateLimiter._trusted(rate, burst)
+            if len(self._buckets) > self._SWEEP_FLOOR:
+                self._sweep()
+            self._clock.append(key)
+        return bucket
+
+    def _sweep(self) -> None:
+        """Examine the oldest few buckets; drop the full idle ones, requeue the others."""
+        now = _loop_time()
+        clock, buckets = self._clock, self._buckets
+        for _ in range(min(self._SWEEP_STEP, len(clock))):
+            key = clock.popleft()
+            if buckets[key]._is_idle_and_full(now):
+                del buckets[key]
+            else:
+                clock.append(key)
+
+    async def acquire(self, key: Hashable, cost: float = 1.0) -> None:
+        """Wait for ``cost`` tokens from ``key``'s bucket (see :meth:`RateLimiter.acquire`)."""
+        await self._bucket(key).acquire(cost)
+
+    def try_acquire(self, key: Hashable, cost: float = 1.0) -> bool:
+        """Take ``cost`` tokens from ``key``'s bucket if that needs no waiting."""
+        return self._bucket(key).try_acquire(cost)
+
+    def __call__(self, key: Hashable) -> _KeySlot:
+        """``async with keyed(key):`` acquires one token of ``key``."""
+        return _KeySlot(self, key)
+
+    def charge(self, key: Hashable, cost: float) -> None:
+        """Take ``cost`` tokens from ``key`` now; its bucket may go into debt."""
+        self._bucket(key).charge(cost)
+
+    def refund(self, key: Hashable, cost: float) -> None:
+        """Give ``cost`` tokens back to ``key`` (a key with no bucket is full already)."""
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            _positive_number(cost, "cost")
+            return
+        bucket.refund(cost)
+
+    def pause(self, key: Hashable, seconds: float) -> None:
+        """Grant nothing to ``key`` until ``seconds`` from now; other keys are unaffected."""
+        self._bucket(key).pause(seconds)
+
+    def available(self, key: Hashable) -> float:
+        """Tokens in ``key``'s bucket now."""
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            rate = self.rate_for(key)
+            return max(1.0, rate.per_second) if self._burst is None else self._burst
+        return bucket.available
