@@ -114,6 +114,8 @@ class Rate:
         return cls(int(limit) if limit.is_integer() else limit, span * _UNITS[unit])
 
     def __str__(self) -> str:
+        if self.period == 1:
+            return f"{self.limit:g}/s"
         return f"{self.limit:g}/{self.period:g}s"
 
 
