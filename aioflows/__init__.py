@@ -6,6 +6,8 @@ submit-and-poll server, async-native on anyio. ``import aioflows as af``.
 
 from __future__ import annotations
 
+import contextlib
+
 from ._version import __version__
 from .concurrency import imap as imap
 from .concurrency import map as map
@@ -32,8 +34,6 @@ __all__ = [
 for _name in __all__:
     _obj = globals()[_name]
     if hasattr(_obj, "__module__") and not isinstance(_obj, str):
-        try:
+        with contextlib.suppress(AttributeError, TypeError):
             _obj.__module__ = __name__
-        except (AttributeError, TypeError):  # pragma: no cover
-            pass
-del _name, _obj
+del _name, _obj, contextlib

@@ -10,7 +10,7 @@ so the plain path costs nothing.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Hashable
-from typing import TypeVar, Union
+from typing import Generic, TypeAlias, TypeVar
 
 import anyio
 
@@ -24,9 +24,9 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 #: ``rate=``: a rate (a fresh limiter for this call) or a RateLimiter (shared across calls).
-LimiterLike = Union[RateLike, RateLimiter]
+LimiterLike: TypeAlias = RateLike | RateLimiter
 #: ``per_key_rate=``: a rate (fresh buckets for this call) or a KeyedRateLimiter (shared).
-KeyedLimiterLike = Union[RateLike, KeyedRateLimiter]
+KeyedLimiterLike: TypeAlias = RateLike | KeyedRateLimiter
 
 
 def as_limiter(value: LimiterLike | None) -> RateLimiter | None:
@@ -88,7 +88,7 @@ def guard(
     return _Guarded(fn, limiter, key, keyed, policy, limit)
 
 
-class _Guarded:
+class _Guarded(Generic[T, R]):
     """The callable :func:`guard` returns when any option is set."""
 
     __slots__ = ("_fn", "_key", "_keyed", "_limiter", "_retry", "_timeout")
@@ -109,7 +109,7 @@ class _Guarded:
         self._retry = retry
         self._timeout = timeout
 
-    async def __call__(self, item: T) -> R:  # type: ignore[type-var]
+    async def __call__(self, item: T) -> R:
         limiter, keyed, retry, timeout = self._limiter, self._keyed, self._retry, self._timeout
         bucket = self._key(item) if self._key is not None else None
         failures = throttles = 0
@@ -120,9 +120,9 @@ class _Guarded:
                 await keyed.acquire(bucket)
             try:
                 if timeout is None:
-                    return await self._fn(item)  # type: ignore[no-any-return]
+                    return await self._fn(item)
                 with anyio.fail_after(timeout):
-                    return await self._fn(item)  # type: ignore[no-any-return]
+                    return await self._fn(item)
             except Exception as exc:
                 throttled, after = throttle_delay(exc)
                 if throttled:

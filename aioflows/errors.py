@@ -21,7 +21,7 @@ class AioflowsError(Exception):
 
 
 class InvalidArgument(AioflowsError, ValueError):
-    """An argument has a value aioflows cannot accept; the message names it and the accepted form."""
+    """An argument has a value aioflows cannot accept; the message names it and what is."""
 
 
 class InvalidArgumentType(AioflowsError, TypeError):

@@ -9,7 +9,7 @@ can be served. Nothing polls.
 Lateness and throughput: asyncio wakes timers with epoll's millisecond granularity, so a waiter
 due at ``t`` is typically released at ``t + 0.05..1 ms``. A bucket that accounts each grant at the
 moment it is *released* loses that lateness on every grant once the bucket is full (aiolimiter
-measures −15 % at 1000/s with ``burst=1``). Here a queued grant is accounted at the time it fell
+measures -15 % at 1000/s with ``burst=1``). Here a queued grant is accounted at the time it fell
 due, but never more than :data:`CATCH_UP` seconds before it is released, so the long-run rate is
 exact while the tokens granted over any window ``T``, as seen by callers, stay within
 ``burst + (T + CATCH_UP) * rate`` (and within ``burst + T * rate`` on the bucket's own clock).
@@ -25,12 +25,9 @@ from collections import deque
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING, Union
+from typing import TypeAlias
 
 from .errors import InvalidArgument, InvalidArgumentType
-
-if TYPE_CHECKING:
-    from typing_extensions import TypeAlias
 
 __all__ = ["CATCH_UP", "KeyedRateLimiter", "Rate", "RateLike", "RateLimiter"]
 
@@ -120,7 +117,7 @@ class Rate:
 
 
 #: What a ``rate=`` option accepts: a :class:`Rate`, its text form, or a number meaning per second.
-RateLike: TypeAlias = Union[Rate, str, float, int]
+RateLike: TypeAlias = Rate | str | float | int
 
 
 def as_rate(value: RateLike, what: str = "rate") -> Rate:

@@ -15,12 +15,9 @@ import random
 import sys
 import time
 from dataclasses import KW_ONLY, dataclass
-from typing import TYPE_CHECKING, Union
+from typing import TypeAlias
 
 from .errors import InvalidArgument, InvalidArgumentType, RateLimited
-
-if TYPE_CHECKING:
-    from typing_extensions import TypeAlias
 
 __all__ = ["RateLimited", "Retry", "RetryLike", "as_retry", "parse_retry_after", "throttle_delay"]
 
@@ -58,16 +55,31 @@ class Retry:
     max_throttles: int = 10
 
     def __post_init__(self) -> None:
-        for name, value, low in (("attempts", self.attempts, 1), ("max_throttles", self.max_throttles, 0)):
+        for name, value, low in (
+            ("attempts", self.attempts, 1),
+            ("max_throttles", self.max_throttles, 0),
+        ):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise InvalidArgument(f"Retry {name} must be an int >= {low}, got {value!r}")
         for name, number in (("backoff", self.backoff), ("max_backoff", self.max_backoff)):
-            if isinstance(number, bool) or not isinstance(number, (int, float)) or not 0 <= number < math.inf:
+            if (
+                isinstance(number, bool)
+                or not isinstance(number, (int, float))
+                or not 0 <= number < math.inf
+            ):
                 raise InvalidArgument(f"Retry {name} must be a finite number >= 0, got {number!r}")
-        if isinstance(self.multiplier, bool) or not isinstance(self.multiplier, (int, float)) or not 1 <= self.multiplier < math.inf:
-            raise InvalidArgument(f"Retry multiplier must be a finite number >= 1, got {self.multiplier!r}")
+        if (
+            isinstance(self.multiplier, bool)
+            or not isinstance(self.multiplier, (int, float))
+            or not 1 <= self.multiplier < math.inf
+        ):
+            raise InvalidArgument(
+                f"Retry multiplier must be a finite number >= 1, got {self.multiplier!r}"
+            )
         kinds = self.on if isinstance(self.on, tuple) else (self.on,)
-        if not kinds or not all(isinstance(k, type) and issubclass(k, BaseException) for k in kinds):
+        if not kinds or not all(
+            isinstance(k, type) and issubclass(k, BaseException) for k in kinds
+        ):
             raise InvalidArgumentType(
                 f"Retry on must be an exception type or a tuple of them, got {self.on!r}"
             )
@@ -82,8 +94,8 @@ class Retry:
         return isinstance(exc, self.on)
 
 
-#: Everywhere a ``retry`` is accepted: a :class:`Retry`, an int meaning ``Retry(attempts=n)``, or None.
-RetryLike: TypeAlias = Union[Retry, int, None]
+#: Wherever ``retry`` is accepted: a :class:`Retry`, an int meaning ``Retry(attempts=n)``, or None.
+RetryLike: TypeAlias = Retry | int | None
 
 
 def as_retry(value: RetryLike) -> Retry | None:
