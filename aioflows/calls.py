@@ -131,10 +131,12 @@ class _Guarded(Generic[T, R]):
                     wait = after
                     if wait is None:
                         wait = retry.delay(throttles) if retry is not None else 0.0
-                    if limiter is not None:
-                        limiter.pause(wait)
+                    # The throttle is the key's (one host said 429) when there is a key;
+                    # pausing the overall limiter then would stall every other host too.
                     if keyed is not None:
                         keyed.pause(bucket, wait)
+                    elif limiter is not None:
+                        limiter.pause(wait)
                     if retry is None or throttles > retry.max_throttles:
                         raise
                     if limiter is None and keyed is None:

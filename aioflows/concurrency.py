@@ -86,7 +86,7 @@ class _Source(Generic[T]):
             assert self._aiter is not None
             async with self._lock:
                 if self._done:
-                    return _DONE  # type: ignore[no-any-return]
+                    return _DONE
                 try:
                     item = await anext(self._aiter)
                 except StopAsyncIteration:
@@ -346,6 +346,8 @@ class IMap(Generic[R]):
         return self
 
     async def __anext__(self) -> R:
+        if self._closed:
+            raise StopAsyncIteration
         if self._driver is None:
             self._start()
         if self._pool.error is not None:

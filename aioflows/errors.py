@@ -42,7 +42,11 @@ class RateLimited(AioflowsError):
     """
 
     def __init__(self, retry_after: float | None = None) -> None:
-        if retry_after is not None and not retry_after >= 0:
+        if retry_after is not None and (
+            isinstance(retry_after, bool)
+            or not isinstance(retry_after, (int, float))
+            or not 0 <= retry_after < float("inf")
+        ):
             raise InvalidArgument(f"retry_after must be None or a number >= 0, got {retry_after!r}")
         self.retry_after = retry_after
         when = "" if retry_after is None else f" (retry after {retry_after:g} s)"

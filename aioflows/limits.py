@@ -6,13 +6,15 @@ yielding to the event loop (the fast path; measured ~0.5 µs against ~8 µs for 
 a contended one parks on a future that a single loop timer resolves when the head of the queue
 can be served. Nothing polls.
 
-Lateness and throughput: asyncio wakes timers with epoll's millisecond granularity, so a waiter
-due at ``t`` is typically released at ``t + 0.05..1 ms``. A bucket that accounts each grant at the
-moment it is *released* loses that lateness on every grant once the bucket is full (aiolimiter
-measures -15 % at 1000/s with ``burst=1``). Here a queued grant is accounted at the time it fell
-due, but never more than :data:`CATCH_UP` seconds before it is released, so the long-run rate is
-exact while the tokens granted over any window ``T``, as seen by callers, stay within
-``burst + (T + CATCH_UP) * rate`` (and within ``burst + T * rate`` on the bucket's own clock).
+No over-grant, ever: every grant is accounted at the moment it is released, so over any window
+of length ``T`` the tokens handed out stay within ``burst + T * rate`` as callers see them, not
+only on some internal clock. The price is paid only by buckets whose burst barely exceeds one
+request: asyncio wakes timers with epoll's millisecond granularity, so a waiter due at ``t`` is
+released at ``t + ~0.07 ms``, and a bucket that is full during that lateness cannot bank it.
+With ``burst=1`` at 1000/s that is about -7 % of the nominal rate (aiolimiter: -15 %); with a
+burst of two requests or more, the lateness is banked in the bucket and the rate is exact.
+Granting late wake-ups "back in time" would recover those 7 % only by handing callers more than
+``burst`` tokens in some short window, which is what the caller set ``burst`` to forbid.
 """
 
 from __future__ import annotations
@@ -29,14 +31,16 @@ from typing import TypeAlias
 
 from .errors import InvalidArgument, InvalidArgumentType
 
-__all__ = ["CATCH_UP", "KeyedRateLimiter", "Rate", "RateLike", "RateLimiter"]
+__all__ = ["KeyedRateLimiter", "Rate", "RateLike", "RateLimiter"]
 
-#: Seconds of timer lateness a queued grant may be accounted back in time (see the module doc).
-CATCH_UP = 0.001
-
-#: A timer that fires this much before its deadline counts as on time (asyncio runs handles
-#: up to one clock resolution early; re-arming for a few nanoseconds would cost a whole ms).
+#: asyncio runs a timer up to one clock resolution early. A deadline closer than this is
+#: re-checked on the next loop iteration (``call_soon``) rather than by a timer, which epoll
+#: would round up to a whole millisecond.
 _EARLY = 1e-6
+
+#: Tolerance for float rounding in token arithmetic (0.3 - 0.2 is not 0.1): without it a token
+#: that exists on paper after exactly ``1/rate`` seconds could be refused.
+_ROUNDING = 1e-9
 
 _UNITS = {
     "s": 1.0,
@@ -107,7 +111,10 @@ class Rate:
         count, periods, unit = match.groups()
         limit, span = float(count), float(periods) if periods is not None else 1.0
         if limit <= 0 or span <= 0:
-            raise InvalidArgument(f"invalid rate {text!r}: the count and the period must be > 0")
+            raise InvalidArgument(
+                f"invalid rate {text!r}: the count and the period must be > 0; "
+                f"expected {_ACCEPTED}"
+            )
         return cls(int(limit) if limit.is_integer() else limit, span * _UNITS[unit])
 
     def __str__(self) -> str:
@@ -125,7 +132,12 @@ def as_rate(value: RateLike, what: str = "rate") -> Rate:
     if isinstance(value, Rate):
         return value
     if isinstance(value, str):
-        return Rate.parse(value)
+        try:
+            return Rate.parse(value)
+        except InvalidArgument as exc:
+            if what == "rate":
+                raise
+            raise InvalidArgument(f"{what}: {exc}") from None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise InvalidArgumentType(
             f"{what} must be a Rate, a string such as '100/s', or a number per second; "
@@ -197,7 +209,7 @@ class RateLimiter:
         self._updated = -math.inf
         self._paused_until = -math.inf
         self._waiters: deque[tuple[float, asyncio.Future[None]]] = deque()
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.Handle | None = None
         self._timer_when = math.inf
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -279,7 +291,7 @@ class RateLimiter:
                 tokens = self._tokens + (now - self._updated) * self._per_sec
                 self._tokens = tokens if tokens < self._burst else self._burst
                 self._updated = now
-            if self._tokens >= cost and now >= self._paused_until:
+            if self._tokens + _ROUNDING >= cost and now >= self._paused_until:
                 self._tokens -= cost
                 return
         await self._wait(cost)
@@ -288,10 +300,12 @@ class RateLimiter:
         """Take ``cost`` tokens if that needs no waiting (and nobody is queued); never waits."""
         self._check_cost(cost)
         if self._waiters:
-            return False
+            self._dispatch()  # drop abandoned waiters: they must not make us refuse
+            if self._waiters:
+                return False
         now = _loop_time()
         self._refill(now)
-        if self._tokens >= cost and now >= self._paused_until:
+        if self._tokens + _ROUNDING >= cost and now >= self._paused_until:
             self._tokens -= cost
             return True
         return False
@@ -324,16 +338,14 @@ class RateLimiter:
             if fut.done():
                 waiters.popleft()
                 continue
-            tokens, updated = self._tokens, self._updated
-            due = updated if tokens >= cost else updated + (cost - tokens) / self._per_sec
+            self._refill(now)
+            tokens = self._tokens + _ROUNDING
+            due = now if tokens >= cost else now + (cost - tokens) / self._per_sec
             if due < self._paused_until:
                 due = self._paused_until
-            if due > now + _EARLY:
+            if due > now:
                 self._arm(loop, due)
                 return
-            # Account the grant when it fell due (within CATCH_UP of now): see the module doc.
-            at = max(due, now - CATCH_UP)
-            self._refill(at)
             self._tokens -= cost
             waiters.popleft()
             fut.set_result(None)
@@ -347,7 +359,10 @@ class RateLimiter:
                 return  # fires earlier and re-dispatches
             self._timer.cancel()
         self._timer_when = when
-        self._timer = loop.call_at(when, self._on_timer)
+        if when - loop.time() > _EARLY:
+            self._timer = loop.call_at(when, self._on_timer)
+        else:
+            self._timer = loop.call_soon(self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer, self._timer_when = None, math.inf
@@ -388,8 +403,10 @@ class RateLimiter:
 
         Pauses only extend: a shorter pause never cuts a longer one short.
         """
-        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds >= 0:
-            raise InvalidArgument(f"pause seconds must be a number >= 0, got {seconds!r}")
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+            raise InvalidArgumentType(f"pause seconds must be a number >= 0, got {seconds!r}")
+        if not 0 <= seconds < math.inf:
+            raise InvalidArgument(f"pause seconds must be a finite number >= 0, got {seconds!r}")
         until = _loop_time() + seconds
         if until > self._paused_until:
             self._paused_until = until

@@ -1,0 +1,52 @@
+"""The project's front door: README's two commands, and CI running exactly the test one."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def readme_commands() -> list[str]:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    block = re.search(r"```bash\n(.*?)```", text, re.S)
+    assert block is not None, "README.md must start with a bash block of two commands"
+    return [line for line in block.group(1).splitlines() if line.strip()]
+
+
+def test_readme_starts_with_the_demo_and_the_test_command() -> None:
+    demo, tests = readme_commands()
+    assert demo.startswith("pip install -e")
+    assert "python examples/" in demo
+    assert tests.startswith("pip install -e")
+    assert "pytest" in tests
+    head = (ROOT / "README.md").read_text(encoding="utf-8").split("```bash")[0]
+    assert len(head.splitlines()) <= 4, "the commands must come first"
+
+
+def test_ci_runs_exactly_readmes_test_command() -> None:
+    _, tests = readme_commands()
+    ci_lines = (ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()
+    assert tests in ci_lines
+
+
+def test_the_demo_script_named_in_readme_exists() -> None:
+    demo, _ = readme_commands()
+    script = demo.split("python ", 1)[1].strip()
+    assert (ROOT / script).is_file()
+
+
+def test_console_script_prints_version_and_help() -> None:
+    version = subprocess.run(
+        [sys.executable, "-m", "aioflows.cli", "--version"], capture_output=True, text=True
+    )
+    assert version.returncode == 0
+    assert version.stdout.startswith("aioflows ")
+    helptext = subprocess.run(
+        [sys.executable, "-m", "aioflows.cli"], capture_output=True, text=True
+    )
+    assert helptext.returncode == 0
+    assert "usage: aioflows" in helptext.stdout

@@ -1,0 +1,59 @@
+"""Every ```python block in docs/*.md and README.md runs on its own and exits 0."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+_OPEN = re.compile(r"^```python\s*$")
+_CLOSE = re.compile(r"^```\s*$")
+
+
+def python_blocks(page: Path) -> list[tuple[int, str]]:
+    """The ``(line number, code)`` of each fenced python block of ``page``."""
+    blocks: list[tuple[int, str]] = []
+    start: int | None = None
+    lines: list[str] = []
+    for number, line in enumerate(page.read_text(encoding="utf-8").splitlines(), 1):
+        if start is None:
+            if _OPEN.match(line):
+                start, lines = number, []
+        elif _CLOSE.match(line):
+            blocks.append((start, "\n".join(lines) + "\n"))
+            start = None
+        else:
+            lines.append(line)
+    assert start is None, f"{page.name}:{start}: python block never closed"
+    return blocks
+
+
+SNIPPETS = [
+    pytest.param(code, id=f"{page.relative_to(ROOT)}:{line}")
+    for page in PAGES
+    for line, code in python_blocks(page)
+]
+
+
+def test_there_are_snippets() -> None:
+    pages = {param.id.split(":")[0] for param in SNIPPETS}
+    assert {"README.md", "docs/index.md", "docs/limits.md"} <= pages
+
+
+@pytest.mark.parametrize("code", SNIPPETS)
+def test_snippet_runs(code: str, tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-W", "error", "-c", code],
+        cwd=tmp_path,
+        capture_output=True,
+        encoding="utf-8",
+        errors="replace",
+        timeout=60,
+    )
+    assert proc.returncode == 0, f"exit status {proc.returncode}\n--- stderr ---\n{proc.stderr}"

@@ -1,0 +1,402 @@
+"""Rate, RateLimiter and KeyedRateLimiter: every rule of API.md section 1 that concerns them.
+
+Time-dependent tests run on looptime's virtual clock (``@pytest.mark.looptime``): the event
+loop's time only moves when every task waits, so assertions on time are exact and immune to
+a loaded machine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+
+import anyio
+import pytest
+
+import aioflows as af
+from aioflows.errors import AioflowsError
+
+VIRTUAL_TIME = True
+
+
+def now() -> float:
+    return asyncio.get_running_loop().time()
+
+
+# -- Rate ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "limit", "period"),
+    [
+        ("100/s", 100, 1),
+        ("100/sec", 100, 1),
+        ("100/second", 100, 1),
+        ("600/min", 600, 60),
+        ("600/m", 600, 60),
+        ("10/h", 10, 3600),
+        ("10/hour", 10, 3600),
+        ("1000/d", 1000, 86400),
+        ("1000/day", 1000, 86400),
+        ("5/10s", 5, 10),
+        ("90000/1min", 90000, 60),
+        ("2.5/s", 2.5, 1),
+    ],
+)
+def test_rate_parse_accepts_every_documented_form(text: str, limit: float, period: float) -> None:
+    rate = af.Rate.parse(text)
+    assert (rate.limit, rate.period) == (limit, period)
+    assert rate.per_second == pytest.approx(limit / period)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["", "100", "100/", "/s", "100/x", "100/minute", "100/seconds", "100 / s", " 100/s",
+     "100/S", "-5/s", "0/s", "5/0s", "1e3/s", "abc", "100/s/s", "100//s", "100/ms"],
+)
+def test_rate_parse_rejects_anything_else_naming_the_text_and_the_forms(text: str) -> None:
+    with pytest.raises(ValueError, match="invalid rate") as info:
+        af.Rate.parse(text)
+    assert repr(text) in str(info.value)
+    assert isinstance(info.value, AioflowsError)
+
+
+@pytest.mark.parametrize(
+    ("limit", "period"), [(0, 1), (-1, 1), (1, 0), (1, -2), (math.inf, 1), (math.nan, 1)]
+)
+def test_rate_requires_positive_finite_numbers(limit: float, period: float) -> None:
+    with pytest.raises(ValueError, match="Rate"):
+        af.Rate(limit, period)
+
+
+def test_rate_rejects_non_numbers() -> None:
+    with pytest.raises(TypeError):
+        af.Rate(True)
+    with pytest.raises(TypeError):
+        af.Rate("10")  # type: ignore[arg-type]
+
+
+def test_rate_is_a_frozen_value() -> None:
+    assert af.Rate(10) == af.Rate.parse("10/s")
+    assert hash(af.Rate(600, 60)) == hash(af.Rate.parse("600/min"))
+    with pytest.raises(AttributeError):
+        af.Rate(1).limit = 2  # type: ignore[misc]
+    assert str(af.Rate(5, 10)) == "5/10s"
+
+
+@pytest.mark.parametrize("rate", [af.Rate(10), "10/s", 10, 10.0])
+def test_every_rate_form_is_accepted_where_a_rate_is(rate: af.Rate | str | float) -> None:
+    assert af.RateLimiter(rate).rate == af.Rate(10)
+    assert af.KeyedRateLimiter(rate).rate == af.Rate(10)
+
+
+@pytest.mark.parametrize("bad", [True, None, [10], "ten/s", 0, -3])
+def test_a_bad_rate_is_rejected_at_construction(bad: object) -> None:
+    with pytest.raises((TypeError, ValueError)):
+        af.RateLimiter(bad)  # type: ignore[arg-type]
+
+
+# -- RateLimiter: the bucket -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("rate", "burst"), [("600/min", 10), ("1/min", 1), (100, 100), (0.5, 1), ("90000/1min", 1500)]
+)
+def test_burst_defaults_to_one_seconds_worth_at_least_one(rate: str | float, burst: float) -> None:
+    limiter = af.RateLimiter(rate)
+    assert limiter.burst == burst
+    assert limiter.available == burst  # a fresh bucket is full
+
+
+@pytest.mark.parametrize("burst", [0, -1, math.inf, math.nan])
+def test_burst_must_be_positive(burst: float) -> None:
+    with pytest.raises(ValueError, match="burst"):
+        af.RateLimiter(10, burst=burst)
+
+
+@pytest.mark.parametrize("cost", [0, -1, 11, math.nan, math.inf])
+async def test_bad_cost_raises_at_once_without_waiting(cost: float) -> None:
+    limiter = af.RateLimiter(10)  # burst 10
+    with pytest.raises(ValueError, match="cost"):
+        await limiter.acquire(cost)
+    with pytest.raises(ValueError, match="cost"):
+        limiter.try_acquire(cost)
+    assert now() == 0
+    assert limiter.available == 10
+
+
+async def test_refill_is_continuous() -> None:
+    limiter = af.RateLimiter(10, burst=10)
+    await limiter.acquire(10)
+    await asyncio.sleep(0.35)
+    assert limiter.available == pytest.approx(3.5)
+    await asyncio.sleep(100)
+    assert limiter.available == 10  # never above burst
+
+
+async def test_acquire_waits_exactly_until_the_tokens_exist() -> None:
+    limiter = af.RateLimiter("600/min")  # 10/s, burst 10
+    for _ in range(10):
+        await limiter.acquire()
+    assert now() == 0
+    await limiter.acquire(5)
+    assert now() == pytest.approx(0.5)
+
+
+async def test_uncontended_acquire_does_not_yield_to_the_event_loop() -> None:
+    limiter = af.RateLimiter(10)
+    ran = False
+
+    async def other() -> None:
+        nonlocal ran
+        ran = True
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(other)
+        await limiter.acquire()
+        assert not ran  # nothing else got to run: no checkpoint on the fast path
+        async with limiter:
+            assert not ran
+
+
+def check_no_over_grant(grants: list[tuple[float, float]], burst: float, per_sec: float) -> None:
+    """Over every window [t_i, t_j]: granted cost <= burst + (t_j - t_i) * rate."""
+    grants = sorted(grants)
+    for i, (start, _) in enumerate(grants):
+        total = 0.0
+        for end, cost in grants[i:]:
+            total += cost
+            assert total <= burst + (end - start) * per_sec + 1e-6, (start, end, total)
+
+
+async def test_no_over_grant_under_fifty_concurrent_waiters() -> None:
+    limiter = af.RateLimiter(20, burst=5)
+    grants: list[tuple[float, float]] = []
+
+    async def waiter(i: int) -> None:
+        for j in range(6):
+            cost = 1 + (i + j) % 3
+            await limiter.acquire(cost)
+            grants.append((now(), cost))
+            await asyncio.sleep((i * j % 7) / 100)
+
+    async with anyio.create_task_group() as tg:
+        for i in range(50):
+            tg.start_soon(waiter, i)
+    assert len(grants) == 300
+    check_no_over_grant(grants, burst=5, per_sec=20)
+    # ...and the limiter is not needlessly slow: the whole cost went through at the full rate.
+    total = sum(cost for _, cost in grants)
+    assert now() <= (total - 5) / 20 + 0.5
+
+
+async def test_long_run_rate_is_exact() -> None:
+    limiter = af.RateLimiter("1000/s", burst=1)
+    times: list[float] = []
+
+    async def worker() -> None:
+        while len(times) < 2000:
+            await limiter.acquire()
+            times.append(now())
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(50):
+            tg.start_soon(worker)
+    times = times[:2000]
+    assert times[-1] - times[0] == pytest.approx(1.999, abs=1e-6)
+    check_no_over_grant([(t, 1) for t in times[:300]], burst=1, per_sec=1000)
+
+
+async def test_waiters_are_served_fifo_and_a_big_request_is_not_starved() -> None:
+    limiter = af.RateLimiter(10, burst=10)
+    await limiter.acquire(10)  # empty
+    order: list[str] = []
+
+    async def take(name: str, cost: float) -> None:
+        await limiter.acquire(cost)
+        order.append(name)
+
+    async with anyio.create_task_group() as tg:
+        for name, cost in [("s1", 1), ("BIG", 10), ("s2", 1), ("s3", 1), ("s4", 1)]:
+            tg.start_soon(take, name, cost)
+            await asyncio.sleep(0)  # arrive in this order
+    assert order == ["s1", "BIG", "s2", "s3", "s4"]
+    # BIG waited for a full bucket after s1: 0.1 s + 1 s; the small ones came after it.
+    assert now() == pytest.approx(1.1 + 0.3)
+
+
+async def test_try_acquire_never_waits_and_never_barges_past_waiters() -> None:
+    limiter = af.RateLimiter(10, burst=2)
+    assert limiter.try_acquire()
+    assert limiter.try_acquire()
+    assert not limiter.try_acquire()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(limiter.acquire, 2)
+        await asyncio.sleep(0.15)  # 1.5 tokens: not enough for the waiter
+        assert not limiter.try_acquire(1)  # would fit, but someone is queued
+    assert now() == pytest.approx(0.2)
+    assert limiter.try_acquire() is False
+    await asyncio.sleep(0.1)
+    assert limiter.try_acquire() is True
+
+
+async def test_a_cancelled_waiter_takes_nothing_and_blocks_nobody() -> None:
+    limiter = af.RateLimiter(10, burst=10)
+    await limiter.acquire(10)
+    got_small_at: list[float] = []
+
+    async def small() -> None:
+        await limiter.acquire(1)
+        got_small_at.append(now())
+
+    async with anyio.create_task_group() as tg:
+        with anyio.move_on_after(0.05):
+            async with anyio.create_task_group() as inner:
+                inner.start_soon(limiter.acquire, 8)  # head of the queue, cancelled at 0.05
+                await asyncio.sleep(0)
+                tg.start_soon(small)
+                await asyncio.sleep(1)
+    # The small waiter was served when its own token existed (0.1 s), not after the big one.
+    assert got_small_at == [pytest.approx(0.1)]
+    assert limiter.waiting == 0
+    await asyncio.sleep(0.9)
+    assert limiter.available == pytest.approx(9)
+
+
+async def test_a_waiter_granted_then_cancelled_gives_its_tokens_back() -> None:
+    limiter = af.RateLimiter(10, burst=10)
+    await limiter.acquire(10)
+    task = asyncio.get_running_loop().create_task(limiter.acquire(3))
+    await asyncio.sleep(0)
+    assert limiter.waiting == 1
+    limiter.refund(3)  # grants the waiter synchronously...
+    task.cancel()  # ...which is cancelled before it can resume
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert limiter.available == pytest.approx(3)
+
+
+async def test_pause_grants_nothing_until_it_ends() -> None:
+    limiter = af.RateLimiter(10)
+    limiter.pause(5)
+    assert not limiter.try_acquire()
+    limiter.pause(1)  # a shorter pause does not cut the longer one short
+    await limiter.acquire()
+    assert now() == pytest.approx(5)
+    assert limiter.try_acquire()  # the bucket itself is still full
+    with pytest.raises(ValueError, match="pause"):
+        limiter.pause(-1)
+
+
+async def test_charge_makes_debt_that_delays_later_waiters() -> None:
+    limiter = af.RateLimiter(10, burst=10)
+    await limiter.acquire(5)  # reserve an estimate
+    limiter.charge(20)  # the call really cost 25
+    assert limiter.available == pytest.approx(-15)
+    await limiter.acquire(1)
+    assert now() == pytest.approx(1.6)
+
+
+async def test_refund_gives_back_but_never_above_burst_and_serves_waiters() -> None:
+    limiter = af.RateLimiter(10, burst=10)
+    await limiter.acquire(10)
+    limiter.refund(4)
+    assert limiter.available == pytest.approx(4)
+    limiter.refund(100)
+    assert limiter.available == 10
+    await limiter.acquire(10)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(limiter.acquire, 5)
+        await asyncio.sleep(0)
+        limiter.refund(5)  # wakes the waiter at once
+    assert now() == 0
+    with pytest.raises(ValueError, match="cost"):
+        limiter.refund(0)
+    with pytest.raises(ValueError, match="cost"):
+        limiter.charge(-1)
+
+
+async def test_the_clock_is_the_event_loops() -> None:
+    limiter = af.RateLimiter("1/h")
+    await limiter.acquire()
+    await limiter.acquire()  # an hour of virtual time, milliseconds of real time
+    assert now() == pytest.approx(3600)
+
+
+def test_repr_shows_live_state() -> None:
+    limiter = af.RateLimiter("600/min")
+    assert repr(limiter) == "RateLimiter(rate='600/60s', burst=10, available=10, waiting=0)"
+
+
+# -- KeyedRateLimiter --------------------------------------------------------------------------
+
+
+async def test_a_waiting_key_never_delays_another() -> None:
+    keyed = af.KeyedRateLimiter(1, burst=1)
+    await keyed.acquire("a")
+    times: dict[str, float] = {}
+
+    async def take(key: str) -> None:
+        async with keyed(key):
+            times[key] = now()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(take, "a")
+        await asyncio.sleep(0)
+        tg.start_soon(take, "b")
+    assert times == {"a": pytest.approx(1), "b": 0}
+
+
+async def test_overrides_give_a_key_its_own_rate() -> None:
+    keyed = af.KeyedRateLimiter("10/s", overrides={"slow": "1/s"})
+    assert keyed.rate_for("slow") == af.Rate(1)
+    assert keyed.available("fast") == 10
+    assert keyed.available("slow") == 1
+    assert keyed.try_acquire("slow")
+    assert not keyed.try_acquire("slow")
+    await keyed.acquire("slow")
+    assert now() == pytest.approx(1)
+
+
+def test_bad_overrides_are_rejected_naming_the_key() -> None:
+    with pytest.raises(ValueError, match="overrides\\['x'\\]"):
+        af.KeyedRateLimiter(10, overrides={"x": "fast"})
+
+
+async def test_keyed_charge_refund_pause_act_on_one_key() -> None:
+    keyed = af.KeyedRateLimiter(10)
+    keyed.charge("a", 15)
+    assert keyed.available("a") == pytest.approx(-5)
+    keyed.refund("a", 3)
+    assert keyed.available("a") == pytest.approx(-2)
+    keyed.refund("never-seen", 1)  # a key with no bucket is full already
+    keyed.pause("b", 2)
+    assert not keyed.try_acquire("b")
+    assert keyed.try_acquire("c")
+    await keyed.acquire("b")
+    assert now() == pytest.approx(2)
+
+
+async def test_key_memory_stays_bounded_after_200k_distinct_keys() -> None:
+    keyed = af.KeyedRateLimiter("1000/s")  # a bucket refills in 1 s at most
+    for batch in range(20):
+        for i in range(10_000):
+            assert keyed.try_acquire((batch, i))
+        await asyncio.sleep(1.0)  # every bucket so far is full again
+    assert len(keyed) <= 2 * 10_000 + 1024
+
+
+async def test_a_bucket_in_use_is_never_dropped() -> None:
+    keyed = af.KeyedRateLimiter(1, burst=1)
+    await keyed.acquire("held")
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(keyed.acquire, "held")  # waits 1 s
+        await asyncio.sleep(0)
+        for i in range(5000):
+            keyed.try_acquire(i)  # floods the sweep; all these buckets are not full
+        await asyncio.sleep(0.5)
+        for i in range(5000, 10000):
+            keyed.try_acquire(i)
+    assert now() == pytest.approx(1)
+    # the drained key was not forgotten (a fresh bucket would be full)
+    assert not keyed.try_acquire("held")
