@@ -112,8 +112,7 @@ class Rate:
         limit, span = float(count), float(periods) if periods is not None else 1.0
         if limit <= 0 or span <= 0:
             raise InvalidArgument(
-                f"invalid rate {text!r}: the count and the period must be > 0; "
-                f"expected {_ACCEPTED}"
+                f"invalid rate {text!r}: the count and the period must be > 0; expected {_ACCEPTED}"
             )
         return cls(int(limit) if limit.is_integer() else limit, span * _UNITS[unit])
 

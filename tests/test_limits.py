@@ -51,8 +51,26 @@ def test_rate_parse_accepts_every_documented_form(text: str, limit: float, perio
 
 @pytest.mark.parametrize(
     "text",
-    ["", "100", "100/", "/s", "100/x", "100/minute", "100/seconds", "100 / s", " 100/s",
-     "100/S", "-5/s", "0/s", "5/0s", "1e3/s", "abc", "100/s/s", "100//s", "100/ms"],
+    [
+        "",
+        "100",
+        "100/",
+        "/s",
+        "100/x",
+        "100/minute",
+        "100/seconds",
+        "100 / s",
+        " 100/s",
+        "100/S",
+        "-5/s",
+        "0/s",
+        "5/0s",
+        "1e3/s",
+        "abc",
+        "100/s/s",
+        "100//s",
+        "100/ms",
+    ],
 )
 def test_rate_parse_rejects_anything_else_naming_the_text_and_the_forms(text: str) -> None:
     with pytest.raises(ValueError, match="invalid rate") as info:

@@ -1,0 +1,445 @@
+"""map and imap: order, laziness, errors, limits, cleanup (API.md section 1)."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import random
+from collections.abc import AsyncIterator, Iterator
+
+import anyio
+import pytest
+
+import aioflows as af
+
+VIRTUAL_TIME = True
+
+
+def now() -> float:
+    return asyncio.get_running_loop().time()
+
+
+def other_tasks() -> set[asyncio.Task[object]]:
+    return asyncio.all_tasks() - {asyncio.current_task()}  # type: ignore[operator]
+
+
+async def settle() -> None:
+    """Let cancelled tasks finish unwinding (a few loop iterations, no time passes)."""
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+async def double(x: int) -> int:
+    await asyncio.sleep(random.random() / 100)
+    return 2 * x
+
+
+# -- results and order ---------------------------------------------------------------------------
+
+
+async def test_map_returns_results_in_input_order() -> None:
+    assert await af.map(double, range(200), concurrency=7) == [2 * i for i in range(200)]
+
+
+async def test_map_accepts_an_async_iterable() -> None:
+    async def numbers() -> AsyncIterator[int]:
+        for i in range(50):
+            await asyncio.sleep(0.001)
+            yield i
+
+    assert await af.map(double, numbers(), concurrency=4) == [2 * i for i in range(50)]
+
+
+async def test_map_of_nothing_is_an_empty_list() -> None:
+    assert await af.map(double, []) == []
+
+
+async def test_map_never_has_more_than_concurrency_calls_in_flight() -> None:
+    running = peak = 0
+
+    async def call(x: int) -> int:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        await asyncio.sleep(0.01 * (x % 3 + 1))
+        running -= 1
+        return x
+
+    await af.map(call, range(100), concurrency=8)
+    assert peak == 8
+
+
+async def test_imap_ordered_yields_in_input_order_under_random_latency() -> None:
+    out = [r async for r in af.imap(double, range(300), ordered=True, concurrency=10)]
+    assert out == [2 * i for i in range(300)]
+
+
+async def test_imap_unordered_yields_as_ready() -> None:
+    async def slow_first(x: int) -> int:
+        await asyncio.sleep(1 if x == 0 else 0.01)
+        return x
+
+    out = [r async for r in af.imap(slow_first, range(5), concurrency=5)]
+    assert out[-1] == 0
+    assert sorted(out) == list(range(5))
+
+
+async def test_imap_ordered_emits_the_prefix_as_soon_as_it_is_complete() -> None:
+    async def call(x: int) -> int:
+        await asyncio.sleep(100 if x == 3 else 0.01)
+        return x
+
+    seen: list[tuple[int, float]] = []
+    async with af.imap(call, range(6), ordered=True, concurrency=6) as results:
+        async for r in results:
+            seen.append((r, now()))
+    assert [r for r, _ in seen] == list(range(6))
+    assert seen[2][1] == pytest.approx(0.01)  # 0..2 did not wait for the slow item 3
+    assert seen[3][1] == pytest.approx(100)
+
+
+# -- laziness ----------------------------------------------------------------------------------
+
+
+async def test_map_pulls_items_lazily_no_further_ahead_than_the_calls_in_flight() -> None:
+    pulled = done = 0
+
+    def items() -> Iterator[int]:
+        nonlocal pulled
+        for i in range(1000):
+            pulled += 1
+            assert pulled <= done + 4 + 1  # never more than the pool ahead of completions
+            yield i
+
+    async def call(x: int) -> int:
+        nonlocal done
+        await asyncio.sleep(0.01)
+        done += 1
+        return x
+
+    assert len(await af.map(call, items(), concurrency=4)) == 1000
+
+
+async def test_imap_on_an_infinite_generator_with_early_exit() -> None:
+    pulled = 0
+
+    def naturals() -> Iterator[int]:
+        nonlocal pulled
+        for i in itertools.count():
+            pulled += 1
+            yield i
+
+    async def call(x: int) -> int:
+        await asyncio.sleep(0.001)
+        return x
+
+    before = other_tasks()
+    got = []
+    async for r in af.imap(call, naturals(), ordered=True, concurrency=4):
+        got.append(r)
+        if len(got) == 20:
+            break
+    await settle()
+    assert got == list(range(20))
+    assert pulled <= 20 + 2 * 4 + 4 + 1  # window + stream buffer: bounded, never the whole input
+    assert other_tasks() == before  # the workers stopped when the iterator was dropped
+
+
+async def test_ordered_imap_bounds_admission_behind_a_slow_item() -> None:
+    pulled = 0
+
+    def naturals() -> Iterator[int]:
+        nonlocal pulled
+        for i in itertools.count():
+            pulled += 1
+            yield i
+
+    async def call(x: int) -> int:
+        await asyncio.sleep(1000 if x == 0 else 0.001)
+        return x
+
+    async with af.imap(call, naturals(), ordered=True, concurrency=4) as results:
+        with anyio.move_on_after(10):
+            async for _ in results:
+                pass
+    assert pulled <= 2 * 4 + 1  # the head holds admission; nothing piles up
+
+
+# -- errors ------------------------------------------------------------------------------------
+
+
+class Boom(Exception):
+    pass
+
+
+async def test_first_error_is_raised_as_itself_and_the_rest_are_cancelled() -> None:
+    cancelled = 0
+
+    async def call(x: int) -> int:
+        nonlocal cancelled
+        if x == 5:
+            await asyncio.sleep(0.5)
+            raise Boom(x)
+        try:
+            await asyncio.sleep(1000)
+        except asyncio.CancelledError:
+            cancelled += 1
+            raise
+        return x
+
+    before = other_tasks()
+    with pytest.raises(Boom) as info:
+        await af.map(call, range(10), concurrency=10)
+    assert info.value.args == (5,)
+    assert now() == pytest.approx(0.5)
+    assert cancelled == 9
+    assert other_tasks() == before
+
+
+async def test_an_error_from_the_input_is_raised_as_itself() -> None:
+    def items() -> Iterator[int]:
+        yield 1
+        raise Boom("input")
+
+    with pytest.raises(Boom, match="input"):
+        await af.map(double, items())
+
+    async def aitems() -> AsyncIterator[int]:
+        yield 1
+        raise Boom("async input")
+
+    with pytest.raises(Boom, match="async input"):
+        await af.map(double, aitems())
+
+
+async def test_return_exceptions_puts_them_in_place() -> None:
+    async def call(x: int) -> int:
+        if x % 3 == 0:
+            raise Boom(x)
+        return x
+
+    out = await af.map(call, range(7), return_exceptions=True)
+    assert [type(r) for r in out] == [Boom, int, int, Boom, int, int, Boom]
+    assert out[1:3] == [1, 2]
+    streamed = [r async for r in af.imap(call, range(7), ordered=True, return_exceptions=True)]
+    assert [type(r) for r in streamed] == [type(r) for r in out]
+
+
+async def test_timeout_bounds_each_call_with_a_timeout_error() -> None:
+    async def call(x: int) -> int:
+        await asyncio.sleep(x)
+        return x
+
+    with pytest.raises(TimeoutError):
+        await af.map(call, [0, 5], timeout=1)
+    assert now() == pytest.approx(1)
+    out = await af.map(call, [0, 5, 0.5], timeout=1, return_exceptions=True)
+    assert out[0] == 0
+    assert isinstance(out[1], TimeoutError)
+    assert out[2] == 0.5
+
+
+async def test_imap_raises_the_first_error_and_stops() -> None:
+    async def call(x: int) -> int:
+        if x == 3:
+            raise Boom(x)
+        await asyncio.sleep(0.01)
+        return x
+
+    before = other_tasks()
+    with pytest.raises(Boom):
+        async for _ in af.imap(call, range(100), concurrency=2):
+            pass
+    await settle()
+    assert other_tasks() == before
+
+
+async def test_an_async_generator_source_is_closed_when_map_fails() -> None:
+    closed = False
+
+    async def source() -> AsyncIterator[int]:
+        nonlocal closed
+        try:
+            for i in itertools.count():
+                yield i
+        finally:
+            closed = True
+
+    async def call(x: int) -> int:
+        if x == 10:
+            raise Boom()
+        await asyncio.sleep(0.01)
+        return x
+
+    with pytest.raises(Boom):
+        await af.map(call, source(), concurrency=3)
+    assert closed
+
+
+# -- limits ------------------------------------------------------------------------------------
+
+
+async def test_rate_limits_calls_overall() -> None:
+    starts: list[float] = []
+
+    async def call(x: int) -> int:
+        starts.append(now())
+        return x
+
+    await af.map(call, range(30), concurrency=30, rate="10/s")  # burst 10
+    assert now() == pytest.approx(2.0)
+    for i, t in enumerate(sorted(starts)):
+        assert i + 1 <= 10 + t * 10 + 1e-6
+
+
+async def test_a_shared_rate_limiter_spans_calls() -> None:
+    limiter = af.RateLimiter("10/s")
+
+    async def call(x: int) -> int:
+        return x
+
+    await asyncio.gather(
+        af.map(call, range(20), rate=limiter), af.map(call, range(20), rate=limiter)
+    )
+    assert now() == pytest.approx(3.0)  # 40 tokens: 10 at once, then 30 at 10/s
+
+
+async def test_per_key_rate_isolates_keys() -> None:
+    finished: dict[str, float] = {}
+
+    async def call(item: tuple[str, int]) -> None:
+        finished[item[0]] = now()
+
+    items = [("slow", i) for i in range(3)] + [("fast", i) for i in range(3)]
+    await af.map(
+        call,
+        items,
+        concurrency=6,
+        key=lambda item: item[0],
+        per_key_rate=af.KeyedRateLimiter("1/s", overrides={"fast": "100/s"}),
+    )
+    assert finished == {"slow": pytest.approx(2.0), "fast": pytest.approx(0.0, abs=0.03)}
+
+
+async def test_retry_int_means_attempts() -> None:
+    calls = 0
+
+    async def flaky(x: int) -> int:
+        nonlocal calls
+        calls += 1
+        if calls < 3:
+            raise ConnectionError("transient")
+        return x
+
+    assert await af.map(flaky, [7], retry=3) == [7]
+    assert calls == 3
+
+
+# -- cleanup -----------------------------------------------------------------------------------
+
+
+async def test_cancelling_map_cancels_every_call_and_leaves_no_task() -> None:
+    started = cancelled = 0
+
+    async def call(x: int) -> int:
+        nonlocal started, cancelled
+        started += 1
+        try:
+            await asyncio.sleep(1000)
+        except asyncio.CancelledError:
+            cancelled += 1
+            raise
+        return x
+
+    before = other_tasks()
+    with anyio.move_on_after(1):
+        await af.map(call, range(100), concurrency=5)
+    assert now() == pytest.approx(1)
+    assert started == cancelled == 5
+    assert other_tasks() == before
+
+
+async def test_map_leaves_no_task_after_returning() -> None:
+    before = other_tasks()
+    await af.map(double, range(50), concurrency=10)
+    assert other_tasks() == before
+
+
+async def test_imap_async_with_cleans_up_at_the_end_of_the_block() -> None:
+    cancelled = 0
+
+    async def call(x: int) -> int:
+        nonlocal cancelled
+        if x > 0:
+            try:
+                await asyncio.sleep(1000)
+            except asyncio.CancelledError:
+                cancelled += 1
+                raise
+        return x
+
+    before = other_tasks()
+    async with af.imap(call, range(10), concurrency=4) as results:
+        assert await results.__anext__() == 0
+    assert other_tasks() == before  # deterministic: no settling needed
+    assert cancelled == 4  # items 1-3, and 4 started when 0 finished
+
+
+async def test_cancelling_an_imap_consumer_stops_the_workers() -> None:
+    async def call(x: int) -> int:
+        await asyncio.sleep(1000)
+        return x
+
+    before = other_tasks()
+    with anyio.move_on_after(1):
+        async for _ in af.imap(call, range(10)):
+            pass
+    await settle()
+    assert other_tasks() == before
+
+
+async def test_an_exhausted_imap_stays_exhausted() -> None:
+    it = af.imap(double, [1, 2])
+    assert sorted([x async for x in it]) == [2, 4]
+    assert [x async for x in it] == []
+
+
+# -- bad input ---------------------------------------------------------------------------------
+
+
+async def never_called(x: int) -> int:
+    raise AssertionError("no call may start on bad input")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"concurrency": 0}, ValueError, "concurrency"),
+        ({"concurrency": True}, ValueError, "concurrency"),
+        ({"concurrency": 2.5}, ValueError, "concurrency"),
+        ({"rate": "fast"}, ValueError, "invalid rate"),
+        ({"rate": -1}, ValueError, "rate"),
+        ({"key": len}, ValueError, "per_key_rate"),
+        ({"per_key_rate": "1/s"}, ValueError, "key"),
+        ({"key": 3, "per_key_rate": "1/s"}, TypeError, "key"),
+        ({"retry": 0}, ValueError, "attempts"),
+        ({"retry": "3"}, TypeError, "retry"),
+        ({"timeout": 0}, ValueError, "timeout"),
+    ],
+)
+async def test_bad_options_fail_before_any_call(
+    kwargs: dict[str, object], error: type[Exception], match: str
+) -> None:
+    with pytest.raises(error, match=match):
+        await af.map(never_called, [1, 2], **kwargs)  # type: ignore[arg-type]
+    with pytest.raises(error, match=match):
+        af.imap(never_called, [1, 2], **kwargs)  # type: ignore[arg-type]
+
+
+async def test_a_non_callable_fn_or_non_iterable_items_fail_before_any_call() -> None:
+    with pytest.raises(TypeError, match="fn must be"):
+        await af.map(42, [1])  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="items must be"):
+        await af.map(never_called, 42)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="items must be"):
+        af.imap(never_called, 42)  # type: ignore[arg-type]

@@ -1,0 +1,36 @@
+"""The public surface: exactly the names of API.md that exist so far, reported as ``aioflows.X``."""
+
+from __future__ import annotations
+
+import aioflows as af
+
+# API.md section 1 (limits). Later sections add their names here as they land.
+SECTION_1 = {
+    "AioflowsError",
+    "KeyedRateLimiter",
+    "Rate",
+    "RateLimited",
+    "RateLimiter",
+    "Retry",
+    "imap",
+    "map",
+}
+
+
+def test_all_is_exactly_the_public_api() -> None:
+    assert set(af.__all__) == SECTION_1 | {"__version__"}
+    for name in af.__all__:
+        assert hasattr(af, name), name
+
+
+def test_public_objects_report_the_public_module() -> None:
+    for name in SECTION_1:
+        assert getattr(af, name).__module__ == "aioflows", name
+    assert repr(af.Rate(1)) == "Rate(limit=1, period=1.0)"
+
+
+def test_library_errors_share_one_base() -> None:
+    from aioflows import errors
+
+    for name in errors.__all__:
+        assert issubclass(getattr(errors, name), af.AioflowsError)

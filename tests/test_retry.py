@@ -1,0 +1,222 @@
+"""Retry and RateLimited: failures vs throttles (API.md section 1)."""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import time
+
+import httpx
+import pytest
+
+import aioflows as af
+from aioflows.errors import AioflowsError
+from aioflows.retry import parse_retry_after, throttle_delay
+
+VIRTUAL_TIME = True
+
+
+def now() -> float:
+    return asyncio.get_running_loop().time()
+
+
+class Transient(Exception):
+    pass
+
+
+def test_defaults_match_the_contract() -> None:
+    r = af.Retry()
+    assert (r.attempts, r.backoff, r.multiplier, r.max_backoff, r.jitter, r.on) == (
+        3,
+        0.5,
+        2.0,
+        30.0,
+        True,
+        Exception,
+    )
+    with pytest.raises(TypeError):
+        af.Retry(3, 1.0)  # type: ignore[misc]  # options are keyword-only
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"attempts": 0},
+        {"attempts": True},
+        {"backoff": -1},
+        {"multiplier": 0.5},
+        {"max_backoff": float("inf")},
+        {"max_throttles": -1},
+    ],
+)
+def test_bad_retry_values_are_rejected(kwargs: dict[str, object]) -> None:
+    with pytest.raises(ValueError, match=next(iter(kwargs))):
+        af.Retry(**kwargs)  # type: ignore[arg-type]
+
+
+def test_on_must_be_exception_types() -> None:
+    with pytest.raises(TypeError, match="on"):
+        af.Retry(on=ValueError("x"))  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="on"):
+        af.Retry(on=())
+
+
+def test_backoff_grows_by_multiplier_up_to_the_cap_and_jitter_stays_within_half() -> None:
+    r = af.Retry(backoff=1, multiplier=3, max_backoff=10, jitter=False)
+    assert [r.delay(n) for n in (1, 2, 3, 4)] == [1, 3, 9, 10]
+    j = af.Retry(backoff=1, multiplier=2)
+    samples = [j.delay(3) for _ in range(200)]
+    assert all(2 <= s <= 4 for s in samples)
+    assert len(set(samples)) > 100
+
+
+async def test_failures_are_retried_with_backoff_then_raised_as_themselves() -> None:
+    calls: list[float] = []
+
+    async def always(x: int) -> int:
+        calls.append(now())
+        raise Transient(x)
+
+    with pytest.raises(Transient):
+        await af.map(always, [1], retry=af.Retry(3, backoff=1, jitter=False))
+    assert calls == [0, pytest.approx(1), pytest.approx(3)]
+
+
+async def test_only_the_listed_exceptions_are_retried() -> None:
+    calls = 0
+
+    async def wrong(x: int) -> int:
+        nonlocal calls
+        calls += 1
+        raise KeyError(x)
+
+    with pytest.raises(KeyError):
+        await af.map(wrong, [1], retry=af.Retry(5, on=Transient))
+    assert calls == 1
+
+
+async def test_a_throttle_is_not_an_attempt_and_pauses_the_limiter() -> None:
+    limiter = af.RateLimiter(100)
+    calls: list[float] = []
+
+    async def throttled_twice(x: int) -> int:
+        calls.append(now())
+        if len(calls) <= 2:
+            raise af.RateLimited(retry_after=5)
+        return x
+
+    other_got_at: list[float] = []
+
+    async def someone_else_sharing_the_limiter() -> None:
+        await asyncio.sleep(0.1)
+        await limiter.acquire()
+        other_got_at.append(now())
+
+    results, _ = await asyncio.gather(
+        af.map(throttled_twice, [1], rate=limiter, retry=af.Retry(1)),
+        someone_else_sharing_the_limiter(),
+    )
+    assert results == [1]
+    assert calls == [0, pytest.approx(5), pytest.approx(10)]  # Retry(1), yet three calls
+    assert other_got_at == [pytest.approx(5)]  # the shared limiter itself was paused
+
+
+async def test_a_throttle_pauses_only_its_key_when_there_is_one() -> None:
+    finished: dict[str, float] = {}
+    throttled = False
+
+    async def call(host: str) -> None:
+        nonlocal throttled
+        if host == "a" and not throttled:
+            throttled = True
+            raise af.RateLimited(retry_after=3)
+        finished[host] = now()
+
+    await af.map(call, ["a", "b"], concurrency=2, rate=1000, key=str, per_key_rate=1000, retry=2)
+    assert finished == {"a": pytest.approx(3), "b": 0}
+
+
+async def test_throttles_are_bounded_so_a_call_throttled_forever_ends() -> None:
+    calls = 0
+
+    async def forever(x: int) -> int:
+        nonlocal calls
+        calls += 1
+        raise af.RateLimited(retry_after=1)
+
+    with pytest.raises(af.RateLimited):
+        await af.map(forever, [1], retry=af.Retry(3, max_throttles=4))
+    assert calls == 5
+
+
+async def test_a_throttle_without_retry_after_waits_the_backoff() -> None:
+    calls: list[float] = []
+
+    async def once(x: int) -> int:
+        calls.append(now())
+        if len(calls) == 1:
+            raise af.RateLimited()
+        return x
+
+    await af.map(once, [1], retry=af.Retry(1, backoff=2, jitter=False))
+    assert calls == [0, pytest.approx(2)]
+
+
+def status_error(status: int, retry_after: str | None) -> httpx.HTTPStatusError:
+    headers = {"Retry-After": retry_after} if retry_after is not None else {}
+    request = httpx.Request("GET", "http://127.0.0.1/")
+    response = httpx.Response(status, headers=headers, request=request)
+    return httpx.HTTPStatusError("throttled", request=request, response=response)
+
+
+@pytest.mark.parametrize(
+    ("status", "header", "expected"),
+    [
+        (429, "7", (True, 7.0)),
+        (429, None, (True, None)),
+        (503, "2.5", (True, 2.5)),
+        (503, None, (False, None)),
+        (500, "3", (False, None)),
+        (404, None, (False, None)),
+    ],
+)
+def test_httpx_status_errors_429_and_503_with_retry_after_are_throttles(
+    status: int, header: str | None, expected: tuple[bool, float | None]
+) -> None:
+    assert throttle_delay(status_error(status, header)) == expected
+
+
+async def test_an_httpx_429_is_retried_as_a_throttle() -> None:
+    calls: list[float] = []
+
+    async def call(x: int) -> int:
+        calls.append(now())
+        if len(calls) == 1:
+            raise status_error(429, "4")
+        return x
+
+    assert await af.map(call, [3], retry=af.Retry(1)) == [3]
+    assert calls == [0, pytest.approx(4)]
+
+
+def test_retry_after_accepts_seconds_and_http_dates() -> None:
+    assert parse_retry_after("120") == 120
+    assert parse_retry_after(" 0 ") == 0
+    assert parse_retry_after("-5") == 0
+    assert parse_retry_after(None) is None
+    assert parse_retry_after("soon") is None
+    date = email.utils.formatdate(time.time() + 30, usegmt=True)
+    assert parse_retry_after(date) == pytest.approx(30, abs=2)
+    past = email.utils.formatdate(time.time() - 30, usegmt=True)
+    assert parse_retry_after(past) == 0
+
+
+def test_rate_limited_is_an_aioflows_error_with_its_delay() -> None:
+    exc = af.RateLimited(2)
+    assert isinstance(exc, AioflowsError)
+    assert exc.retry_after == 2
+    assert "2 s" in str(exc)
+    with pytest.raises(ValueError, match="retry_after"):
+        af.RateLimited(-1)
+    with pytest.raises(ValueError, match="retry_after"):
+        af.RateLimited("5")  # type: ignore[arg-type]
