@@ -392,7 +392,9 @@ class IMap(Generic[R]):
             return
         self._closed = True
         driver = self._driver
-        if driver is not None and not driver.done():
+        if driver is None:
+            self._send.close()  # never started: the driver would have closed it
+        elif not driver.done():
             driver.cancel()
             with anyio.CancelScope(shield=True):
                 await asyncio.wait([driver])
@@ -401,7 +403,9 @@ class IMap(Generic[R]):
     def __del__(self) -> None:
         # Dropped unclosed, e.g. by ``break`` out of a plain ``async for``.
         driver = self._driver
-        if driver is not None and not driver.done():
+        if driver is None:
+            self._send.close()
+        elif not driver.done():
             driver.cancel()
         self._receive.close()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import itertools
 import random
 from collections.abc import AsyncIterator, Iterator
@@ -443,3 +444,13 @@ async def test_a_non_callable_fn_or_non_iterable_items_fail_before_any_call() ->
         await af.map(never_called, 42)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="items must be"):
         af.imap(never_called, 42)  # type: ignore[arg-type]
+
+
+async def test_an_imap_never_started_can_be_dropped_or_closed_cleanly() -> None:
+    # filterwarnings=error turns an unclosed-stream ResourceWarning into a failure
+    it = af.imap(double, [1, 2])
+    del it
+    gc.collect()
+    closed = af.imap(double, [1, 2])
+    await closed.aclose()
+    assert [x async for x in closed] == []
