@@ -203,14 +203,18 @@ class RateLimiter:
         self._rate = rate
         self._per_sec = per_sec
         self._burst = burst
-        self._tokens = burst
-        # Accounting time of the last refill; -inf makes the first refill fill the bucket.
-        self._updated = -math.inf
-        self._paused_until = -math.inf
         self._waiters: deque[tuple[float, asyncio.Future[None]]] = deque()
         self._timer: asyncio.Handle | None = None
         self._timer_when = math.inf
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._refilled()
+
+    def _refilled(self) -> None:
+        """Make this bucket full and unpaused, as if new (it must have no waiters)."""
+        self._tokens = self._burst
+        # Time of the last refill; -inf makes the first refill fill the bucket.
+        self._updated = -math.inf
+        self._paused_until = -math.inf
 
     @classmethod
     def _trusted(cls, rate: Rate, burst: float) -> RateLimiter:
@@ -297,13 +301,17 @@ class RateLimiter:
 
     def try_acquire(self, cost: float = 1.0) -> bool:
         """Take ``cost`` tokens if that needs no waiting (and nobody is queued); never waits."""
-        self._check_cost(cost)
+        if cost != 1.0 or self._burst < 1.0:
+            self._check_cost(cost)
         if self._waiters:
             self._dispatch()  # drop abandoned waiters: they must not make us refuse
             if self._waiters:
                 return False
         now = _loop_time()
-        self._refill(now)
+        if now > self._updated:
+            tokens = self._tokens + (now - self._updated) * self._per_sec
+            self._tokens = tokens if tokens < self._burst else self._burst
+            self._updated = now
         if self._tokens + _ROUNDING >= cost and now >= self._paused_until:
             self._tokens -= cost
             return True
@@ -495,23 +503,34 @@ class KeyedRateLimiter:
         bucket = self._buckets.get(key)
         if bucket is None:
             rate = self._overrides.get(key, self._rate)
-            burst = max(1.0, rate.per_second) if self._burst is None else self._burst
-            bucket = self._buckets[key] = RateLimiter._trusted(rate, burst)
-            if len(self._buckets) > self._SWEEP_FLOOR:
-                self._sweep()
+            spare = self._sweep() if len(self._buckets) >= self._SWEEP_FLOOR else None
+            if spare is not None and spare._rate is rate:
+                spare._refilled()  # a dropped bucket is as good as new: skip the allocation
+                bucket = spare
+            else:
+                burst = max(1.0, rate.per_second) if self._burst is None else self._burst
+                bucket = RateLimiter._trusted(rate, burst)
+            self._buckets[key] = bucket
             self._clock.append(key)
         return bucket
 
-    def _sweep(self) -> None:
-        """Examine the oldest few buckets; drop the full idle ones, requeue the others."""
+    def _sweep(self) -> RateLimiter | None:
+        """Examine the oldest few buckets; drop the full idle ones, requeue the others.
+
+        Returns one dropped bucket, for reuse.
+        """
         now = _loop_time()
         clock, buckets = self._clock, self._buckets
+        spare = None
         for _ in range(min(self._SWEEP_STEP, len(clock))):
             key = clock.popleft()
-            if buckets[key]._is_idle_and_full(now):
+            bucket = buckets[key]
+            if bucket._is_idle_and_full(now):
                 del buckets[key]
+                spare = bucket
             else:
                 clock.append(key)
+        return spare
 
     async def acquire(self, key: Hashable, cost: float = 1.0) -> None:
         """Wait for ``cost`` tokens from ``key``'s bucket (see :meth:`RateLimiter.acquire`)."""
