@@ -11,8 +11,9 @@ of length ``T`` the tokens handed out stay within ``burst + T * rate`` as caller
 only on some internal clock. The price is paid only by buckets whose burst barely exceeds one
 request: asyncio wakes timers with epoll's millisecond granularity, so a waiter due at ``t`` is
 released at ``t + ~0.07 ms``, and a bucket that is full during that lateness cannot bank it.
-With ``burst=1`` at 1000/s that is about -7 % of the nominal rate (aiolimiter: -15 %); with a
-burst of two requests or more, the lateness is banked in the bucket and the rate is exact.
+With ``burst=1`` at 1000/s that is about -6 % of the nominal rate (aiolimiter: -7 % on the same
+machine); with a burst of two requests or more the lateness is banked in the bucket and the rate
+is within 0.5 % (docs/benchmarks.md).
 Granting late wake-ups "back in time" would recover those 7 % only by handing callers more than
 ``burst`` tokens in some short window, which is what the caller set ``burst`` to forbid.
 """
