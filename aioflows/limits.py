@@ -208,11 +208,7 @@ class RateLimiter:
         self._timer: asyncio.Handle | None = None
         self._timer_when = math.inf
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._refilled()
-
-    def _refilled(self) -> None:
-        """Make this bucket full and unpaused, as if new (it must have no waiters)."""
-        self._tokens = self._burst
+        self._tokens = burst
         # Time of the last refill; -inf makes the first refill fill the bucket.
         self._updated = -math.inf
         self._paused_until = -math.inf
@@ -441,6 +437,18 @@ class _KeySlot:
         return None
 
 
+class _KeyRate:
+    """A key's rate with what the hot path needs precomputed."""
+
+    __slots__ = ("burst", "per_sec", "rate", "span")
+
+    def __init__(self, rate: Rate, burst: float | None) -> None:
+        self.rate = rate
+        self.per_sec = rate.per_second
+        self.burst = max(1.0, self.per_sec) if burst is None else burst
+        self.span = self.burst / self.per_sec  # seconds an empty bucket takes to fill
+
+
 class KeyedRateLimiter:
     """One independent token bucket per key, e.g. per host or per API key.
 
@@ -450,9 +458,14 @@ class KeyedRateLimiter:
         async with per_host(url.host):
             ...
 
-    Waiting on one key never delays another. Memory stays bounded: a bucket that has refilled
-    to full and has no waiters is dropped (a new one would be full too), swept a couple of
-    buckets at a time whenever a new key arrives, so no single call pays for a big sweep.
+    Waiting on one key never delays another.
+
+    Cost per key: a key nobody waits on is held as one float, the time its bucket will be full
+    again (the "theoretical arrival time" of GCRA), so a new key costs no allocation. A key
+    becomes a full :class:`RateLimiter` only when a caller must wait on it or it is charged,
+    refunded or paused. Memory stays bounded: a key whose bucket is full again and has no
+    waiters is dropped (a new one would be full too), swept a couple of keys at a time whenever
+    a new key arrives, so no single call pays for a big sweep.
 
     Args:
         rate: Default rate of every key.
@@ -460,11 +473,11 @@ class KeyedRateLimiter:
         overrides: Per-key rates that replace the default for those keys.
     """
 
-    __slots__ = ("_buckets", "_burst", "_clock", "_overrides", "_rate")
+    __slots__ = ("_buckets", "_burst", "_clock", "_default", "_overrides")
 
-    #: Below this many buckets nothing is swept.
+    #: Below this many keys nothing is swept.
     _SWEEP_FLOOR = 1024
-    #: Buckets examined per new key once above the floor.
+    #: Keys examined per new key once above the floor.
     _SWEEP_STEP = 2
 
     def __init__(
@@ -474,72 +487,99 @@ class KeyedRateLimiter:
         burst: float | None = None,
         overrides: Mapping[Hashable, RateLike] | None = None,
     ) -> None:
-        self._rate = as_rate(rate)
         self._burst = None if burst is None else _positive_number(burst, "burst")
+        self._default = _KeyRate(as_rate(rate), self._burst)
         self._overrides = {
-            key: as_rate(value, f"overrides[{key!r}]") for key, value in (overrides or {}).items()
+            key: _KeyRate(as_rate(value, f"overrides[{key!r}]"), self._burst)
+            for key, value in (overrides or {}).items()
         }
-        self._buckets: dict[Hashable, RateLimiter] = {}
+        # key -> the time its bucket is full again (float), or a RateLimiter once it has waiters
+        self._buckets: dict[Hashable, float | RateLimiter] = {}
         self._clock: deque[Hashable] = deque()
 
     @property
     def rate(self) -> Rate:
         """The default rate of a key."""
-        return self._rate
+        return self._default.rate
 
     def rate_for(self, key: Hashable) -> Rate:
         """The rate that applies to ``key``."""
-        return self._overrides.get(key, self._rate)
+        return self._overrides.get(key, self._default).rate
 
     def __len__(self) -> int:
         return len(self._buckets)
 
     def __repr__(self) -> str:
         return (
-            f"{type(self).__name__}(rate={str(self._rate)!r}, "
+            f"{type(self).__name__}(rate={str(self._default.rate)!r}, "
             f"overrides={len(self._overrides)}, buckets={len(self._buckets)})"
         )
 
-    def _bucket(self, key: Hashable) -> RateLimiter:
-        bucket = self._buckets.get(key)
-        if bucket is None:
-            rate = self._overrides.get(key, self._rate)
-            spare = self._sweep() if len(self._buckets) >= self._SWEEP_FLOOR else None
-            if spare is not None and spare._rate is rate:
-                spare._refilled()  # a dropped bucket is as good as new: skip the allocation
-                bucket = spare
-            else:
-                burst = max(1.0, rate.per_second) if self._burst is None else self._burst
-                bucket = RateLimiter._trusted(rate, burst)
-            self._buckets[key] = bucket
+    def _take(self, key: Hashable, cost: float) -> bool:
+        """Grant ``cost`` to a key held as a float if its bucket has room; the hot path."""
+        buckets = self._buckets
+        entry = buckets.get(key)
+        if entry is not None and entry.__class__ is not float:
+            return False
+        kr = self._overrides.get(key, self._default) if self._overrides else self._default
+        if cost != 1.0 or kr.burst < 1.0:
+            if isinstance(cost, bool) or not isinstance(cost, (int, float)):
+                raise InvalidArgumentType(f"cost must be a number, got {cost!r}")
+            if not 0 < cost <= kr.burst:
+                raise InvalidArgument(
+                    f"cost must be > 0 and <= burst ({kr.burst:g}), got {cost!r}: "
+                    "a cost above the bucket's capacity could never be granted"
+                )
+        now = _loop_time()
+        full_at = now if entry is None or entry < now else entry
+        after = full_at + cost / kr.per_sec
+        if after - now > kr.span + _ROUNDING / kr.per_sec:
+            return False  # not enough tokens: the caller goes the slow way
+        buckets[key] = after
+        if entry is None:
+            if len(buckets) > self._SWEEP_FLOOR:
+                self._sweep(now)
             self._clock.append(key)
+        return True
+
+    def _bucket(self, key: Hashable) -> RateLimiter:
+        """The key's RateLimiter, made from its float state (or new) if need be."""
+        entry = self._buckets.get(key)
+        if isinstance(entry, RateLimiter):
+            return entry
+        kr = self._overrides.get(key, self._default)
+        bucket = RateLimiter._trusted(kr.rate, kr.burst)
+        if entry is not None:
+            now = _loop_time()
+            bucket._tokens = kr.burst - max(0.0, entry - now) * kr.per_sec
+            bucket._updated = now
+        else:
+            if len(self._buckets) >= self._SWEEP_FLOOR:
+                self._sweep(_loop_time())
+            self._clock.append(key)
+        self._buckets[key] = bucket
         return bucket
 
-    def _sweep(self) -> RateLimiter | None:
-        """Examine the oldest few buckets; drop the full idle ones, requeue the others.
-
-        Returns one dropped bucket, for reuse.
-        """
-        now = _loop_time()
+    def _sweep(self, now: float) -> None:
+        """Examine the oldest few keys; drop the full idle ones, requeue the others."""
         clock, buckets = self._clock, self._buckets
-        spare = None
         for _ in range(min(self._SWEEP_STEP, len(clock))):
             key = clock.popleft()
-            bucket = buckets[key]
-            if bucket._is_idle_and_full(now):
+            entry = buckets[key]
+            full = entry._is_idle_and_full(now) if isinstance(entry, RateLimiter) else entry <= now
+            if full:
                 del buckets[key]
-                spare = bucket
             else:
                 clock.append(key)
-        return spare
 
     async def acquire(self, key: Hashable, cost: float = 1.0) -> None:
         """Wait for ``cost`` tokens from ``key``'s bucket (see :meth:`RateLimiter.acquire`)."""
-        await self._bucket(key).acquire(cost)
+        if not self._take(key, cost):
+            await self._bucket(key).acquire(cost)
 
     def try_acquire(self, key: Hashable, cost: float = 1.0) -> bool:
         """Take ``cost`` tokens from ``key``'s bucket if that needs no waiting."""
-        return self._bucket(key).try_acquire(cost)
+        return self._take(key, cost) or self._bucket(key).try_acquire(cost)
 
     def __call__(self, key: Hashable) -> _KeySlot:
         """``async with keyed(key):`` acquires one token of ``key``."""
@@ -551,11 +591,10 @@ class KeyedRateLimiter:
 
     def refund(self, key: Hashable, cost: float) -> None:
         """Give ``cost`` tokens back to ``key`` (a key with no bucket is full already)."""
-        bucket = self._buckets.get(key)
-        if bucket is None:
+        if key not in self._buckets:
             _positive_number(cost, "cost")
             return
-        bucket.refund(cost)
+        self._bucket(key).refund(cost)
 
     def pause(self, key: Hashable, seconds: float) -> None:
         """Grant nothing to ``key`` until ``seconds`` from now; other keys are unaffected."""
@@ -563,8 +602,10 @@ class KeyedRateLimiter:
 
     def available(self, key: Hashable) -> float:
         """Tokens in ``key``'s bucket now."""
-        bucket = self._buckets.get(key)
-        if bucket is None:
-            rate = self.rate_for(key)
-            return max(1.0, rate.per_second) if self._burst is None else self._burst
-        return bucket.available
+        entry = self._buckets.get(key)
+        if isinstance(entry, RateLimiter):
+            return entry.available
+        kr = self._overrides.get(key, self._default)
+        if entry is None:
+            return kr.burst
+        return kr.burst - max(0.0, entry - _loop_time()) * kr.per_sec

@@ -418,3 +418,17 @@ async def test_a_bucket_in_use_is_never_dropped() -> None:
     assert now() == pytest.approx(1)
     # the drained key was not forgotten (a fresh bucket would be full)
     assert not keyed.try_acquire("held")
+
+
+async def test_a_key_keeps_its_state_when_it_starts_to_need_waiting() -> None:
+    # An uncontended key is held compactly; its first waiter must inherit the exact state.
+    keyed = af.KeyedRateLimiter(10, burst=4)
+    for _ in range(3):
+        assert keyed.try_acquire("k")
+    await asyncio.sleep(0.05)  # 1.5 tokens now
+    assert keyed.available("k") == pytest.approx(1.5)
+    await keyed.acquire("k", 4)  # needs 2.5 more tokens: 0.25 s
+    assert now() == pytest.approx(0.3)
+    assert keyed.available("k") == pytest.approx(0)
+    with pytest.raises(ValueError, match="cost"):
+        await keyed.acquire("other", 5)
