@@ -146,6 +146,17 @@ def as_rate(value: RateLike, what: str = "rate") -> Rate:
     return Rate(_positive_number(value, what))
 
 
+def _check_cost(cost: float, burst: float) -> None:
+    """A cost must be > 0 and fit in the bucket, or it could never be granted."""
+    if isinstance(cost, bool) or not isinstance(cost, (int, float)):
+        raise InvalidArgumentType(f"cost must be a number, got {cost!r}")
+    if not 0 < cost <= burst:
+        raise InvalidArgument(
+            f"cost must be > 0 and <= burst ({burst:g}), got {cost!r}: "
+            "a cost above the bucket's capacity could never be granted"
+        )
+
+
 def _loop_time() -> float:
     """The event loop's clock (fake under looptime), or the monotonic clock outside a loop."""
     try:
@@ -258,13 +269,7 @@ class RateLimiter:
             self._updated = now
 
     def _check_cost(self, cost: float) -> None:
-        if isinstance(cost, bool) or not isinstance(cost, (int, float)):
-            raise InvalidArgumentType(f"cost must be a number, got {cost!r}")
-        if not 0 < cost <= self._burst:
-            raise InvalidArgument(
-                f"cost must be > 0 and <= burst ({self._burst:g}), got {cost!r}: "
-                "a cost above the bucket's capacity could never be granted"
-            )
+        _check_cost(cost, self._burst)
 
     def _is_idle_and_full(self, now: float) -> bool:
         """True if dropping this bucket and making a fresh one later would change nothing."""
@@ -523,13 +528,7 @@ class KeyedRateLimiter:
             return False
         kr = self._overrides.get(key, self._default) if self._overrides else self._default
         if cost != 1.0 or kr.burst < 1.0:
-            if isinstance(cost, bool) or not isinstance(cost, (int, float)):
-                raise InvalidArgumentType(f"cost must be a number, got {cost!r}")
-            if not 0 < cost <= kr.burst:
-                raise InvalidArgument(
-                    f"cost must be > 0 and <= burst ({kr.burst:g}), got {cost!r}: "
-                    "a cost above the bucket's capacity could never be granted"
-                )
+            _check_cost(cost, kr.burst)
         now = _loop_time()
         full_at = now if entry is None or entry < now else entry
         after = full_at + cost / kr.per_sec

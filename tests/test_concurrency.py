@@ -121,14 +121,21 @@ async def test_map_pulls_items_lazily_no_further_ahead_than_the_calls_in_flight(
     assert len(await af.map(call, items(), concurrency=4)) == 1000
 
 
-async def test_imap_on_an_infinite_generator_with_early_exit() -> None:
-    pulled = 0
+class Counted:
+    """An infinite input that counts how many items were pulled from it."""
 
-    def naturals() -> Iterator[int]:
-        nonlocal pulled
+    def __init__(self) -> None:
+        self.count = 0
+
+    def naturals(self) -> Iterator[int]:
         for i in itertools.count():
-            pulled += 1
+            self.count += 1
             yield i
+
+
+async def test_imap_on_an_infinite_generator_with_early_exit() -> None:
+    pulled = Counted()
+    naturals = pulled.naturals
 
     async def call(x: int) -> int:
         await asyncio.sleep(0.001)
@@ -142,18 +149,13 @@ async def test_imap_on_an_infinite_generator_with_early_exit() -> None:
             break
     await settle()
     assert got == list(range(20))
-    assert pulled <= 20 + 2 * 4 + 4 + 1  # window + stream buffer: bounded, never the whole input
+    assert pulled.count <= 20 + 2 * 4 + 4 + 1  # window + stream buffer, never the whole input
     assert other_tasks() == before  # the workers stopped when the iterator was dropped
 
 
 async def test_ordered_imap_bounds_admission_behind_a_slow_item() -> None:
-    pulled = 0
-
-    def naturals() -> Iterator[int]:
-        nonlocal pulled
-        for i in itertools.count():
-            pulled += 1
-            yield i
+    pulled = Counted()
+    naturals = pulled.naturals
 
     async def call(x: int) -> int:
         await asyncio.sleep(1000 if x == 0 else 0.001)
@@ -163,7 +165,7 @@ async def test_ordered_imap_bounds_admission_behind_a_slow_item() -> None:
         with anyio.move_on_after(10):
             async for _ in results:
                 pass
-    assert pulled <= 2 * 4 + 1  # the head holds admission; nothing piles up
+    assert pulled.count <= 2 * 4 + 1  # the head holds admission; nothing piles up
 
 
 # -- errors ------------------------------------------------------------------------------------
