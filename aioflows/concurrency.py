@@ -14,7 +14,15 @@ waits, or dropping it) cancels the driver, and the pool with it.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Hashable, Iterable
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Hashable,
+    Iterable,
+    Iterator,
+)
 from types import TracebackType
 from typing import Any, Generic, TypeAlias, TypeVar
 
@@ -54,7 +62,7 @@ class _Source(Generic[T]):
     def __init__(self, items: Items[T]) -> None:
         self._count = 0
         self._done = False
-        self._iter: Iterable[T] | None = None
+        self._iter: Iterator[T] | None = None
         self._aiter: AsyncIterator[T] | None = None
         self._lock: asyncio.Lock | None = None
         if isinstance(items, AsyncIterable):
@@ -77,7 +85,7 @@ class _Source(Generic[T]):
             return _DONE  # type: ignore[no-any-return]
         if self._iter is not None:
             try:
-                item = next(self._iter)  # type: ignore[call-overload]
+                item = next(self._iter)
             except StopIteration:
                 self._done = True
                 return _DONE  # type: ignore[no-any-return]
@@ -254,7 +262,7 @@ async def _map_sync(
     async def worker(tg: TaskGroup) -> None:
         while True:
             try:
-                item = next(iterator)  # type: ignore[call-overload]
+                item = next(iterator)
             except StopIteration:
                 return
             except Exception as exc:  # the input itself failed
