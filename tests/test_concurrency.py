@@ -30,6 +30,22 @@ async def settle() -> None:
         await asyncio.sleep(0)
 
 
+class Hang:
+    """Calls that never finish on their own; counts how many started and were cancelled."""
+
+    def __init__(self) -> None:
+        self.started = 0
+        self.cancelled = 0
+
+    async def forever(self) -> None:
+        self.started += 1
+        try:
+            await asyncio.sleep(1000)
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+
+
 async def double(x: int) -> int:
     await asyncio.sleep(random.random() / 100)
     return 2 * x
@@ -176,18 +192,13 @@ class Boom(Exception):
 
 
 async def test_first_error_is_raised_as_itself_and_the_rest_are_cancelled() -> None:
-    cancelled = 0
+    hang = Hang()
 
     async def call(x: int) -> int:
-        nonlocal cancelled
         if x == 5:
             await asyncio.sleep(0.5)
             raise Boom(x)
-        try:
-            await asyncio.sleep(1000)
-        except asyncio.CancelledError:
-            cancelled += 1
-            raise
+        await hang.forever()
         return x
 
     before = other_tasks()
@@ -195,7 +206,7 @@ async def test_first_error_is_raised_as_itself_and_the_rest_are_cancelled() -> N
         await af.map(call, range(10), concurrency=10)
     assert info.value.args == (5,)
     assert now() == pytest.approx(0.5)
-    assert cancelled == 9
+    assert hang.cancelled == 9
     assert other_tasks() == before
 
 
@@ -342,23 +353,17 @@ async def test_retry_int_means_attempts() -> None:
 
 
 async def test_cancelling_map_cancels_every_call_and_leaves_no_task() -> None:
-    started = cancelled = 0
+    hang = Hang()
 
     async def call(x: int) -> int:
-        nonlocal started, cancelled
-        started += 1
-        try:
-            await asyncio.sleep(1000)
-        except asyncio.CancelledError:
-            cancelled += 1
-            raise
+        await hang.forever()
         return x
 
     before = other_tasks()
     with anyio.move_on_after(1):
         await af.map(call, range(100), concurrency=5)
     assert now() == pytest.approx(1)
-    assert started == cancelled == 5
+    assert hang.started == hang.cancelled == 5
     assert other_tasks() == before
 
 
@@ -369,23 +374,18 @@ async def test_map_leaves_no_task_after_returning() -> None:
 
 
 async def test_imap_async_with_cleans_up_at_the_end_of_the_block() -> None:
-    cancelled = 0
+    hang = Hang()
 
     async def call(x: int) -> int:
-        nonlocal cancelled
         if x > 0:
-            try:
-                await asyncio.sleep(1000)
-            except asyncio.CancelledError:
-                cancelled += 1
-                raise
+            await hang.forever()
         return x
 
     before = other_tasks()
     async with af.imap(call, range(10), concurrency=4) as results:
         assert await results.__anext__() == 0
     assert other_tasks() == before  # deterministic: no settling needed
-    assert cancelled == 4  # items 1-3, and 4 started when 0 finished
+    assert hang.cancelled == 4  # items 1-3, and 4 started when 0 finished
 
 
 async def test_cancelling_an_imap_consumer_stops_the_workers() -> None:
