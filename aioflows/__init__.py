@@ -17,14 +17,26 @@ from .limits import KeyedRateLimiter as KeyedRateLimiter
 from .limits import Rate as Rate
 from .limits import RateLimiter as RateLimiter
 from .retry import Retry as Retry
+from .stores import LocalFileStore as LocalFileStore
+from .stores import MemoryStore as MemoryStore
+from .stores import Promise as Promise
+from .stores import ResultStore as ResultStore
+from .stores import TaskInfo as TaskInfo
+from .stores import TaskState as TaskState
 
 __all__ = [
     "AioflowsError",
     "KeyedRateLimiter",
+    "LocalFileStore",
+    "MemoryStore",
+    "Promise",
     "Rate",
     "RateLimited",
     "RateLimiter",
+    "ResultStore",
     "Retry",
+    "TaskInfo",
+    "TaskState",
     "__version__",
     "imap",
     "map",

@@ -8,12 +8,23 @@ against the builtin keeps working::
     AioflowsError
      ├── InvalidArgument (also ValueError)   a bad value, reported before any work starts
      ├── InvalidArgumentType (also TypeError)   a value of the wrong kind
-     └── RateLimited                          the remote end throttled a call
+     ├── RateLimited                          the remote end throttled a call
+     ├── MissingObject (also KeyError)        a store holds no object under that key
+     └── CorruptObject                        a stored file cannot be decoded
 """
 
 from __future__ import annotations
 
-__all__ = ["AioflowsError", "InvalidArgument", "InvalidArgumentType", "RateLimited"]
+from typing import Any
+
+__all__ = [
+    "AioflowsError",
+    "CorruptObject",
+    "InvalidArgument",
+    "InvalidArgumentType",
+    "MissingObject",
+    "RateLimited",
+]
 
 
 class AioflowsError(Exception):
@@ -54,3 +65,47 @@ class RateLimited(AioflowsError):
 
     def __reduce__(self) -> tuple[type[RateLimited], tuple[float | None]]:
         return (type(self), (self.retry_after,))
+
+
+class MissingObject(AioflowsError, KeyError):
+    """A result store holds nothing under (task, config_hash, name).
+
+    A ``KeyError``, as for a missing dict key, but its message is a sentence naming all three
+    parts of the key rather than the quoted repr ``KeyError`` prints by default.
+    """
+
+    def __init__(self, name: str, *, task: str, config_hash: str) -> None:
+        super().__init__(name)
+        self.name = name
+        self.task = task
+        self.config_hash = config_hash
+
+    def __str__(self) -> str:
+        return (
+            f"no object {self.name!r} stored for task {self.task!r} "
+            f"with config_hash {self.config_hash!r}"
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_missing_object, (self.name, self.task, self.config_hash))
+
+
+def _missing_object(name: str, task: str, config_hash: str) -> MissingObject:
+    return MissingObject(name, task=task, config_hash=config_hash)
+
+
+class CorruptObject(AioflowsError):
+    """A stored file exists but cannot be decoded as its type.
+
+    aioflows' own writes are atomic, so this means something else wrote or truncated the file.
+    The message names the file so it can be inspected or removed; the decoder's own exception
+    is chained as ``__cause__``.
+    """
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"cannot decode {path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.path, self.reason))

@@ -1,0 +1,92 @@
+"""What a store remembers about a task instance: its state and a JSON-serialisable record.
+
+The record is what makes a flow resumable: a FINISHED record under (task, config_hash) means
+"this exact computation is done, load its results instead of running it". It is a pydantic model
+so it validates on the way in and round-trips through files and Redis as JSON unchanged.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, NonNegativeInt
+
+__all__ = ["TaskInfo", "TaskState"]
+
+
+class TaskState(str, enum.Enum):
+    """The life cycle of one task instance. Values are the lower-case names."""
+
+    PENDING = "pending"
+    SCHEDULED = "scheduled"
+    RUNNING = "running"
+    FINISHED = "finished"
+    FAILED = "failed"
+    KILLED = "killed"
+    UPSTREAM_FAILED = "upstream_failed"
+    CACHED = "cached"
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def done(self) -> bool:
+        """Whether the instance will not change state again in this run."""
+        return self not in _NOT_DONE
+
+
+_NOT_DONE = frozenset({TaskState.PENDING, TaskState.SCHEDULED, TaskState.RUNNING})
+
+
+class TaskInfo(BaseModel):
+    """The stored record of one task instance.
+
+    ``task``, ``config_hash``, ``unique_name`` and ``state`` may be given positionally, as in
+    API.md; everything else is keyword-only. Times are timezone-aware datetimes; ``error`` is the
+    failure formatted as text (``"ValueError: bad lr"``), because exceptions are not JSON.
+    Unknown fields in a stored record are ignored, so records written by a newer aioflows still
+    load.
+    """
+
+    model_config = ConfigDict(validate_assignment=True)
+
+    task: str
+    config_hash: str
+    unique_name: str
+    state: TaskState
+    config: dict[str, Any] | None = None
+    unique_config: dict[str, Any] | None = None
+    started: datetime | None = None
+    ended: datetime | None = None
+    attempts: NonNegativeInt = 0
+    error: str | None = None
+
+    def __init__(
+        self,
+        task: str,
+        config_hash: str,
+        unique_name: str,
+        state: TaskState | str,
+        **data: Any,
+    ) -> None:
+        super().__init__(
+            task=task, config_hash=config_hash, unique_name=unique_name, state=state, **data
+        )
+
+    @classmethod
+    def from_json(cls, data: str | bytes) -> TaskInfo:
+        """Parse a record produced by :meth:`to_json` (raises pydantic's ValidationError)."""
+        return cls.model_validate_json(data)
+
+    def to_json(self) -> str:
+        """The record as JSON text, as stores write it."""
+        return self.model_dump_json(indent=2)
+
+    @property
+    def duration(self) -> float | None:
+        """Seconds between ``started`` and ``ended``, when both are known."""
+        if self.started is None or self.ended is None:
+            return None
+        return (self.ended - self.started).total_seconds()
