@@ -23,8 +23,6 @@ from typing import Any, TypeVar
 import aiofiles.os
 import anyio
 
-from ..errors import InvalidArgument
-
 __all__ = [
     "commit",
     "fsync",
@@ -94,16 +92,8 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def make_dirs(base: str, directory: str) -> None:
-    """Create ``directory`` under ``base`` after checking it really is under it.
-
-    Names are validated lexically before they get here; resolving symlinks as well means a
-    symlink planted inside the store cannot redirect writes elsewhere either.
-    """
-    real_base = os.path.realpath(base)
-    real_dir = os.path.realpath(directory)
-    if os.path.commonpath([real_base, real_dir]) != real_base:
-        raise InvalidArgument(f"{directory} resolves to {real_dir}, outside the store {real_base}")
+def make_dirs(directory: str) -> None:
+    """Create a run directory and make the new entries durable in their parents."""
     missing = []
     parent = directory
     while not os.path.isdir(parent) and parent != os.path.dirname(parent):

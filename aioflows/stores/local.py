@@ -112,7 +112,7 @@ class LocalFileStore(ResultStore):
         try:
             return await _aio_open(temp, mode, **kwargs)
         except FileNotFoundError:
-            await files.off_loop(files.make_dirs, self._base, os.path.dirname(temp))
+            await files.off_loop(files.make_dirs, os.path.dirname(temp))
             return await _aio_open(temp, mode, **kwargs)
 
     async def _save(

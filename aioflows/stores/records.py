@@ -38,6 +38,7 @@ class TaskState(str, enum.Enum):
 
 
 _NOT_DONE = frozenset({TaskState.PENDING, TaskState.SCHEDULED, TaskState.RUNNING})
+_UNSET: Any = object()
 
 
 class TaskInfo(BaseModel):
@@ -65,15 +66,18 @@ class TaskInfo(BaseModel):
 
     def __init__(
         self,
-        task: str,
-        config_hash: str,
-        unique_name: str,
-        state: TaskState | str,
+        task: str = _UNSET,
+        config_hash: str = _UNSET,
+        unique_name: str = _UNSET,
+        state: TaskState | str = _UNSET,
         **data: Any,
     ) -> None:
-        super().__init__(
-            task=task, config_hash=config_hash, unique_name=unique_name, state=state, **data
-        )
+        # Pydantic models take keywords only; API.md gives the first four positionally. Absent
+        # ones are left out (not None) so pydantic reports them as missing fields, which is
+        # also what a stored record without them must raise when parsed.
+        given = {"task": task, "config_hash": config_hash, "unique_name": unique_name}
+        given["state"] = state
+        super().__init__(**{k: v for k, v in given.items() if v is not _UNSET}, **data)
 
     @classmethod
     def from_json(cls, data: str | bytes) -> TaskInfo:
