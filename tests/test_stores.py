@@ -484,6 +484,9 @@ async def test_a_corrupt_file_is_reported_by_name(local: af.LocalFileStore) -> N
 async def test_a_too_long_name_is_rejected(local: af.LocalFileStore) -> None:
     with pytest.raises(ValueError, match="too long"):
         await local.save(1, "n" * 260, **KEY)
+    with pytest.raises(KeyError):
+        await local.load("n" * 260, **KEY)
+    assert not await local.exists("n" * 260, **KEY)
 
 
 async def test_symlinked_base_dir_keeps_everything_inside(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ from ..errors import InvalidArgument, InvalidArgumentType, MissingObject
 from .records import TaskInfo
 from .types import StoreType, TypeRegistry
 
-__all__ = ["INFO_NAME", "MISSING", "Promise", "ResultStore", "check_part"]
+__all__ = ["INFO_NAME", "MISSING", "Promise", "ResultStore", "check_key", "check_part"]
 
 #: The name under which a run's TaskInfo record is kept; not available for objects.
 INFO_NAME: Final = "_taskinfo"
@@ -59,7 +59,7 @@ def check_part(kind: str, value: object) -> str:
     return value
 
 
-def _check_key(name: str, task: str, config_hash: str) -> None:
+def check_key(name: str, task: str, config_hash: str) -> None:
     check_part("task", task)
     check_part("config_hash", config_hash)
     check_part("name", name)
@@ -127,7 +127,7 @@ class ResultStore(abc.ABC):
         self, obj: Any, name: str, *, task: str, config_hash: str, type_: str = "json"
     ) -> None:
         """Store ``obj`` under the key, replacing what was there (last writer wins)."""
-        _check_key(name, task, config_hash)
+        check_key(name, task, config_hash)
         await self._save(obj, name, task, config_hash, self._types[type_])
 
     async def load(self, name: str, *, task: str, config_hash: str, lazy: bool = False) -> Any:
@@ -136,7 +136,7 @@ class ResultStore(abc.ABC):
         Raises ``MissingObject`` (a ``KeyError``) naming the key if nothing is stored, also
         when ``lazy`` so a missing result is reported where it is asked for.
         """
-        _check_key(name, task, config_hash)
+        check_key(name, task, config_hash)
         if lazy:
             if not await self._exists(name, task, config_hash):
                 raise MissingObject(name, task=task, config_hash=config_hash)
@@ -147,12 +147,12 @@ class ResultStore(abc.ABC):
         return obj
 
     async def exists(self, name: str, *, task: str, config_hash: str) -> bool:
-        _check_key(name, task, config_hash)
+        check_key(name, task, config_hash)
         return await self._exists(name, task, config_hash)
 
     async def delete(self, name: str, *, task: str, config_hash: str) -> None:
         """Remove the object if present; deleting what is absent is not an error."""
-        _check_key(name, task, config_hash)
+        check_key(name, task, config_hash)
         await self._delete(name, task, config_hash)
 
     async def delete_run(self, *, task: str, config_hash: str) -> None:

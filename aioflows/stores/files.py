@@ -28,6 +28,7 @@ __all__ = [
     "fsync",
     "is_temp",
     "make_dirs",
+    "newest_existing",
     "off_loop",
     "read_infos",
     "read_newest",
@@ -149,6 +150,19 @@ def read_newest(candidates: Sequence[str]) -> tuple[int, str, bytes] | None:
     finally:
         if best_fd >= 0:
             os.close(best_fd)
+
+
+def newest_existing(paths: Iterable[str]) -> str | None:
+    """The most recently written of the paths that exist, if any."""
+    best: tuple[int, str] | None = None
+    for path in paths:
+        try:
+            mtime = os.stat(path).st_mtime_ns
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        if best is None or mtime > best[0]:
+            best = (mtime, path)
+    return None if best is None else best[1]
 
 
 def remove_files(paths: Iterable[str]) -> None:

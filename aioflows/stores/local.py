@@ -10,6 +10,10 @@ Every write goes to a temporary file in the target directory, is fsynced and the
 the final name, so a reader (or a process killed with SIGKILL mid-write) only ever leaves the
 old version or the new one. Many coroutines and several processes may write the same base_dir;
 the last rename wins.
+
+Keys are validated before any path is built (no separators, no leading dot, no drive), so
+every path is exactly three levels below base_dir. Symlinks someone places inside the store
+(say, a task directory moved to a bigger disk) are followed like any directory.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import pydantic
 
 from ..errors import CorruptObject, InvalidArgument, MissingObject
 from . import files
-from .base import INFO_NAME, MISSING, ResultStore, _check_key
+from .base import INFO_NAME, MISSING, ResultStore, check_key
 from .records import TaskInfo
 from .types import StoreType
 
@@ -67,7 +71,7 @@ class LocalFileStore(ResultStore):
 
     def path(self, name: str, *, task: str, config_hash: str, type_: str = "json") -> str:
         """Where an object of ``type_`` saved under this key lives (whether or not it exists)."""
-        _check_key(name, task, config_hash)
+        check_key(name, task, config_hash)
         return self._file(self._run_dir(task, config_hash), name, self._types[type_])
 
     def _run_dir(self, task: str, config_hash: str) -> str:
@@ -82,10 +86,12 @@ class LocalFileStore(ResultStore):
         return os.path.join(run_dir, filename)
 
     def _candidates(self, name: str, task: str, config_hash: str) -> list[tuple[StoreType, str]]:
-        """Every path the name could have, one per registered type."""
+        """Every path the name could have: one per registered type whose filename fits."""
         run_dir = self._run_dir(task, config_hash)
         return [
-            (stype, os.path.join(run_dir, f"{name}.{stype.extension}")) for stype in self._types
+            (stype, os.path.join(run_dir, filename))
+            for stype in self._types
+            if len(os.fsencode(filename := f"{name}.{stype.extension}")) <= _MAX_FILENAME
         ]
 
     async def _write(self, final: str, data: bytes, siblings: Sequence[str] = ()) -> None:
@@ -133,7 +139,7 @@ class LocalFileStore(ResultStore):
 
     async def _exists(self, name: str, task: str, config_hash: str) -> bool:
         paths = [p for _, p in self._candidates(name, task, config_hash)]
-        return await files.off_loop(lambda: any(os.path.isfile(p) for p in paths))
+        return await files.off_loop(files.newest_existing, paths) is not None
 
     async def _delete(self, name: str, task: str, config_hash: str) -> None:
         paths = [p for _, p in self._candidates(name, task, config_hash)]
@@ -192,7 +198,7 @@ class LocalFileStore(ResultStore):
         keeps the old version. ``type_`` (default ``"text"`` for ``"w"``, ``"bytes"`` for
         ``"wb"``) picks the extension, so ``load`` decodes the file as that type afterwards.
         """
-        _check_key(name, task, config_hash)
+        check_key(name, task, config_hash)
         if mode in _READ_MODES:
             async with self._open_read(name, mode, task, config_hash, type_) as file:
                 yield file
@@ -213,12 +219,15 @@ class LocalFileStore(ResultStore):
             candidates = [(t, p) for t, p in candidates if t is wanted]
         paths = [p for _, p in candidates]
         # Pick the newest existing file the way load() does, then open it for streaming.
-        newest = await files.off_loop(_newest_existing, paths)
-        if newest is None:
-            raise MissingObject(name, task=task, config_hash=config_hash)
+        newest = await files.off_loop(files.newest_existing, paths)
         encoding = None if "b" in mode else "utf-8"
-        with anyio.CancelScope(shield=True):
-            file = await _aio_open(newest, mode, encoding=encoding)
+        try:
+            if newest is None:
+                raise FileNotFoundError(name)
+            with anyio.CancelScope(shield=True):
+                file = await _aio_open(newest, mode, encoding=encoding)
+        except FileNotFoundError:  # absent, or deleted since we looked
+            raise MissingObject(name, task=task, config_hash=config_hash) from None
         try:
             yield file
         finally:
@@ -251,18 +260,6 @@ class LocalFileStore(ResultStore):
 async def _close(file: Any) -> None:
     with anyio.CancelScope(shield=True):
         await file.close()
-
-
-def _newest_existing(paths: list[str]) -> str | None:
-    best: tuple[int, str] | None = None
-    for path in paths:
-        try:
-            mtime = os.stat(path).st_mtime_ns
-        except (FileNotFoundError, NotADirectoryError):
-            continue
-        if best is None or mtime > best[0]:
-            best = (mtime, path)
-    return None if best is None else best[1]
 
 
 def _parse_info(path: str, data: bytes) -> TaskInfo:
