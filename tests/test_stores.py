@@ -569,3 +569,42 @@ async def test_invalid_argument_is_both_library_and_builtin_error(
         await store.save(1, "a/b", **KEY)
     assert isinstance(info.value, ValueError)
     assert isinstance(info.value, af.AioflowsError)
+
+
+async def test_over_long_task_or_hash_is_a_value_error(local: af.LocalFileStore) -> None:
+    with pytest.raises(ValueError, match="task"):
+        await local.save(1, "m", task="t" * 300, config_hash="h")
+    with pytest.raises(ValueError, match="config_hash"):
+        await local.load("m", task="t", config_hash="h" * 300)
+
+
+async def test_a_record_that_is_not_json_is_a_type_error(local: af.LocalFileStore) -> None:
+    info = af.TaskInfo("train", "c0ffee", "train-0", "finished", config={"f": object()})
+    with pytest.raises(TypeError, match="train-0"):
+        await local.save_info(info)
+    assert await local.load_info(**KEY) is None
+
+
+def test_task_info_times_must_be_timezone_aware() -> None:
+    with pytest.raises(pydantic.ValidationError):
+        af.TaskInfo("t", "h", "t-0", "running", started=datetime(2026, 1, 1))
+
+
+async def test_a_save_in_a_cancelled_scope_does_nothing(local: af.LocalFileStore) -> None:
+    with anyio.CancelScope() as scope:
+        scope.cancel()
+        await local.save(1, "m", **KEY)
+    assert scope.cancelled_caught
+    assert not await local.exists("m", **KEY)
+
+
+async def test_symlinked_task_directories_are_listed(
+    local: af.LocalFileStore, tmp_path: Path
+) -> None:
+    elsewhere = tmp_path / "bigdisk"
+    elsewhere.mkdir()
+    os.mkdir(local.base_dir)
+    (Path(local.base_dir) / "train").symlink_to(elsewhere, target_is_directory=True)
+    await local.save_info(make_info())
+    assert [i.task for i in await local.list_infos()] == ["train"]
+    assert (elsewhere / "c0ffee" / "_taskinfo.json").exists()

@@ -253,7 +253,7 @@ def _subdirs(path: str) -> list[str]:
             return [
                 e.path
                 for e in entries
-                if not e.name.startswith(".") and e.is_dir(follow_symlinks=False)
+                if not e.name.startswith(".") and e.is_dir()  # a symlinked task dir counts
             ]
     except (FileNotFoundError, NotADirectoryError):
         return []

@@ -25,9 +25,11 @@ from typing import Any
 
 import aiofiles
 import anyio
+import anyio.lowlevel
 import pydantic
+import pydantic_core
 
-from ..errors import CorruptObject, InvalidArgument, MissingObject
+from ..errors import CorruptObject, InvalidArgument, InvalidArgumentType, MissingObject
 from . import files
 from .base import INFO_NAME, MISSING, ResultStore, check_key
 from .records import TaskInfo
@@ -51,8 +53,9 @@ class LocalFileStore(ResultStore):
             store never touches the disk.
         stale_after: Age in seconds after which a hidden temporary file is taken for the
             leftover of a crashed writer and removed (by :meth:`get_results` in its run
-            directory, and by :meth:`cleanup` everywhere). Live writes refresh their file's
-            time with every write, so only a writer idle for this long could be disturbed.
+            directory, and by :meth:`cleanup` everywhere). A file's time changes when data
+            reaches it, and ``open(..., "w")`` buffers its writes, so keep this longer than any
+            ``open`` block that may sit idle (or flush it now and then).
     """
 
     def __init__(self, base_dir: str | os.PathLike[str], *, stale_after: float = 3600.0) -> None:
@@ -75,6 +78,9 @@ class LocalFileStore(ResultStore):
         return self._file(self._run_dir(task, config_hash), name, self._types[type_])
 
     def _run_dir(self, task: str, config_hash: str) -> str:
+        for kind, part in (("task", task), ("config_hash", config_hash)):
+            if len(os.fsencode(part)) > _MAX_FILENAME:
+                raise InvalidArgument(f"{kind} {part[:40]!r}... exceeds {_MAX_FILENAME} bytes")
         return os.path.join(self._base, task, config_hash)
 
     def _file(self, run_dir: str, name: str, stype: StoreType) -> str:
@@ -95,9 +101,11 @@ class LocalFileStore(ResultStore):
         ]
 
     async def _write(self, final: str, data: bytes, siblings: Sequence[str] = ()) -> None:
+        await anyio.lowlevel.checkpoint_if_cancelled()
         temp = files.temp_path(os.path.dirname(final))
-        # Shielded like anyio.to_thread: a cancelled save waits for its file steps (ms) and
-        # then raises, so no step outlives the call and the temporary is always cleaned up.
+        # Once started, a write is finished (or rolled back) under a shield, as anyio's
+        # to_thread does: no file step outlives the call and the temporary is always cleaned
+        # up. A cancellation that arrived meanwhile is raised right after.
         with anyio.CancelScope(shield=True):
             file = await self._open_temp(temp, "xb", buffering=0)
             try:
@@ -112,6 +120,7 @@ class LocalFileStore(ResultStore):
             except BaseException:
                 await files.off_loop(files.remove_files, [temp])
                 raise
+        await anyio.lowlevel.checkpoint_if_cancelled()
 
     async def _open_temp(self, temp: str, mode: str, **kwargs: Any) -> Any:
         """Open a new temporary file, creating its run directory on first use."""
@@ -160,7 +169,13 @@ class LocalFileStore(ResultStore):
 
     async def _save_info(self, info: TaskInfo) -> None:
         run_dir = self._run_dir(info.task, info.config_hash)
-        await self._write(os.path.join(run_dir, _INFO_FILE), info.to_json().encode())
+        try:
+            data = info.to_json().encode()
+        except pydantic_core.PydanticSerializationError as exc:
+            raise InvalidArgumentType(
+                f"cannot save the TaskInfo of {info.unique_name!r} as JSON: {exc}"
+            ) from exc
+        await self._write(os.path.join(run_dir, _INFO_FILE), data)
 
     async def _load_info(self, task: str, config_hash: str) -> TaskInfo | None:
         path = os.path.join(self._run_dir(task, config_hash), _INFO_FILE)
@@ -266,4 +281,6 @@ def _parse_info(path: str, data: bytes) -> TaskInfo:
     try:
         return TaskInfo.from_json(data)
     except pydantic.ValidationError as exc:
-        raise CorruptObject(path, f"not a TaskInfo record ({exc.error_count()} errors)") from exc
+        first = exc.errors()[0]
+        where = ".".join(map(str, first["loc"])) or "record"
+        raise CorruptObject(path, f"not a TaskInfo record ({where}: {first['msg']})") from exc

@@ -8,10 +8,9 @@ so it validates on the way in and round-trips through files and Redis as JSON un
 from __future__ import annotations
 
 import enum
-from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, NonNegativeInt
+from pydantic import AwareDatetime, BaseModel, ConfigDict, NonNegativeInt
 
 __all__ = ["TaskInfo", "TaskState"]
 
@@ -59,8 +58,8 @@ class TaskInfo(BaseModel):
     state: TaskState
     config: dict[str, Any] | None = None
     unique_config: dict[str, Any] | None = None
-    started: datetime | None = None
-    ended: datetime | None = None
+    started: AwareDatetime | None = None
+    ended: AwareDatetime | None = None
     attempts: NonNegativeInt = 0
     error: str | None = None
 

@@ -132,12 +132,13 @@ class TypeRegistry:
         ext = (name if extension is None else extension).lstrip(".")
         if not ext or any(c in ext for c in "/\\\0") or ext.endswith("."):
             raise InvalidArgument(f"extension {extension!r} of type {name!r} is not usable")
-        if ext in _RESERVED_EXTENSIONS:
+        if ext.lower() in _RESERVED_EXTENSIONS:
             raise InvalidArgument(f"extension {ext!r} is reserved for in-flight writes")
         for other in self._by_name.values():
             if other.name == name:
                 continue  # re-registering a name replaces that type
-            a, b = sorted((ext, other.extension), key=len)
+            # Compared case-insensitively: macOS and Windows file names are.
+            a, b = sorted((ext.lower(), other.extension.lower()), key=len)
             if a == b or b.endswith("." + a):
                 raise InvalidArgument(
                     f"extension {ext!r} of type {name!r} cannot be told apart from "
