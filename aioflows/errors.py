@@ -10,7 +10,9 @@ against the builtin keeps working::
      ├── InvalidArgumentType (also TypeError)   a value of the wrong kind
      ├── RateLimited                          the remote end throttled a call
      ├── MissingObject (also KeyError)        a store holds no object under that key
-     └── CorruptObject                        a stored file cannot be decoded
+     ├── CorruptObject                        a stored file cannot be decoded
+     ├── FlowError (also ValueError)          a flow cannot be built as declared
+     └── FlowFailed                           a flow ran and some task instances failed
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from typing import Any
 __all__ = [
     "AioflowsError",
     "CorruptObject",
+    "FlowError",
+    "FlowFailed",
     "InvalidArgument",
     "InvalidArgumentType",
     "MissingObject",
@@ -109,3 +113,29 @@ class CorruptObject(AioflowsError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.path, self.reason))
+
+
+class FlowError(AioflowsError, ValueError):
+    """A flow is declared wrongly: a cycle, an unknown or duplicate task name, a config key the
+    function cannot take, a config value that is not JSON... Raised before any task runs, with a
+    message naming the culprit."""
+
+
+class FlowFailed(AioflowsError):
+    """``Flow.run`` finished with failed task instances.
+
+    ``run`` is the :class:`~aioflows.FlowRun` with every instance's state and result;
+    ``errors`` maps the unique name of each failed instance to the exception it raised.
+    """
+
+    def __init__(self, run: Any, errors: dict[str, BaseException]) -> None:
+        self.run = run
+        self.errors = errors
+        shown = "; ".join(
+            f"{name}: {type(exc).__name__}: {exc}" for name, exc in list(errors.items())[:5]
+        )
+        more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
+        super().__init__(f"{len(errors)} task instance(s) failed: {shown}{more}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.run, self.errors))

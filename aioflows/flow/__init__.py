@@ -1,0 +1,1 @@
+"""Flows: task graphs expanded over config grids, run with caching and resume."""
