@@ -12,7 +12,20 @@ from ._version import __version__
 from .concurrency import imap as imap
 from .concurrency import map as map
 from .errors import AioflowsError as AioflowsError
+from .errors import FlowError as FlowError
+from .errors import FlowFailed as FlowFailed
 from .errors import RateLimited as RateLimited
+from .flow.config import expand_config as expand_config
+from .flow.context import TaskContext as TaskContext
+from .flow.graph import Graph as Graph
+from .flow.graph import TaskNode as TaskNode
+from .flow.run import FlowRun as FlowRun
+from .flow.run import Sweep as Sweep
+from .flow.run import TaskEvent as TaskEvent
+from .flow.run import TaskResult as TaskResult
+from .flow.spec import Flow as Flow
+from .flow.spec import TaskSpec as TaskSpec
+from .flow.spec import task as task
 from .limits import KeyedRateLimiter as KeyedRateLimiter
 from .limits import Rate as Rate
 from .limits import RateLimiter as RateLimiter
@@ -26,6 +39,11 @@ from .stores import TaskState as TaskState
 
 __all__ = [
     "AioflowsError",
+    "Flow",
+    "FlowError",
+    "FlowFailed",
+    "FlowRun",
+    "Graph",
     "KeyedRateLimiter",
     "LocalFileStore",
     "MemoryStore",
@@ -35,11 +53,19 @@ __all__ = [
     "RateLimiter",
     "ResultStore",
     "Retry",
+    "Sweep",
+    "TaskContext",
+    "TaskEvent",
     "TaskInfo",
+    "TaskNode",
+    "TaskResult",
+    "TaskSpec",
     "TaskState",
-    "__version__",
+    "expand_config",
     "imap",
     "map",
+    "task",
+    "__version__",
 ]
 
 # Public objects say where users import them from, in reprs and tracebacks.

@@ -1,0 +1,474 @@
+"""The scheduling loop: run every task instance as soon as its own predecessors are done.
+
+One task group holds a pool of worker tasks fed by a ready queue (a memory object stream).
+Workers are started lazily, up to ``concurrency``, only when queued instances outnumber idle
+workers; an instance is queued the moment its last predecessor settles, so independent branches
+never wait for each other (no level-by-level barrier). An instance costs a queue entry and a
+small state record, never a task and an Event of its own.
+
+Failure marks the failed instance's descendants UPSTREAM_FAILED; with ``fail_fast`` the task
+group is cancelled, running instances see the cancellation and mark themselves KILLED. A
+cancellation from outside does the same marking and then propagates. Nothing outlives
+:func:`run_flow`.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import math
+from collections.abc import Callable, Sequence
+from datetime import datetime, timezone
+from typing import Any
+
+import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from ..calls import guard
+from ..errors import FlowError, FlowFailed, InvalidArgumentType, MissingObject
+from ..stores.base import ResultStore
+from ..stores.memory import MemoryStore
+from ..stores.records import TaskInfo, TaskState
+from .config import strip_ignored
+from .context import TaskContext
+from .graph import Graph, TaskNode
+from .run import FlowRun, Sweep, TaskEvent, TaskResult
+from .spec import Flow
+
+__all__ = ["RESULT_NAME", "run_flow"]
+
+#: The name a task instance's return value is saved under in the store.
+RESULT_NAME = "result"
+
+_SETTLED = frozenset(
+    {
+        TaskState.FINISHED,
+        TaskState.CACHED,
+        TaskState.FAILED,
+        TaskState.KILLED,
+        TaskState.UPSTREAM_FAILED,
+    }
+)
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class _Slot:
+    """The mutable run state of one instance."""
+
+    __slots__ = ("attempts", "ended", "error", "remaining", "started", "state", "value")
+
+    def __init__(self, remaining: int) -> None:
+        self.state = TaskState.PENDING
+        self.remaining = remaining  # predecessors in the run not yet done
+        self.value: Any = None
+        self.attempts = 0
+        self.started: datetime | None = None
+        self.ended: datetime | None = None
+        self.error: BaseException | None = None
+
+
+class _Call:
+    """One attempt's inputs, handed through the guard (limiters, timeout, retry)."""
+
+    __slots__ = ("kwargs", "node", "slot")
+
+    def __init__(self, node: TaskNode, slot: _Slot, kwargs: dict[str, Any]) -> None:
+        self.node = node
+        self.slot = slot
+        self.kwargs = kwargs
+
+
+def _resolve_force(graph: Graph, force: str | Sequence[str] | None) -> frozenset[str]:
+    if force is None:
+        return frozenset()
+    items = [force] if isinstance(force, str) else list(force)
+    tasks = graph.specs
+    forced: set[str] = set()
+    for item in items:
+        if not isinstance(item, str):
+            raise FlowError(f"force takes task names, got {item!r}")
+        if item == "all":
+            return frozenset(tasks)
+        name, plus = (item[:-1], True) if item.endswith("+") else (item, False)
+        if name not in tasks:
+            raise FlowError(f"force names no task: {item!r}; tasks are {', '.join(tasks)}")
+        forced.add(name)
+        if plus:
+            # Every task downstream of `name`: specs come in topological order.
+            for spec_name, spec in tasks.items():
+                if any(p in forced and p != spec_name for p in spec.predecessors):
+                    forced.add(spec_name)
+    return frozenset(forced)
+
+
+def _select(graph: Graph, targets: Sequence[str] | None) -> list[TaskNode]:
+    if targets is None:
+        return graph.nodes
+    if isinstance(targets, str):
+        targets = [targets]
+    for name in targets:
+        if name not in graph.specs:
+            raise FlowError(f"targets names no task: {name!r}")
+    wanted: set[int] = set()
+    stack = [n for n in graph.nodes if n.task in targets]
+    while stack:
+        node = stack.pop()
+        if id(node) not in wanted:
+            wanted.add(id(node))
+            stack.extend(node.predecessors)
+    return [n for n in graph.nodes if id(n) in wanted]
+
+
+def _check_options(
+    store: ResultStore | None,
+    concurrency: int | None,
+    resources: Sequence[Any] | None,
+    on_event: Callable[[TaskEvent], Any] | None,
+) -> None:
+    if store is not None and not isinstance(store, ResultStore):
+        raise FlowError(f"store must be a ResultStore, got {type(store).__name__}")
+    if concurrency is not None and (
+        isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1
+    ):
+        raise FlowError(f"concurrency must be None or an int >= 1, got {concurrency!r}")
+    if resources is not None and (isinstance(resources, (str, bytes)) or not len(resources)):
+        raise FlowError("resources must be a non-empty sequence (one item per running instance)")
+    if on_event is not None and not callable(on_event):
+        raise FlowError(f"on_event must be callable, got {on_event!r}")
+
+
+async def run_flow(
+    flow: Flow,
+    *,
+    store: ResultStore | None,
+    concurrency: int | None,
+    force: str | Sequence[str] | None,
+    fail_fast: bool,
+    resources: Sequence[Any] | None,
+    targets: Sequence[str] | None,
+    on_event: Callable[[TaskEvent], Any] | None,
+    progress: bool,
+) -> FlowRun:
+    _check_options(store, concurrency, resources, on_event)
+    graph = flow.graph()
+    executor = _Executor(
+        graph,
+        _select(graph, targets),
+        store=store,
+        concurrency=concurrency,
+        forced=_resolve_force(graph, force),
+        fail_fast=fail_fast,
+        resources=resources,
+        on_event=on_event,
+    )
+    if not progress:
+        return await executor.run()
+    from .progress import FlowProgress
+
+    with FlowProgress(flow.name, executor.nodes) as display:
+        executor.listeners.append(display.update)
+        try:
+            run = await executor.run()
+        except FlowFailed as exc:
+            display.finish(exc.run)
+            raise
+        display.finish(run)
+        return run
+
+
+class _Executor:
+    def __init__(
+        self,
+        graph: Graph,
+        nodes: list[TaskNode],
+        *,
+        store: ResultStore | None,
+        concurrency: int | None,
+        forced: frozenset[str],
+        fail_fast: bool,
+        resources: Sequence[Any] | None,
+        on_event: Callable[[TaskEvent], Any] | None,
+    ) -> None:
+        self.graph = graph
+        self.nodes = nodes
+        self.store = store
+        self.ctx_store: ResultStore = store if store is not None else MemoryStore()
+        self.forced = forced
+        self.fail_fast = fail_fast
+        self.on_event = on_event
+        self.listeners: list[Callable[[TaskEvent], None]] = []
+        in_run = {id(n) for n in nodes} if len(nodes) != len(graph.nodes) else None
+        self.slots: dict[TaskNode, _Slot] = {}
+        for node in nodes:
+            preds = node.predecessors
+            if in_run is not None:
+                preds = tuple(p for p in preds if id(p) in in_run)
+            self.slots[node] = _Slot(len(preds))
+        self.in_run = in_run
+        limit = concurrency if concurrency is not None else max(1, len(nodes))
+        if resources is not None:
+            limit = min(limit, len(resources))
+        self.limit = limit
+        self.resources = list(resources) if resources is not None else None
+        self.unsettled = len(nodes)
+        self.workers = self.idle = self.queued = 0
+        self.errors: dict[str, BaseException] = {}
+        self.send: MemoryObjectSendStream[TaskNode]
+        self.receive: MemoryObjectReceiveStream[TaskNode]
+        self.task_group: anyio.abc.TaskGroup | None = None
+        self.calls = {
+            name: guard(
+                self._attempt,
+                rate=spec.options.rate,
+                retry=spec.options.retry,
+                timeout=spec.options.timeout,
+            )
+            for name, spec in graph.specs.items()
+        }
+        self.limiters = {
+            name: anyio.CapacityLimiter(spec.options.concurrency)
+            for name, spec in graph.specs.items()
+            if spec.options.concurrency is not None
+        }
+
+    # --- the loop -------------------------------------------------------------------------
+
+    async def run(self) -> FlowRun:
+        self.send, self.receive = anyio.create_memory_object_stream[TaskNode](math.inf)
+        if self.resources is not None:
+            res_send, res_receive = anyio.create_memory_object_stream[Any](math.inf)
+            for item in self.resources:
+                res_send.send_nowait(item)
+            self.resource_send, self.resource_receive = res_send, res_receive
+        try:
+            async with anyio.create_task_group() as tg:
+                self.task_group = tg
+                if self.unsettled == 0:
+                    self.send.close()
+                for node in self.nodes:
+                    if self.slots[node].remaining == 0:
+                        self._enqueue(node)
+        finally:
+            self.task_group = None
+            self.send.close()
+            self.receive.close()
+            if self.resources is not None:
+                self.resource_send.close()
+                self.resource_receive.close()
+        run = self._flow_run()
+        if self.errors:
+            raise FlowFailed(run, dict(self.errors))
+        return run
+
+    def _enqueue(self, node: TaskNode) -> None:
+        self._set(node, TaskState.SCHEDULED)
+        self.send.send_nowait(node)
+        self.queued += 1
+        if self.queued > self.idle and self.workers < self.limit:
+            assert self.task_group is not None
+            self.workers += 1
+            self.idle += 1
+            self.task_group.start_soon(self._worker)
+
+    async def _worker(self) -> None:
+        async for node in self.receive:
+            self.queued -= 1
+            self.idle -= 1
+            if self.slots[node].state is TaskState.SCHEDULED:
+                await self._run_node(node)
+            self.idle += 1
+
+    def _settle(self, node: TaskNode) -> None:
+        self.unsettled -= 1
+        if self.unsettled == 0:
+            self.send.close()
+
+    def _done(self, node: TaskNode) -> None:
+        """``node`` finished or was cached: queue the successors it was the last one for."""
+        self._settle(node)
+        slots = self.slots
+        for succ in node.successors:
+            slot = slots.get(succ)
+            if slot is not None:
+                slot.remaining -= 1
+                if slot.remaining == 0 and slot.state is TaskState.PENDING:
+                    self._enqueue(succ)
+
+    def _failed(self, node: TaskNode, exc: BaseException) -> None:
+        self.errors[node.unique_name] = exc
+        self._settle(node)
+        stack = list(node.successors)
+        while stack:
+            succ = stack.pop()
+            slot = self.slots.get(succ)
+            if slot is not None and slot.state not in _SETTLED:
+                self._set(succ, TaskState.UPSTREAM_FAILED)
+                self._settle(succ)
+                stack.extend(succ.successors)
+        if self.fail_fast and self.task_group is not None:
+            self.task_group.cancel_scope.cancel()
+
+    def _set(self, node: TaskNode, state: TaskState, error: BaseException | None = None) -> Any:
+        self.slots[node].state = state
+        if self.on_event is None and not self.listeners:
+            return None
+        event = TaskEvent(node.unique_name, node.task, state, _now(), error)
+        for listener in self.listeners:
+            listener(event)
+        if self.on_event is not None:
+            outcome = self.on_event(event)
+            if inspect.isawaitable(outcome):
+                return outcome
+        return None
+
+    async def _emit(self, node: TaskNode, state: TaskState, error: BaseException | None = None) -> None:
+        outcome = self._set(node, state, error)
+        if outcome is not None:
+            await outcome
+
+    # --- one instance -----------------------------------------------------------------------
+
+    async def _run_node(self, node: TaskNode) -> None:
+        slot = self.slots[node]
+        store = self.store
+        if store is not None and node.task not in self.forced and await self._load_cached(node):
+            await self._emit(node, TaskState.CACHED)
+            self._done(node)
+            return
+        resource = None
+        if self.resources is not None:
+            resource = await self.resource_receive.receive()
+        try:
+            limiter = self.limiters.get(node.task)
+            if limiter is None:
+                await self._execute(node, slot, resource)
+            else:
+                async with limiter:
+                    await self._execute(node, slot, resource)
+        finally:
+            if self.resources is not None:
+                self.resource_send.send_nowait(resource)
+
+    async def _load_cached(self, node: TaskNode) -> bool:
+        assert self.store is not None
+        info = await self.store.load_info(task=node.task, config_hash=node.config_hash)
+        if info is None or info.state is not TaskState.FINISHED:
+            return False
+        try:
+            value = await self.store.load(RESULT_NAME, task=node.task, config_hash=node.config_hash)
+        except MissingObject:
+            return False  # the record outlived its result (deleted by hand): run again
+        slot = self.slots[node]
+        slot.value = value
+        slot.attempts = info.attempts
+        slot.started, slot.ended = info.started, info.ended
+        return True
+
+    def _inputs(self, node: TaskNode, resource: Any) -> dict[str, Any]:
+        binding = self.graph.bindings[node.task]
+        kwargs = dict(node.config)
+        if binding.results:
+            slots = self.slots
+            if node.reduce:
+                for name in binding.results:
+                    kwargs[name] = [
+                        Sweep(slots[p].value, p.unique_config)
+                        for p in node.predecessors
+                        if p.task == name
+                    ]
+            else:
+                for p in node.predecessors:
+                    if p.task in binding.results:
+                        kwargs[p.task] = slots[p].value
+        if binding.ctx is not None:
+            kwargs[binding.ctx] = TaskContext(node, self.ctx_store, resource)
+        return kwargs
+
+    async def _execute(self, node: TaskNode, slot: _Slot, resource: Any) -> None:
+        slot.started = _now()
+        await self._emit(node, TaskState.RUNNING)
+        try:
+            call = _Call(node, slot, self._inputs(node, resource))
+            value = await self.calls[node.task](call)
+            slot.value = value
+            slot.ended = _now()
+            if self.store is not None:
+                await self._save_result(node, slot)
+        except anyio.get_cancelled_exc_class():
+            slot.ended = _now()
+            with anyio.CancelScope(shield=True):
+                await self._emit(node, TaskState.KILLED)
+                await self._save_info(node, slot, TaskState.KILLED)
+            self._settle(node)
+            raise
+        except Exception as exc:
+            slot.ended = _now()
+            slot.error = exc
+            await self._emit(node, TaskState.FAILED, exc)
+            with anyio.CancelScope(shield=True):
+                await self._save_info(node, slot, TaskState.FAILED)
+            self._failed(node, exc)
+            return
+        await self._emit(node, TaskState.FINISHED)
+        self._done(node)
+
+    async def _attempt(self, call: _Call) -> Any:
+        call.slot.attempts += 1
+        fn = self.graph.specs[call.node.task].fn
+        if self.graph.bindings[call.node.task].is_async:
+            return await fn(**call.kwargs)
+        return await anyio.to_thread.run_sync(functools.partial(fn, **call.kwargs))
+
+    async def _save_result(self, node: TaskNode, slot: _Slot) -> None:
+        assert self.store is not None
+        key = {"task": node.task, "config_hash": node.config_hash}
+        try:
+            await self.store.save(slot.value, RESULT_NAME, **key, type_="json")
+        except InvalidArgumentType:
+            # Not JSON: keep it as a pickle (the store's own files, so trusted data).
+            await self.store.save(slot.value, RESULT_NAME, **key, type_="pickle")
+        # The record comes last: FINISHED on disk implies the result is there.
+        await self._save_info(node, slot, TaskState.FINISHED)
+
+    async def _save_info(self, node: TaskNode, slot: _Slot, state: TaskState) -> None:
+        if self.store is None:
+            return
+        error = slot.error
+        info = TaskInfo(
+            node.task,
+            node.config_hash,
+            node.unique_name,
+            state,
+            config=strip_ignored(node.config, self.graph.flow.config_ignore_prefix),
+            unique_config=node.unique_config,
+            started=slot.started,
+            ended=slot.ended,
+            attempts=slot.attempts,
+            error=None if error is None else f"{type(error).__name__}: {error}",
+        )
+        await self.store.save_info(info)
+
+    def _flow_run(self) -> FlowRun:
+        results: dict[str, list[TaskResult]] = {name: [] for name in self.graph.specs}
+        states: dict[str, TaskState] = {}
+        for node in self.nodes:
+            slot = self.slots[node]
+            states[node.unique_name] = slot.state
+            results[node.task].append(
+                TaskResult(
+                    unique_name=node.unique_name,
+                    value=slot.value,
+                    config=node.config,
+                    unique_config=node.unique_config,
+                    config_hash=node.config_hash,
+                    state=slot.state,
+                    attempts=slot.attempts,
+                    started=slot.started,
+                    ended=slot.ended,
+                    error=slot.error,
+                )
+            )
+        return FlowRun(self.graph, results, states, self.errors)

@@ -1,0 +1,236 @@
+"""From specs to task instances: expansion over config grids and predecessor combinations.
+
+Each spec becomes one instance per expanded config per *compatible* combination of predecessor
+instances. Two predecessor instances are compatible when they descend from the same instance of
+every ancestor they share, so a task that joins two branches of an expanded ancestor never mixes
+instances of different branches. Compatibility is decided by a hash join on each instance's
+*lineage* (which instance of each multi-instance ancestor it descends from), so expansion costs
+time linear in its output, and single-instance ancestors (chains, plain DAGs) add nothing to it.
+"""
+
+from __future__ import annotations
+
+import graphlib
+import inspect
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ..errors import FlowError
+from .config import config_hash, expand_config, strip_ignored
+
+if TYPE_CHECKING:
+    from .spec import Flow, TaskSpec
+
+__all__ = ["Binding", "Graph", "TaskNode", "build_graph"]
+
+
+@dataclass(eq=False, slots=True)
+class TaskNode:
+    """One task instance: a spec with one expanded config and one set of predecessor instances.
+
+    ``config`` is what the function receives; ``unique_config`` (without ignored keys, plus the
+    predecessors' unique configs under their task names) and ``config_hash`` identify it.
+    """
+
+    unique_name: str
+    task: str
+    config: dict[str, Any]
+    unique_config: dict[str, Any]
+    config_hash: str
+    predecessors: tuple[TaskNode, ...]
+    reduce: bool = False
+    successors: list[TaskNode] = field(default_factory=list, repr=False)
+    lineage: Mapping[str, int] = field(default_factory=dict, repr=False)
+
+    def __repr__(self) -> str:
+        return f"TaskNode({self.unique_name!r}, config_hash={self.config_hash!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class Binding:
+    """How a spec's function is called: which predecessor results and whether ``ctx`` go in."""
+
+    results: frozenset[str]  # predecessor names whose results the function takes
+    ctx: str | None  # the parameter receiving the TaskContext
+    is_async: bool
+
+
+class Graph:
+    """The expanded instances of a flow, in topological order (``.nodes``)."""
+
+    __slots__ = ("bindings", "flow", "nodes", "specs")
+
+    def __init__(
+        self,
+        flow: Flow,
+        nodes: list[TaskNode],
+        specs: dict[str, TaskSpec],
+        bindings: dict[str, Binding],
+    ) -> None:
+        self.flow = flow
+        self.nodes = nodes
+        self.specs = specs
+        self.bindings = bindings
+
+    def __len__(self) -> int:
+        return len(self.nodes)
+
+    def __iter__(self) -> Iterator[TaskNode]:
+        return iter(self.nodes)
+
+    def by_task(self, task: str) -> list[TaskNode]:
+        """The instances of one task."""
+        return [node for node in self.nodes if node.task == task]
+
+    @property
+    def tasks(self) -> list[str]:
+        """Task names in topological order."""
+        return list(self.specs)
+
+    def __repr__(self) -> str:
+        return f"Graph({self.flow.name!r}, nodes={len(self.nodes)})"
+
+
+def _is_ctx(param: inspect.Parameter) -> bool:
+    if param.name == "ctx":
+        return True
+    annotation = param.annotation
+    if isinstance(annotation, str):
+        return annotation.rsplit(".", 1)[-1] == "TaskContext"
+    return getattr(annotation, "__name__", None) == "TaskContext"
+
+
+def _bind(spec: TaskSpec, predecessors: list[str]) -> Binding:
+    """Check that the function can take the spec's config and inputs; decide what to pass."""
+    try:
+        signature = inspect.signature(spec.fn)
+    except (TypeError, ValueError) as exc:
+        raise FlowError(f"cannot read the signature of task {spec.name!r}: {exc}") from exc
+    params = signature.parameters
+    var_kw = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    named = {
+        name: p
+        for name, p in params.items()
+        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    }
+    ctx = next((name for name, p in named.items() if _is_ctx(p)), None)
+    keys = list(spec.config or {})
+    for key in keys:
+        if not isinstance(key, str):
+            raise FlowError(f"config keys of task {spec.name!r} must be str, got {key!r}")
+        if key in predecessors:
+            raise FlowError(
+                f"config key {key!r} of task {spec.name!r} is also the name of a predecessor"
+            )
+        if key == ctx or (key not in named and not var_kw):
+            raise FlowError(f"task {spec.name!r} has no parameter for config key {key!r}")
+    provided = set(keys) | set(predecessors) | ({ctx} if ctx else set())
+    for name, p in params.items():
+        if p.kind is p.POSITIONAL_ONLY and p.default is p.empty:
+            raise FlowError(f"task {spec.name!r}: positional-only parameter {name!r} cannot be filled")
+        if name in named and p.default is p.empty and name not in provided:
+            raise FlowError(
+                f"task {spec.name!r}: nothing provides parameter {name!r} (not a config key, "
+                f"not a predecessor's name, not ctx)"
+            )
+    results = frozenset(p for p in predecessors if p in named or var_kw)
+    is_async = inspect.iscoroutinefunction(spec.fn) or inspect.iscoroutinefunction(
+        getattr(spec.fn, "__call__", None)
+    )
+    return Binding(results=results, ctx=ctx, is_async=is_async)
+
+
+def _order(flow: Flow) -> tuple[dict[str, TaskSpec], dict[str, list[str]]]:
+    """Specs in topological order, and each one's predecessor names."""
+    specs = {spec.name: spec for spec in flow.specs}
+    preds: dict[str, list[str]] = {}
+    for spec in specs.values():
+        names = spec.predecessors
+        for name in names:
+            if name not in specs:
+                raise FlowError(f"task {spec.name!r} requires unknown task {name!r}")
+        if spec.name in names:
+            raise FlowError(f"task {spec.name!r} requires itself")
+        preds[spec.name] = names
+    try:
+        order = list(graphlib.TopologicalSorter(preds).static_order())
+    except graphlib.CycleError as exc:
+        cycle = " -> ".join(exc.args[1])
+        raise FlowError(f"the tasks form a cycle: {cycle}") from None
+    return {name: specs[name] for name in order}, preds
+
+
+def _combinations(
+    groups: list[list[TaskNode]],
+) -> list[tuple[tuple[TaskNode, ...], Mapping[str, int]]]:
+    """Compatible picks of one instance per predecessor, with their merged lineage."""
+    first = groups[0]
+    combos: list[tuple[tuple[TaskNode, ...], Mapping[str, int]]] = [
+        ((node,), node.lineage) for node in first
+    ]
+    for group in groups[1:]:
+        shared = [k for k in group[0].lineage if k in combos[0][1]] if combos else []
+        index: dict[tuple[int, ...], list[TaskNode]] = {}
+        for node in group:
+            index.setdefault(tuple(node.lineage[k] for k in shared), []).append(node)
+        joined: list[tuple[tuple[TaskNode, ...], Mapping[str, int]]] = []
+        for nodes, lineage in combos:
+            for node in index.get(tuple(lineage[k] for k in shared), ()):
+                merged = lineage if not node.lineage else {**lineage, **node.lineage}
+                joined.append(((*nodes, node), merged))
+        combos = joined
+    return combos
+
+
+def build_graph(flow: Flow) -> Graph:
+    """Expand every spec of ``flow``; raises FlowError for anything declared wrongly."""
+    specs, preds = _order(flow)
+    bindings = {name: _bind(spec, preds[name]) for name, spec in specs.items()}
+    instances: dict[str, list[TaskNode]] = {}
+    nodes: list[TaskNode] = []
+    prefix = flow.config_ignore_prefix
+    for name, spec in specs.items():
+        configs = expand_config(spec.config, spec.expand, flow.group_prefix)
+        identities = [strip_ignored(c, prefix) for c in configs]
+        pred_names = preds[name]
+        own: list[TaskNode] = []
+        seen: set[str] = set()
+        if spec.reduce or not pred_names:
+            gathered = tuple(n for p in pred_names for n in instances[p])
+            combos: list[tuple[tuple[TaskNode, ...], Mapping[str, int]]] = [(gathered, {})]
+        else:
+            combos = _combinations([instances[p] for p in pred_names])
+        multi = len(configs) > 1
+        for i, (config, identity) in enumerate(zip(configs, identities, strict=True)):
+            for combo, lineage in combos:
+                digest = config_hash(name, identity, [(p.task, p.config_hash) for p in combo])
+                if digest in seen:
+                    raise FlowError(
+                        f"task {name!r} expands to the same instance twice (config {config!r}); "
+                        "remove the repeated alternative"
+                    )
+                unique = dict(identity)
+                if spec.reduce:
+                    for p in pred_names:
+                        unique[p] = [n.unique_config for n in combo if n.task == p]
+                else:
+                    for pred in combo:
+                        unique[pred.task] = pred.unique_config
+                seen.add(digest)
+                node = TaskNode(
+                    unique_name=f"{name}-{len(own) + 1}",
+                    task=name,
+                    config=config,
+                    unique_config=unique,
+                    config_hash=digest,
+                    predecessors=combo,
+                    reduce=spec.reduce,
+                    lineage={**lineage, name: i} if multi else lineage,
+                )
+                for pred in combo:
+                    pred.successors.append(node)
+                own.append(node)
+        instances[name] = own
+        nodes.extend(own)
+    return Graph(flow, nodes, specs, bindings)

@@ -1,0 +1,97 @@
+"""What a flow run reports: per-instance results, state-change events and the run as a whole."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from ..stores.records import TaskState
+
+if TYPE_CHECKING:
+    from .graph import Graph
+
+__all__ = ["FlowRun", "Sweep", "TaskEvent", "TaskResult"]
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Sweep(Generic[T]):
+    """One predecessor instance's result as a reduce task receives it."""
+
+    value: T
+    config: dict[str, Any]  # the instance's unique_config
+
+
+@dataclass(frozen=True, slots=True)
+class TaskEvent:
+    """A task instance changed state. ``error`` is set for FAILED (and for KILLED by an error)."""
+
+    unique_name: str
+    task: str
+    state: TaskState
+    time: datetime
+    error: BaseException | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TaskResult:
+    """The outcome of one task instance."""
+
+    unique_name: str
+    value: Any
+    config: dict[str, Any]
+    unique_config: dict[str, Any]
+    config_hash: str
+    state: TaskState
+    attempts: int
+    started: datetime | None
+    ended: datetime | None
+    error: BaseException | None
+
+    @property
+    def duration(self) -> float | None:
+        """Seconds the instance ran (None if it did not run)."""
+        if self.started is None or self.ended is None:
+            return None
+        return (self.ended - self.started).total_seconds()
+
+
+class FlowRun:
+    """A finished (or failed) run: results by task, states by instance.
+
+    ``results[task]`` lists a :class:`TaskResult` for every instance of the task in the run, in
+    graph order, whatever its state (``value`` is None unless FINISHED or CACHED); ``states``
+    maps every instance's unique name to its final state; ``errors`` the failed ones' errors.
+    """
+
+    __slots__ = ("errors", "graph", "results", "states")
+
+    def __init__(
+        self,
+        graph: Graph,
+        results: dict[str, list[TaskResult]],
+        states: dict[str, TaskState],
+        errors: dict[str, BaseException],
+    ) -> None:
+        self.graph = graph
+        self.results = results
+        self.states = states
+        self.errors = errors
+
+    @property
+    def ok(self) -> bool:
+        """Whether every instance that was to run finished or was cached."""
+        return all(s is TaskState.FINISHED or s is TaskState.CACHED for s in self.states.values())
+
+    def values(self, task: str) -> list[Any]:
+        """The values of one task's instances that finished or were cached."""
+        done = (TaskState.FINISHED, TaskState.CACHED)
+        return [r.value for r in self.results.get(task, ()) if r.state in done]
+
+    def __repr__(self) -> str:
+        counts: dict[str, int] = {}
+        for state in self.states.values():
+            counts[state.value] = counts.get(state.value, 0) + 1
+        return f"FlowRun(ok={self.ok}, states={counts})"

@@ -1,0 +1,307 @@
+"""What a user declares: task functions (``@task``), their specs and the ``Flow`` holding them.
+
+Nothing here expands or runs anything. A spec records a function, its config grid and its
+predecessors; :mod:`aioflows.flow.graph` turns the specs into task instances, and
+:mod:`aioflows.flow.executor` runs those.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar, overload
+
+from ..calls import LimiterLike, as_limiter, check_timeout
+from ..errors import FlowError
+from ..limits import RateLimiter
+from ..retry import Retry, RetryLike, as_retry
+
+if TYPE_CHECKING:
+    from .graph import Graph
+    from .run import FlowRun, TaskEvent
+    from ..stores.base import ResultStore
+
+__all__ = ["Flow", "TaskOptions", "TaskSpec", "task"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_OPTIONS_ATTR = "__aioflows_task__"
+
+
+@dataclass(frozen=True, slots=True)
+class TaskOptions:
+    """The options ``@task`` attaches to a function (validated when the decorator runs)."""
+
+    name: str | None = None
+    retry: Retry | None = None
+    timeout: float | None = None
+    concurrency: int | None = None
+    rate: RateLimiter | None = None
+    reduce: bool = False
+
+
+@overload
+def task(name: F, /) -> F: ...
+
+
+@overload
+def task(
+    name: str | None = None,
+    *,
+    retry: RetryLike = None,
+    timeout: float | None = None,
+    concurrency: int | None = None,
+    rate: LimiterLike | None = None,
+    reduce: bool = False,
+) -> Callable[[F], F]: ...
+
+
+def task(
+    name: str | Callable[..., Any] | None = None,
+    *,
+    retry: RetryLike = None,
+    timeout: float | None = None,
+    concurrency: int | None = None,
+    rate: LimiterLike | None = None,
+    reduce: bool = False,
+) -> Any:
+    """Mark a function as a flow task and attach how it runs.
+
+    Usable bare (``@af.task``) or with options (``@af.task("train", retry=3)``). The function
+    is returned unchanged, so it can still be called directly; the options travel with it.
+
+    Args:
+        name: The task's name in a flow (default: the function's name).
+        retry: Retry policy for a failing call (a ``Retry`` or a number of attempts).
+        timeout: Seconds one attempt may take.
+        concurrency: At most this many instances of the task run at once.
+        rate: Instances start at most at this rate (a rate, or a shared ``RateLimiter``).
+        reduce: The task receives every instance of its predecessors at once, as
+            ``list[Sweep]``, instead of running once per predecessor instance.
+    """
+    if callable(name):
+        return task()(name)
+    if name is not None and (not isinstance(name, str) or not name):
+        raise FlowError(f"a task name must be a non-empty str, got {name!r}")
+    if concurrency is not None and (
+        isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1
+    ):
+        raise FlowError(f"concurrency must be None or an int >= 1, got {concurrency!r}")
+    options = TaskOptions(
+        name=name,
+        retry=as_retry(retry),
+        timeout=check_timeout(timeout),
+        concurrency=concurrency,
+        rate=as_limiter(rate),
+        reduce=bool(reduce),
+    )
+
+    def decorate(fn: F) -> F:
+        if not callable(fn):
+            raise FlowError(f"@task decorates a function, got {fn!r}")
+        setattr(fn, _OPTIONS_ATTR, options)
+        return fn
+
+    return decorate
+
+
+def options_of(fn: Callable[..., Any]) -> TaskOptions:
+    options = getattr(fn, _OPTIONS_ATTR, None)
+    return options if isinstance(options, TaskOptions) else TaskOptions()
+
+
+class TaskSpec:
+    """One task of a flow: a function, its config grid and the tasks it requires.
+
+    Made by :meth:`Flow.add`. ``requires``/``required_by`` add edges and return the spec, so
+    they chain.
+    """
+
+    __slots__ = ("_flow", "_requires", "config", "expand", "fn", "name", "options", "reduce")
+
+    def __init__(
+        self,
+        flow: Flow,
+        fn: Callable[..., Any],
+        config: Mapping[str, Any] | None,
+        name: str,
+        expand: str,
+        reduce: bool,
+        options: TaskOptions,
+    ) -> None:
+        self._flow = flow
+        self.fn = fn
+        self.config = config
+        self.name = name
+        self.expand = expand
+        self.reduce = reduce
+        self.options = options
+        self._requires: list[TaskSpec | str] = []
+
+    def requires(self, *specs: TaskSpec | str) -> TaskSpec:
+        """This task runs after each of ``specs`` and receives their results."""
+        for spec in specs:
+            if not isinstance(spec, (TaskSpec, str)):
+                raise FlowError(
+                    f"{self.name!r} can require a TaskSpec or a task name, got {spec!r}"
+                )
+            if isinstance(spec, TaskSpec) and spec._flow is not self._flow:
+                raise FlowError(f"{spec.name!r} belongs to another flow than {self.name!r}")
+            if spec not in self._requires:
+                self._requires.append(spec)
+        return self
+
+    def required_by(self, *specs: TaskSpec) -> TaskSpec:
+        """Each of ``specs`` runs after this task and receives its results."""
+        for spec in specs:
+            if not isinstance(spec, TaskSpec):
+                raise FlowError(f"{self.name!r} can be required by a TaskSpec, got {spec!r}")
+            spec.requires(self)
+        return self
+
+    @property
+    def predecessors(self) -> list[str]:
+        """Names of the tasks this one requires, in the order they were added."""
+        return [s if isinstance(s, str) else s.name for s in self._requires]
+
+    def __repr__(self) -> str:
+        return f"TaskSpec({self.name!r}, requires={self.predecessors!r})"
+
+
+class Flow:
+    """A set of task specs and their dependencies; expand it with :meth:`graph`, run it with
+    :meth:`run`.
+
+    Args:
+        name: A label for logs, displays and the CLI.
+        config_ignore_prefix: Config keys starting with this are passed to the task but left
+            out of its identity (``config_hash``), e.g. ``_workers`` or ``_device``.
+        group_prefix: Marks zip groups in config grids (``[1, 2, "@g"]``).
+    """
+
+    def __init__(
+        self,
+        name: str = "flow",
+        *,
+        config_ignore_prefix: str | None = "_",
+        group_prefix: str = "@",
+    ) -> None:
+        if not isinstance(name, str) or not name:
+            raise FlowError(f"a flow name must be a non-empty str, got {name!r}")
+        if config_ignore_prefix is not None and (
+            not isinstance(config_ignore_prefix, str) or not config_ignore_prefix
+        ):
+            raise FlowError(
+                f"config_ignore_prefix must be None or a non-empty str, got {config_ignore_prefix!r}"
+            )
+        if not isinstance(group_prefix, str) or not group_prefix:
+            raise FlowError(f"group_prefix must be a non-empty str, got {group_prefix!r}")
+        self.name = name
+        self.config_ignore_prefix = config_ignore_prefix
+        self.group_prefix = group_prefix
+        self._specs: dict[str, TaskSpec] = {}
+
+    def add(
+        self,
+        fn: Callable[..., Any],
+        config: Mapping[str, Any] | None = None,
+        *,
+        name: str | None = None,
+        requires: Iterable[TaskSpec | str] = (),
+        expand: str = "product",
+        reduce: bool | None = None,
+    ) -> TaskSpec:
+        """Declare a task: ``fn`` runs once per expanded ``config`` per predecessor combination.
+
+        ``name`` overrides the ``@task`` name, which overrides the function's name; ``reduce``
+        likewise overrides ``@task(reduce=...)``.
+        """
+        if not callable(fn):
+            raise FlowError(f"flow.add takes a function, got {fn!r}")
+        if config is not None and not isinstance(config, Mapping):
+            raise FlowError(f"the config of a task must be a dict, got {type(config).__name__}")
+        options = options_of(fn)
+        task_name = name or options.name or getattr(fn, "__name__", None)
+        if not isinstance(task_name, str) or not task_name or task_name == "<lambda>":
+            raise FlowError(f"give {fn!r} a name: flow.add(fn, name=...)")
+        if task_name in self._specs:
+            raise FlowError(f"duplicate task name {task_name!r} in flow {self.name!r}")
+        if expand not in ("product", "zip"):
+            raise FlowError(f"unknown expand method {expand!r}; use 'product' or 'zip'")
+        spec = TaskSpec(
+            self,
+            fn,
+            config,
+            task_name,
+            expand,
+            options.reduce if reduce is None else bool(reduce),
+            options,
+        )
+        self._specs[task_name] = spec
+        if isinstance(requires, (str, TaskSpec)):
+            requires = (requires,)
+        spec.requires(*requires)
+        return spec
+
+    @property
+    def specs(self) -> list[TaskSpec]:
+        return list(self._specs.values())
+
+    def graph(self) -> Graph:
+        """Expand every spec into task instances without running anything."""
+        from .graph import build_graph
+
+        return build_graph(self)
+
+    async def run(
+        self,
+        *,
+        store: ResultStore | None = None,
+        concurrency: int | None = None,
+        force: str | Sequence[str] | None = None,
+        fail_fast: bool = True,
+        resources: Sequence[Any] | None = None,
+        targets: Sequence[str] | None = None,
+        on_event: Callable[[TaskEvent], Any] | None = None,
+        progress: bool = False,
+    ) -> FlowRun:
+        """Run every task instance once its predecessors are done; see docs/flows.md.
+
+        Raises:
+            FlowError: The flow or an argument is invalid (before anything runs).
+            FlowFailed: Some instances failed; ``.run`` holds every state and result.
+        """
+        from .executor import run_flow
+
+        return await run_flow(
+            self,
+            store=store,
+            concurrency=concurrency,
+            force=force,
+            fail_fast=fail_fast,
+            resources=resources,
+            targets=targets,
+            on_event=on_event,
+            progress=progress,
+        )
+
+    def to_mermaid(self) -> str:
+        """The expanded graph as a Mermaid flowchart."""
+        from .render import to_mermaid
+
+        return to_mermaid(self.graph())
+
+    def to_dot(self) -> str:
+        """The expanded graph in Graphviz DOT."""
+        from .render import to_dot
+
+        return to_dot(self.graph())
+
+    def to_text(self) -> str:
+        """The expanded graph as text readable in a terminal."""
+        from .render import to_text
+
+        return to_text(self.graph())
+
+    def __repr__(self) -> str:
+        return f"Flow({self.name!r}, tasks={list(self._specs)!r})"
