@@ -15,7 +15,6 @@ cancellation from outside does the same marking and then propagates. Nothing out
 from __future__ import annotations
 
 import functools
-import inspect
 import math
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
@@ -24,6 +23,7 @@ from typing import Any
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from .._callables import is_async_callable
 from ..calls import guard
 from ..errors import FlowError, FlowFailed, InvalidArgumentType, MissingObject
 from ..stores.base import ResultStore
@@ -219,6 +219,8 @@ class _Executor:
         self.send: MemoryObjectSendStream[TaskNode]
         self.receive: MemoryObjectReceiveStream[TaskNode]
         self.task_group: anyio.abc.TaskGroup | None = None
+        self.events: MemoryObjectSendStream[TaskEvent] | None = None
+        self.async_events = on_event is not None and is_async_callable(on_event)
         self.calls = {
             name: guard(
                 self._attempt,
@@ -244,15 +246,18 @@ class _Executor:
                 res_send.send_nowait(item)
             self.resource_send, self.resource_receive = res_send, res_receive
         try:
-            async with anyio.create_task_group() as tg:
-                self.task_group = tg
-                if self.unsettled == 0:
-                    self.send.close()
-                for node in self.nodes:
-                    if self.slots[node].remaining == 0:
-                        self._enqueue(node)
+            if self.async_events:
+                # Events are also raised from sync code (queueing, marking descendants), so an
+                # async callback is fed through a stream by one dispatcher task. It lives in an
+                # outer group so that fail-fast, which cancels the workers, still delivers them.
+                async with anyio.create_task_group() as outer:
+                    self.events, receive = anyio.create_memory_object_stream[TaskEvent](math.inf)
+                    outer.start_soon(self._dispatch, receive)
+                    with self.events:
+                        await self._schedule_all()
+            else:
+                await self._schedule_all()
         finally:
-            self.task_group = None
             self.send.close()
             self.receive.close()
             if self.resources is not None:
@@ -262,6 +267,18 @@ class _Executor:
         if self.errors:
             raise FlowFailed(run, dict(self.errors))
         return run
+
+    async def _schedule_all(self) -> None:
+        try:
+            async with anyio.create_task_group() as tg:
+                self.task_group = tg
+                if self.unsettled == 0:
+                    self.send.close()
+                for node in self.nodes:
+                    if self.slots[node].remaining == 0:
+                        self._enqueue(node)
+        finally:
+            self.task_group = None
 
     def _enqueue(self, node: TaskNode) -> None:
         self._set(node, TaskState.SCHEDULED)
@@ -311,23 +328,24 @@ class _Executor:
         if self.fail_fast and self.task_group is not None:
             self.task_group.cancel_scope.cancel()
 
-    def _set(self, node: TaskNode, state: TaskState, error: BaseException | None = None) -> Any:
+    def _set(self, node: TaskNode, state: TaskState, error: BaseException | None = None) -> None:
         self.slots[node].state = state
         if self.on_event is None and not self.listeners:
-            return None
+            return
         event = TaskEvent(node.unique_name, node.task, state, _now(), error)
         for listener in self.listeners:
             listener(event)
         if self.on_event is not None:
-            outcome = self.on_event(event)
-            if inspect.isawaitable(outcome):
-                return outcome
-        return None
+            if self.events is not None:
+                self.events.send_nowait(event)  # an async callback, awaited in order
+            else:
+                self.on_event(event)
 
-    async def _emit(self, node: TaskNode, state: TaskState, error: BaseException | None = None) -> None:
-        outcome = self._set(node, state, error)
-        if outcome is not None:
-            await outcome
+    async def _dispatch(self, events: MemoryObjectReceiveStream[TaskEvent]) -> None:
+        assert self.on_event is not None
+        async with events:
+            async for event in events:
+                await self.on_event(event)
 
     # --- one instance -----------------------------------------------------------------------
 
@@ -335,7 +353,7 @@ class _Executor:
         slot = self.slots[node]
         store = self.store
         if store is not None and node.task not in self.forced and await self._load_cached(node):
-            await self._emit(node, TaskState.CACHED)
+            self._set(node, TaskState.CACHED)
             self._done(node)
             return
         resource = None
@@ -389,7 +407,7 @@ class _Executor:
 
     async def _execute(self, node: TaskNode, slot: _Slot, resource: Any) -> None:
         slot.started = _now()
-        await self._emit(node, TaskState.RUNNING)
+        self._set(node, TaskState.RUNNING)
         try:
             call = _Call(node, slot, self._inputs(node, resource))
             value = await self.calls[node.task](call)
@@ -400,19 +418,19 @@ class _Executor:
         except anyio.get_cancelled_exc_class():
             slot.ended = _now()
             with anyio.CancelScope(shield=True):
-                await self._emit(node, TaskState.KILLED)
+                self._set(node, TaskState.KILLED)
                 await self._save_info(node, slot, TaskState.KILLED)
             self._settle(node)
             raise
         except Exception as exc:
             slot.ended = _now()
             slot.error = exc
-            await self._emit(node, TaskState.FAILED, exc)
+            self._set(node, TaskState.FAILED, exc)
             with anyio.CancelScope(shield=True):
                 await self._save_info(node, slot, TaskState.FAILED)
             self._failed(node, exc)
             return
-        await self._emit(node, TaskState.FINISHED)
+        self._set(node, TaskState.FINISHED)
         self._done(node)
 
     async def _attempt(self, call: _Call) -> Any:

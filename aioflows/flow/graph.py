@@ -16,6 +16,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from .._callables import is_async_callable
 from ..errors import FlowError
 from .config import config_hash, expand_config, strip_ignored
 
@@ -110,9 +111,7 @@ def _bind(spec: TaskSpec, predecessors: list[str]) -> Binding:
     params = signature.parameters
     var_kw = any(p.kind is p.VAR_KEYWORD for p in params.values())
     named = {
-        name: p
-        for name, p in params.items()
-        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+        name: p for name, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
     }
     ctx = next((name for name, p in named.items() if _is_ctx(p)), None)
     keys = list(spec.config or {})
@@ -128,17 +127,16 @@ def _bind(spec: TaskSpec, predecessors: list[str]) -> Binding:
     provided = set(keys) | set(predecessors) | ({ctx} if ctx else set())
     for name, p in params.items():
         if p.kind is p.POSITIONAL_ONLY and p.default is p.empty:
-            raise FlowError(f"task {spec.name!r}: positional-only parameter {name!r} cannot be filled")
+            raise FlowError(
+                f"task {spec.name!r}: positional-only parameter {name!r} cannot be filled"
+            )
         if name in named and p.default is p.empty and name not in provided:
             raise FlowError(
                 f"task {spec.name!r}: nothing provides parameter {name!r} (not a config key, "
                 f"not a predecessor's name, not ctx)"
             )
     results = frozenset(p for p in predecessors if p in named or var_kw)
-    is_async = inspect.iscoroutinefunction(spec.fn) or inspect.iscoroutinefunction(
-        getattr(spec.fn, "__call__", None)
-    )
-    return Binding(results=results, ctx=ctx, is_async=is_async)
+    return Binding(results=results, ctx=ctx, is_async=is_async_callable(spec.fn))
 
 
 def _order(flow: Flow) -> tuple[dict[str, TaskSpec], dict[str, list[str]]]:

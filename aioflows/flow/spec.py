@@ -17,9 +17,9 @@ from ..limits import RateLimiter
 from ..retry import Retry, RetryLike, as_retry
 
 if TYPE_CHECKING:
+    from ..stores.base import ResultStore
     from .graph import Graph
     from .run import FlowRun, TaskEvent
-    from ..stores.base import ResultStore
 
 __all__ = ["Flow", "TaskOptions", "TaskSpec", "task"]
 
@@ -192,7 +192,8 @@ class Flow:
             not isinstance(config_ignore_prefix, str) or not config_ignore_prefix
         ):
             raise FlowError(
-                f"config_ignore_prefix must be None or a non-empty str, got {config_ignore_prefix!r}"
+                "config_ignore_prefix must be None or a non-empty str, "
+                f"got {config_ignore_prefix!r}"
             )
         if not isinstance(group_prefix, str) or not group_prefix:
             raise FlowError(f"group_prefix must be a non-empty str, got {group_prefix!r}")
