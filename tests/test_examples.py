@@ -13,7 +13,11 @@ ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = sorted((ROOT / "examples").glob("*.py"))
 
 #: A word each example prints once it has done its work.
-EXPECTED = {"rate_limited_map.py": "Summary", "result_store.py": "Stored"}
+EXPECTED = {
+    "quickstart.py": "cached",
+    "rate_limited_map.py": "Summary",
+    "result_store.py": "Stored",
+}
 
 
 def test_every_example_is_checked() -> None:
