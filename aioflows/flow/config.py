@@ -1,34 +1,24 @@
-"""Config grids and node identity: :func:`expand_config`, :func:`config_hash` and helpers.
+"""Config grids: :func:`expand_config` turns one declared config into the configs it stands for.
 
-Expansion follows fluidml's rules (API.md section 3) so that configs written for fluidml keep
-their meaning, but not its method: fluidml builds the full product of every list and then drops
-the points where the members of a zip group disagree, which costs ``k ** n`` for ``n`` zipped
-lists of ``k`` values. Here a config is compiled once into a template plus a list of axes; a zip
-group is one dimension walked index by index, and a point is built from its mixed-radix index.
-Even the expansions of dicts inside a list of alternatives are built only when chosen, so a zip
-group cut to its shortest member never builds what it drops: the cost is linear in the output.
-
-Identity must be the same in every process, machine and Python version, since results are
-cached under it. So it is sha256 over canonical JSON, never ``hash()``, ``repr`` or pickle,
-which change with ``PYTHONHASHSEED``, the Python version or the platform. A node hashes its
-predecessors' *hashes*, not their configs, so the cost per node does not grow with the depth of
-the graph.
+The rules are fluidml's (API.md section 3), so configs written for fluidml keep their meaning,
+but not its method: fluidml builds the full product of every list and then drops the points where
+the members of a zip group disagree, which costs ``k ** n`` for ``n`` zipped lists of ``k``
+values. Here a config is compiled once into a template plus a list of axes; a zip group is one
+dimension walked index by index, and a point is built from its mixed-radix index. Even the
+expansions of dicts inside a list of alternatives are built only when chosen, so a zip group cut
+to its shortest member never builds what it drops: the cost is linear in the size of the output.
 """
 
 from __future__ import annotations
 
 import bisect
-import hashlib
-import json
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
-
-from pydantic import BaseModel
 
 from ..errors import FlowError
 
-__all__ = ["canonical_json", "config_hash", "expand_config", "strip_ignored"]
+__all__ = ["expand_config"]
 
 _METHODS = ("product", "zip")
 
@@ -59,7 +49,7 @@ def expand_config(
     if config is None:
         return [{}]
     if not isinstance(config, Mapping):
-        raise FlowError(f"a config must be a mapping of str keys, got {_describe(config)}")
+        raise FlowError(f"a config must be a mapping of str keys, got {type(config).__name__}")
     try:
         grid = _Grid(config, "", expand, group_prefix)
         return [grid.build(index) for index in range(grid.size)]
@@ -150,6 +140,8 @@ def _compile(
 
 
 def _axis(values: list[Any], path: str, expand: str, prefix: str) -> _Axis:
+    """The axis of a list value. Only the last element can be a group marker: in
+    ``["@home", 1]`` the string ``"@home"`` is an alternative like any other."""
     group = None
     marker = values[-1] if values else None
     if isinstance(marker, str) and marker.startswith(prefix):
@@ -199,159 +191,3 @@ def _fresh(value: Any) -> Any:
     if kind is set:
         return set(value)
     return value
-
-
-def strip_ignored(config: Mapping[str, Any], prefix: str | None) -> dict[str, Any]:
-    """``config`` without the keys starting with ``prefix``, in nested dicts too (also dicts
-    inside lists and tuples, as fluidml does): such keys (``_verbose``, ``_workers``...) are
-    declared not to change the result, so they must not change its identity.
-    ``prefix=None`` keeps every key. Dicts, lists and tuples are rebuilt, other values shared.
-    """
-    if prefix is not None and (not isinstance(prefix, str) or not prefix):
-        raise FlowError(f"the ignore prefix must be a non-empty str or None, got {prefix!r}")
-    if not isinstance(config, Mapping):
-        raise FlowError(f"a config must be a mapping of str keys, got {_describe(config)}")
-    stripped: dict[str, Any] = _strip(config, prefix)
-    return stripped
-
-
-def _strip(value: Any, prefix: str | None) -> Any:
-    if isinstance(value, Mapping):
-        return {
-            key: _strip(item, prefix)
-            for key, item in value.items()
-            if prefix is None or not (isinstance(key, str) and key.startswith(prefix))
-        }
-    if type(value) is list:
-        return [_strip(item, prefix) for item in value]
-    if type(value) is tuple:
-        return tuple([_strip(item, prefix) for item in value])
-    return value
-
-
-def canonical_json(value: Any, *, task: str) -> str:
-    """``value`` as JSON text that is identical in every process, machine and Python version.
-
-    Keys are sorted, separators compact, text ASCII-only; tuples become lists and pydantic models
-    their ``model_dump(mode="json")``. Anything else has no canonical text (a set has no order,
-    an object's ``repr`` may hold an address, NaN is not JSON), so it is a :class:`FlowError`
-    naming ``task`` and the key path of the culprit.
-    """
-    return _dumps(_checked(value, task))
-
-
-def config_hash(
-    task: str, config: Mapping[str, Any], predecessors: Iterable[tuple[str, str]] = ()
-) -> str:
-    """A 16-hex-digit digest identifying a task instance: its task name, its ``config`` (already
-    stripped of ignored keys) and the ``(task name, config_hash)`` of each predecessor, in any
-    order. 64 bits keep collisions improbable (about 1 in 10**9 among 100,000 nodes).
-    """
-    if not isinstance(task, str):
-        raise FlowError(f"a task name must be a str, got {_describe(task)}")
-    if not isinstance(config, Mapping):
-        raise FlowError(f"the config of task {task!r} must be a mapping, got {_describe(config)}")
-    requires: list[list[str]] = []
-    for pair in predecessors:
-        if not (
-            isinstance(pair, (tuple, list))
-            and len(pair) == 2
-            and isinstance(pair[0], str)
-            and isinstance(pair[1], str)
-        ):
-            raise FlowError(
-                f"a predecessor of task {task!r} must be a (task name, config_hash) pair of "
-                f"str, got {pair!r}"
-            )
-        requires.append([pair[0], pair[1]])
-    requires.sort()
-    node = {"task": task, "config": _checked(config, task), "requires": requires}
-    return hashlib.sha256(_dumps(node).encode("ascii")).hexdigest()[:16]
-
-
-def _dumps(value: Any) -> str:
-    return json.dumps(
-        value, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
-    )
-
-
-class _NotJson(Exception):
-    """Raised deep in :func:`_jsonable`; each level adds its key on the way out, so a path is
-    only spelt out when something is wrong (hashing 100,000 nodes builds none)."""
-
-    def __init__(self, what: str) -> None:
-        self.what = what
-        self.path: list[str | int] = []
-
-
-def _checked(value: Any, task: str) -> Any:
-    try:
-        return _jsonable(value)
-    except _NotJson as exc:
-        path = "".join(
-            f"[{part}]" if isinstance(part, int) else f".{part}" for part in reversed(exc.path)
-        ).lstrip(".")
-        where = f"config key {path!r}" if path else "the config"
-        raise FlowError(f"{where} of task {task!r} {exc.what}") from None
-    except RecursionError:
-        raise FlowError(
-            f"the config of task {task!r} contains itself or is nested too deeply"
-        ) from None
-
-
-def _jsonable(value: Any) -> Any:
-    """``value`` itself when ``json.dumps`` already writes it canonically, else a converted copy
-    (pydantic models dumped, mappings made dicts); raises :class:`_NotJson` for anything else.
-    Copy-on-write, so the common all-JSON config is validated without building anything."""
-    kind = type(value)
-    if kind is str or kind is int or kind is bool or value is None:
-        return value
-    if kind is dict or isinstance(value, Mapping):
-        out: dict[str, Any] | None = None if kind is dict else {}
-        for index, (key, item) in enumerate(value.items()):
-            if not isinstance(key, str):
-                raise _NotJson(f"has the key {key!r}, which is not a str as JSON requires")
-            try:
-                new = _jsonable(item)
-            except _NotJson as exc:
-                exc.path.append(key)
-                raise
-            if out is not None:
-                out[key] = new
-            elif new is not item:
-                out = dict(list(value.items())[:index])
-                out[key] = new
-        return value if out is None else out
-    if kind is list or kind is tuple or isinstance(value, (list, tuple)):
-        copy: list[Any] | None = None
-        for index, item in enumerate(value):
-            try:
-                new = _jsonable(item)
-            except _NotJson as exc:
-                exc.path.append(index)
-                raise
-            if copy is not None:
-                copy.append(new)
-            elif new is not item:
-                copy = [*value[:index], new]
-        return value if copy is None else copy
-    if isinstance(value, float):
-        if math.isfinite(value):
-            return value
-        raise _NotJson(f"holds the float {value!r}, which is not JSON-representable")
-    if isinstance(value, (str, int)):  # subclasses (enums...): json writes their plain value
-        return value
-    if isinstance(value, BaseModel):
-        try:
-            dumped = value.model_dump(mode="json")
-        except Exception as exc:
-            raise _NotJson(
-                f"holds a {type(value).__name__} model that cannot be dumped as JSON ({exc})"
-            ) from None
-        return _jsonable(dumped)
-    raise _NotJson(f"holds {_describe(value)}, which is not JSON-representable")
-
-
-def _describe(value: Any) -> str:
-    name = type(value).__name__
-    return f"{'an' if name[:1].lower() in 'aeiou' else 'a'} {name}"

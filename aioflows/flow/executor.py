@@ -29,9 +29,9 @@ from ..errors import FlowError, FlowFailed, InvalidArgumentType, MissingObject
 from ..stores.base import ResultStore
 from ..stores.memory import MemoryStore
 from ..stores.records import TaskInfo, TaskState
-from .config import strip_ignored
 from .context import TaskContext
 from .graph import Graph, TaskNode
+from .identity import strip_ignored
 from .run import FlowRun, Sweep, TaskEvent, TaskResult
 from .spec import Flow
 

@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 from .._callables import is_async_callable
 from ..errors import FlowError
-from .config import config_hash, expand_config, strip_ignored
+from .config import expand_config
+from .identity import config_hash, strip_ignored
 
 if TYPE_CHECKING:
     from .spec import Flow, TaskSpec
