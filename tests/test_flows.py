@@ -724,3 +724,71 @@ async def test_no_task_outlives_a_successful_run() -> None:
     before = other_tasks()
     await flow.run(concurrency=2)
     assert other_tasks() == before
+
+
+async def test_force_plus_in_a_list_reruns_only_that_tasks_descendants() -> None:
+    flow, calls = pipeline()
+    store = af.MemoryStore()
+    await flow.run(store=store)
+    calls.clear()
+    await flow.run(store=store, force=["load", "best+"])
+    assert sorted(calls) == ["best", "load"]
+
+
+async def test_cached_values_come_back_with_their_types(tmp_path: Path) -> None:
+    async def shapes() -> dict[str, Any]:
+        return {"pair": (1, 2), "by_id": {1: "x"}, "plain": [1, "a", None, 2.5]}
+
+    flow = af.Flow()
+    flow.add(shapes)
+    store = af.LocalFileStore(tmp_path)
+    fresh = (await flow.run(store=store)).values("shapes")
+    cached = await flow.run(store=store)
+    assert cached.states["shapes-1"] is af.TaskState.CACHED
+    assert cached.values("shapes") == fresh
+    assert cached.values("shapes")[0]["pair"] == (1, 2)
+
+
+async def test_a_failing_event_callback_does_not_fail_the_flow(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def broken(event: af.TaskEvent) -> None:
+        raise RuntimeError("observer bug")
+
+    flow, _ = pipeline()
+    run = await flow.run(on_event=broken)
+    assert run.ok
+    assert "on_event callback failed" in caplog.text
+
+
+@pytest.mark.looptime
+async def test_a_task_rate_is_per_run_unless_a_limiter_is_shared() -> None:
+    async def runs_take(task_rate: Any) -> float:
+        @af.task(rate=task_rate)
+        async def ping(i: int) -> None: ...
+
+        flow = af.Flow()
+        flow.add(ping, {"i": [1, 2]})
+        t0 = anyio.current_time()
+        await flow.run()
+        await flow.run()
+        return anyio.current_time() - t0
+
+    assert await runs_take("2/s") == 0  # each run has its own full bucket of 2
+    assert await runs_take(af.RateLimiter("2/s")) == pytest.approx(1.0)  # one bucket for both
+
+
+async def test_a_reduce_task_can_reach_each_instances_saved_objects() -> None:
+    async def part(i: int, ctx: af.TaskContext) -> int:
+        await ctx.save({"i": i}, "detail")
+        return i
+
+    async def gather(part: list[af.Sweep[int]], ctx: af.TaskContext) -> list[Any]:
+        return [
+            await ctx.store.load("detail", task="part", config_hash=s.config_hash) for s in part
+        ]
+
+    flow = af.Flow()
+    flow.add(gather, requires=[flow.add(part, {"i": [1, 2]})], reduce=True)
+    run = await flow.run()
+    assert run.values("gather") == [[{"i": 1}, {"i": 2}]]

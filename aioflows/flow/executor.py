@@ -15,17 +15,19 @@ cancellation from outside does the same marking and then propagates. Nothing out
 from __future__ import annotations
 
 import functools
+import logging
 import math
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from .._callables import is_async_callable
-from ..calls import guard
-from ..errors import FlowError, FlowFailed, InvalidArgumentType, MissingObject
+from ..calls import as_limiter, guard
+from ..errors import FlowError, FlowFailed, MissingObject
 from ..stores.base import ResultStore
 from ..stores.memory import MemoryStore
 from ..stores.records import TaskInfo, TaskState
@@ -36,6 +38,11 @@ from .run import FlowRun, Sweep, TaskEvent, TaskResult
 from .spec import Flow
 
 __all__ = ["RESULT_NAME", "run_flow"]
+
+_log = logging.getLogger("aioflows.flow")
+
+#: Instances a worker takes from the queue without yielding to the loop.
+_STREAK = 64
 
 #: The name a task instance's return value is saved under in the store.
 RESULT_NAME = "result"
@@ -81,6 +88,21 @@ class _Call:
         self.kwargs = kwargs
 
 
+def _json_faithful(value: Any, depth: int = 0) -> bool:
+    """Whether a JSON round trip returns ``value`` as it is (types included)."""
+    if value is None or type(value) in (str, int, bool):
+        return True
+    if type(value) is float:
+        return math.isfinite(value)
+    if depth > 50:
+        return False
+    if type(value) is list:
+        return all(_json_faithful(v, depth + 1) for v in value)
+    if type(value) is dict:
+        return all(type(k) is str and _json_faithful(v, depth + 1) for k, v in value.items())
+    return False
+
+
 def _resolve_force(graph: Graph, force: str | Sequence[str] | None) -> frozenset[str]:
     if force is None:
         return frozenset()
@@ -95,12 +117,15 @@ def _resolve_force(graph: Graph, force: str | Sequence[str] | None) -> frozenset
         name, plus = (item[:-1], True) if item.endswith("+") else (item, False)
         if name not in tasks:
             raise FlowError(f"force names no task: {item!r}; tasks are {', '.join(tasks)}")
-        forced.add(name)
-        if plus:
-            # Every task downstream of `name`: specs come in topological order.
-            for spec_name, spec in tasks.items():
-                if any(p in forced and p != spec_name for p in spec.predecessors):
-                    forced.add(spec_name)
+        if not plus:
+            forced.add(name)
+            continue
+        # `name` and every task downstream of it (specs come in topological order).
+        downstream = {name}
+        for spec_name, spec in tasks.items():
+            if any(p in downstream for p in spec.predecessors):
+                downstream.add(spec_name)
+        forced |= downstream
     return frozenset(forced)
 
 
@@ -168,7 +193,7 @@ async def run_flow(
         return await executor.run()
     from .progress import FlowProgress
 
-    with FlowProgress(flow.name, executor.nodes) as display:
+    async with FlowProgress(flow.name, executor.nodes) as display:
         executor.listeners.append(display.update)
         try:
             run = await executor.run()
@@ -215,6 +240,7 @@ class _Executor:
         self.resources = list(resources) if resources is not None else None
         self.unsettled = len(nodes)
         self.workers = self.idle = self.queued = 0
+        self.spawning = False
         self.errors: dict[str, BaseException] = {}
         self.send: MemoryObjectSendStream[TaskNode]
         self.receive: MemoryObjectReceiveStream[TaskNode]
@@ -224,7 +250,7 @@ class _Executor:
         self.calls = {
             name: guard(
                 self._attempt,
-                rate=spec.options.rate,
+                rate=as_limiter(spec.options.rate),
                 retry=spec.options.retry,
                 timeout=spec.options.timeout,
             )
@@ -284,19 +310,50 @@ class _Executor:
         self._set(node, TaskState.SCHEDULED)
         self.send.send_nowait(node)
         self.queued += 1
-        if self.queued > self.idle and self.workers < self.limit:
-            assert self.task_group is not None
-            self.workers += 1
-            self.idle += 1
-            self.task_group.start_soon(self._worker)
+        if not self.idle:
+            self._spawn()
+
+    def _spawn(self) -> None:
+        """Add a worker if all are busy, at most one per loop pass.
+
+        Growing by one per pass (the new worker spawns the next if the queue still outruns
+        the pool) keeps the pool as small as the work allows: instances that finish without
+        waiting are served by few workers, while instances that wait grow the pool up to
+        ``concurrency``. Thousands of idle tasks would cost memory and garbage-collector time.
+        """
+        if self.spawning or self.workers >= self.limit or self.task_group is None:
+            return
+        self.spawning = True
+        self.workers += 1
+        self.task_group.start_soon(self._worker)
 
     async def _worker(self) -> None:
-        async for node in self.receive:
+        self.spawning = False
+        receive, slots = self.receive, self.slots
+        streak = 0
+        while True:
+            try:
+                node = receive.receive_nowait()
+                streak += 1
+                if streak >= _STREAK:  # instances that never wait must not starve the loop
+                    streak = 0
+                    await anyio.lowlevel.checkpoint()
+            except anyio.WouldBlock:
+                streak = 0
+                self.idle += 1
+                try:
+                    node = await receive.receive()
+                except anyio.EndOfStream:
+                    return
+                finally:
+                    self.idle -= 1
+            except anyio.EndOfStream:
+                return
             self.queued -= 1
-            self.idle -= 1
-            if self.slots[node].state is TaskState.SCHEDULED:
+            if self.queued and not self.idle:
+                self._spawn()
+            if slots[node].state is TaskState.SCHEDULED:
                 await self._run_node(node)
-            self.idle += 1
 
     def _settle(self, node: TaskNode) -> None:
         self.unsettled -= 1
@@ -339,13 +396,20 @@ class _Executor:
             if self.events is not None:
                 self.events.send_nowait(event)  # an async callback, awaited in order
             else:
-                self.on_event(event)
+                try:
+                    self.on_event(event)
+                except Exception:
+                    # An observer's bug must not fail (or half-cancel) the flow it watches.
+                    _log.exception("on_event callback failed for %s", event)
 
     async def _dispatch(self, events: MemoryObjectReceiveStream[TaskEvent]) -> None:
         assert self.on_event is not None
         async with events:
             async for event in events:
-                await self.on_event(event)
+                try:
+                    await self.on_event(event)
+                except Exception:
+                    _log.exception("on_event callback failed for %s", event)
 
     # --- one instance -----------------------------------------------------------------------
 
@@ -393,7 +457,7 @@ class _Executor:
             if node.reduce:
                 for name in binding.results:
                     kwargs[name] = [
-                        Sweep(slots[p].value, p.unique_config)
+                        Sweep(slots[p].value, p.unique_config, p.unique_name, p.config_hash)
                         for p in node.predecessors
                         if p.task == name
                     ]
@@ -443,11 +507,11 @@ class _Executor:
     async def _save_result(self, node: TaskNode, slot: _Slot) -> None:
         assert self.store is not None
         key = {"task": node.task, "config_hash": node.config_hash}
-        try:
-            await self.store.save(slot.value, RESULT_NAME, **key, type_="json")
-        except InvalidArgumentType:
-            # Not JSON: keep it as a pickle (the store's own files, so trusted data).
-            await self.store.save(slot.value, RESULT_NAME, **key, type_="pickle")
+        # JSON (readable with any tool) when it gives the value back unchanged; otherwise a
+        # pickle (the store's own files, so trusted data) so a cached run sees what a fresh
+        # one would: a tuple stays a tuple, int keys stay ints.
+        type_ = "json" if _json_faithful(slot.value) else "pickle"
+        await self.store.save(slot.value, RESULT_NAME, **key, type_=type_)
         # The record comes last: FINISHED on disk implies the result is there.
         await self._save_info(node, slot, TaskState.FINISHED)
 

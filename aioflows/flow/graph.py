@@ -103,12 +103,16 @@ def _is_ctx(param: inspect.Parameter) -> bool:
     return getattr(annotation, "__name__", None) == "TaskContext"
 
 
-def _bind(spec: TaskSpec, predecessors: list[str]) -> Binding:
+def _bind(
+    spec: TaskSpec, predecessors: list[str], signatures: dict[int, inspect.Signature]
+) -> Binding:
     """Check that the function can take the spec's config and inputs; decide what to pass."""
-    try:
-        signature = inspect.signature(spec.fn)
-    except (TypeError, ValueError) as exc:
-        raise FlowError(f"cannot read the signature of task {spec.name!r}: {exc}") from exc
+    signature = signatures.get(id(spec.fn))
+    if signature is None:  # one function often serves many specs: read it once
+        try:
+            signature = signatures[id(spec.fn)] = inspect.signature(spec.fn)
+        except (TypeError, ValueError) as exc:
+            raise FlowError(f"cannot read the signature of task {spec.name!r}: {exc}") from exc
     params = signature.parameters
     var_kw = any(p.kind is p.VAR_KEYWORD for p in params.values())
     named = {
@@ -185,7 +189,8 @@ def _combinations(
 def build_graph(flow: Flow) -> Graph:
     """Expand every spec of ``flow``; raises FlowError for anything declared wrongly."""
     specs, preds = _order(flow)
-    bindings = {name: _bind(spec, preds[name]) for name, spec in specs.items()}
+    signatures: dict[int, inspect.Signature] = {}
+    bindings = {name: _bind(spec, preds[name], signatures) for name, spec in specs.items()}
     instances: dict[str, list[TaskNode]] = {}
     nodes: list[TaskNode] = []
     prefix = flow.config_ignore_prefix

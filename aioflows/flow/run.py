@@ -18,15 +18,21 @@ T = TypeVar("T")
 
 @dataclass(frozen=True, slots=True)
 class Sweep(Generic[T]):
-    """One predecessor instance's result as a reduce task receives it."""
+    """One predecessor instance's result as a reduce task receives it.
+
+    ``unique_name`` and ``config_hash`` say which instance it is, e.g. to
+    ``ctx.store.load(name, task=..., config_hash=sweep.config_hash)`` what it saved.
+    """
 
     value: T
     config: dict[str, Any]  # the instance's unique_config
+    unique_name: str = ""
+    config_hash: str = ""
 
 
 @dataclass(frozen=True, slots=True)
 class TaskEvent:
-    """A task instance changed state. ``error`` is set for FAILED (and for KILLED by an error)."""
+    """A task instance changed state; ``error`` is the exception of a FAILED instance."""
 
     unique_name: str
     task: str

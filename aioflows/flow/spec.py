@@ -11,9 +11,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
-from ..calls import LimiterLike, as_limiter, check_timeout
+from ..calls import LimiterLike, check_timeout
 from ..errors import FlowError
-from ..limits import RateLimiter
+from ..limits import RateLimiter, as_rate
 from ..retry import Retry, RetryLike, as_retry
 
 if TYPE_CHECKING:
@@ -36,7 +36,7 @@ class TaskOptions:
     retry: Retry | None = None
     timeout: float | None = None
     concurrency: int | None = None
-    rate: RateLimiter | None = None
+    rate: LimiterLike | None = None  # a RateLimiter is shared; a rate makes one per run
     reduce: bool = False
 
 
@@ -75,7 +75,8 @@ def task(
         retry: Retry policy for a failing call (a ``Retry`` or a number of attempts).
         timeout: Seconds one attempt may take.
         concurrency: At most this many instances of the task run at once.
-        rate: Instances start at most at this rate (a rate, or a shared ``RateLimiter``).
+        rate: Instances start at most at this rate: a rate gives each run its own limiter, a
+            ``RateLimiter`` is shared by every run (and anything else using it).
         reduce: The task receives every instance of its predecessors at once, as
             ``list[Sweep]``, instead of running once per predecessor instance.
     """
@@ -92,7 +93,7 @@ def task(
         retry=as_retry(retry),
         timeout=check_timeout(timeout),
         concurrency=concurrency,
-        rate=as_limiter(rate),
+        rate=rate if rate is None or isinstance(rate, RateLimiter) else as_rate(rate),
         reduce=bool(reduce),
     )
 

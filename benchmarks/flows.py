@@ -1,0 +1,574 @@
+"""Benchmark of ``Flow.run``: the scheduling machinery per node, against hand-written executors.
+
+Run with ``python -m benchmarks.flows`` (about 1 minute on a 2-core machine; ``--part
+fanout|chain|dag|rss`` runs one part, ``--rounds N`` changes the number of measured rounds).
+Every node runs a no-op ``async def`` that returns at once, so what is measured is the cost of
+the executor itself, in CPU time (``time.process_time``). Four parts:
+
+1. **fan-out/fan-in**: one source, a task expanded over 10,000 configs (``{"i": [0..9999]}``)
+   that each require the source, and a ``reduce`` sink that requires all 10,000: 10,002 nodes.
+2. **chains** of 500 and of 2,000 tasks, each requiring the one before it. A chain runs one
+   node at a time, so its cost per node must not grow with its length: per-node cost at 2,000
+   should stay within 1.5x of that at 500 (no hidden quadratic step).
+3. **random layered DAG**: 100 layers of 100 tasks; each task after the first layer requires 3
+   distinct tasks drawn at random (fixed seed) from all earlier layers: 10,000 nodes.
+4. **peak RSS**: the fan-out at 100,000 nodes (one source, 100,000 expanded instances, a reduce
+   sink), run once per contender in a fresh subprocess (``--rss-child``) that reports its peak
+   resident set at the end: the whole process, interpreter and imports included (an
+   imports-only child is shown for reference). The peak is ``VmHWM`` from ``/proc/self/status``;
+   ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` is shown beside it but is not the child's own
+   on Linux: ``execve`` carries the parent's high-water mark into it. CPU s there is one run's
+   declaration + ``Flow.run`` (or the baseline's run), for context.
+
+Contenders, each given the same DAG:
+
+- **aioflows** ``await flow.run()`` (no store, ``concurrency=None``). The ``Flow`` (the
+  ``flow.add`` calls, the declaration) is built once per workload outside the timed region, as
+  the baselines' dicts are; ``Flow.run`` itself is timed whole: signature binding, config
+  expansion, identity hashing of every node (``config_hash``), state records, the worker pool
+  and the ``FlowRun`` with one ``TaskResult`` per node. Printed apart, for reference: the CPU
+  time of the declaration and of ``flow.graph()`` alone (the expansion part of ``Flow.run``).
+- **naive anyio**: the DAG as a plain dict ``node -> [predecessor ids]``; one task per node in
+  one task group, each with an ``anyio.Event`` set when it is done; a task waits on its
+  predecessors' events, then calls the no-op.
+- **graphlib + asyncio.Queue**: ``graphlib.TopologicalSorter`` over the same dict, 32 asyncio
+  worker tasks sharing an ``asyncio.Queue`` of ready nodes, fed by ``get_ready()`` after each
+  ``done()``.
+
+The baselines pass each node its predecessors' results (as positional arguments) and keep every
+result, so all contenders move the data along; they have no configs, identities, states or
+results records. The fan-out's source, work and sink nodes all call the same kind of no-op.
+
+Targets: ``Flow.run`` at most 1x the naive anyio executor's CPU per node, on every workload;
+chain cost per node at 2,000 within 1.5x of that at 500; the 100,000-node fan-out under 1 GiB
+peak RSS. Prefect 3 is not included: it brings a heavy dependency tree (a server, a database
+layer, ...) and is not in the dev extra.
+
+Each round runs in a fresh event loop with only the work timed (not loop start-up or shutdown),
+after ``gc.collect()``. The garbage collector stays on during the work, as in real use, and the
+CPU time it takes within the timed region is shown (``gc.callbacks``): with thousands of tasks
+alive at once it is a large share of every contender's cost. Rounds return only a node count,
+so no round's objects are alive in the next. Contenders are interleaved round by round so drift
+in the machine's speed hits them alike, and the first (warm-up) round is dropped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import functools
+import gc
+import graphlib
+import json
+import os
+import platform
+import random
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+import aioflows as af
+
+#: Measured rounds per contender (at least 5); one warm-up round more is run and dropped.
+ROUNDS = 5
+
+N_FANOUT = 10_000
+CHAIN_SHORT = 500
+CHAIN_LONG = 2_000
+DAG_LAYERS = 100
+DAG_WIDTH = 100
+DAG_PREDECESSORS = 3
+DAG_SEED = 20240601
+N_RSS = 100_000
+QUEUE_WORKERS = 32
+
+TARGET_VS_NAIVE = 1.0
+TARGET_CHAIN_GROWTH = 1.5
+TARGET_RSS_MIB = 1024.0
+
+AIOFLOWS = "aioflows Flow.run"
+NAIVE = "naive anyio (task + Event)"
+GRAPHLIB = "graphlib + asyncio.Queue"
+
+Work = Callable[[], Awaitable[int]]
+#: A DAG as the baselines get it: node id -> predecessor ids, in a topological order.
+Preds = dict[int, list[int]]
+
+
+# -- measuring --------------------------------------------------------------------------------
+
+
+class GcMeter:
+    """CPU time spent in the cyclic garbage collector, through ``gc.callbacks``."""
+
+    def __init__(self) -> None:
+        self.total = 0.0
+        self._start = 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._start = time.process_time()
+        else:
+            self.total += time.process_time() - self._start
+
+
+GC_METER = GcMeter()
+
+
+@dataclass
+class Sample:
+    cpu: float  # seconds of process CPU time for the work
+    gc: float  # of which in the cyclic garbage collector
+    nodes: int  # nodes the contender ran
+
+
+async def _timed(work: Work) -> Sample:
+    """Run ``work`` inside the running loop; its CPU time, GC share and node count."""
+    gc_before = GC_METER.total
+    start = time.process_time()
+    nodes = await work()
+    cpu = time.process_time() - start
+    return Sample(cpu, GC_METER.total - gc_before, nodes)
+
+
+def measure(work: Work) -> Sample:
+    """One round: a fresh event loop, ``gc.collect()`` first, only ``work`` itself timed."""
+    gc.collect()
+    gc.callbacks.append(GC_METER)
+    try:
+        return asyncio.run(_timed(work))
+    finally:
+        gc.callbacks.remove(GC_METER)
+
+
+def run_rounds(contenders: dict[str, Work], rounds: int) -> dict[str, list[Sample]]:
+    """Interleave the contenders round by round; the warm-up round is run and dropped."""
+    results: dict[str, list[Sample]] = {name: [] for name in contenders}
+    for round_no in range(rounds + 1):
+        for name, work in contenders.items():
+            sample = measure(work)
+            if round_no > 0:
+                results[name].append(sample)
+    return results
+
+
+def median(samples: list[Sample], field: str = "cpu") -> float:
+    return float(statistics.median(getattr(sample, field) for sample in samples))
+
+
+def verdict(ok: bool) -> str:
+    return "PASS" if ok else "FAIL"
+
+
+def print_table(title: str, headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    """Plain aligned text: the first column left-aligned, the others right-aligned."""
+    widths = [max(len(row[i]) for row in [headers, *rows]) for i in range(len(headers))]
+
+    def line(cells: Sequence[str]) -> str:
+        first = cells[0].ljust(widths[0])
+        rest = (cell.rjust(width) for cell, width in zip(cells[1:], widths[1:], strict=True))
+        return "  ".join([first, *rest]).rstrip()
+
+    print(f"\n{title}")
+    print(line(headers))
+    print("  ".join("-" * width for width in widths))
+    for row in rows:
+        print(line(row))
+
+
+# -- the no-op tasks --------------------------------------------------------------------------
+
+
+async def noop(*args: Any, **kwargs: Any) -> Any:
+    """Every node of every contender: returns at once (no checkpoint), so only the
+    executor's own cost is measured."""
+    return None
+
+
+# -- the workloads ----------------------------------------------------------------------------
+
+
+class Workload:
+    """One DAG, declared both as an ``af.Flow`` and as the baselines' ``Preds`` dict."""
+
+    def __init__(self, title: str, build_flow: Callable[[], af.Flow], preds: Preds) -> None:
+        self.title = title
+        self.build_flow = build_flow
+        self.preds = preds
+        self.nodes = len(preds)
+
+
+def fanout_preds(n: int) -> Preds:
+    """Node 0 the source, 1..n the expanded work, n + 1 the sink requiring all of them."""
+    preds: Preds = {0: []}
+    for i in range(1, n + 1):
+        preds[i] = [0]
+    preds[n + 1] = list(range(1, n + 1))
+    return preds
+
+
+def fanout_flow(n: int) -> af.Flow:
+    flow = af.Flow("fanout")
+    src = flow.add(noop, name="source")
+    work = flow.add(noop, {"i": list(range(n))}, name="work", requires=[src])
+    flow.add(noop, name="sink", requires=[work], reduce=True)
+    return flow
+
+
+def fanout(n: int) -> Workload:
+    return Workload(
+        f"fan-out/fan-in: 1 source -> 1 task over {n:,} configs -> 1 reduce sink",
+        lambda: fanout_flow(n),
+        fanout_preds(n),
+    )
+
+
+def chain_flow(n: int) -> af.Flow:
+    flow = af.Flow("chain")
+    prev = flow.add(noop, name="t0")
+    for i in range(1, n):
+        prev = flow.add(noop, name=f"t{i}", requires=[prev])
+    return flow
+
+
+def chain(n: int) -> Workload:
+    preds: Preds = {0: []}
+    for i in range(1, n):
+        preds[i] = [i - 1]
+    return Workload(f"chain of {n:,} tasks", lambda: chain_flow(n), preds)
+
+
+def dag_preds() -> Preds:
+    """``DAG_LAYERS`` x ``DAG_WIDTH`` nodes; each node after layer 0 requires
+    ``DAG_PREDECESSORS`` distinct nodes of earlier layers, drawn with a fixed seed."""
+    rng = random.Random(DAG_SEED)
+    preds: Preds = {}
+    for layer in range(DAG_LAYERS):
+        start = layer * DAG_WIDTH
+        for node in range(start, start + DAG_WIDTH):
+            preds[node] = sorted(rng.sample(range(start), DAG_PREDECESSORS)) if start else []
+    return preds
+
+
+def dag_flow(preds: Preds) -> af.Flow:
+    flow = af.Flow("dag")
+    specs: dict[int, af.TaskSpec] = {}
+    for node, ps in preds.items():
+        specs[node] = flow.add(noop, name=f"n{node}", requires=[specs[p] for p in ps])
+    return flow
+
+
+def dag() -> Workload:
+    preds = dag_preds()
+    return Workload(
+        f"random layered DAG: {DAG_LAYERS} layers x {DAG_WIDTH} tasks, "
+        f"{DAG_PREDECESSORS} random predecessors each (seed {DAG_SEED})",
+        lambda: dag_flow(preds),
+        preds,
+    )
+
+
+# -- the contenders ---------------------------------------------------------------------------
+
+
+async def with_aioflows(flow: af.Flow) -> int:
+    run = await flow.run()
+    assert run.ok
+    return len(run.states)
+
+
+async def with_naive(preds: Preds) -> int:
+    """One task per node, an ``anyio.Event`` each; wait on the predecessors', run, set."""
+    events = {node: anyio.Event() for node in preds}
+    results: dict[int, Any] = {}
+
+    async def one(node: int, ps: list[int]) -> None:
+        for p in ps:
+            await events[p].wait()
+        results[node] = await noop(*[results[p] for p in ps])
+        events[node].set()
+
+    async with anyio.create_task_group() as tg:
+        for node, ps in preds.items():
+            tg.start_soon(one, node, ps)
+    assert len(results) == len(preds)
+    return len(results)
+
+
+async def with_graphlib(preds: Preds) -> int:
+    """``graphlib.TopologicalSorter`` feeding an ``asyncio.Queue`` drained by 32 workers."""
+    sorter = graphlib.TopologicalSorter(preds)
+    sorter.prepare()
+    queue: asyncio.Queue[int | None] = asyncio.Queue()
+    results: dict[int, Any] = {}
+    for node in sorter.get_ready():
+        queue.put_nowait(node)
+
+    async def worker() -> None:
+        while True:
+            node = await queue.get()
+            if node is None:
+                return
+            ps = preds[node]
+            results[node] = await noop(*[results[p] for p in ps])
+            sorter.done(node)
+            for ready in sorter.get_ready():
+                queue.put_nowait(ready)
+            if not sorter.is_active():
+                for _ in range(QUEUE_WORKERS):
+                    queue.put_nowait(None)
+
+    await asyncio.gather(*(worker() for _ in range(QUEUE_WORKERS)))
+    assert len(results) == len(preds)
+    return len(results)
+
+
+def sync_ms(fn: Callable[[], object], rounds: int) -> float:
+    """Median CPU ms of a synchronous step, timed apart from the runs (warm-up dropped)."""
+    times = []
+    for _ in range(rounds + 1):
+        gc.collect()
+        start = time.process_time()
+        fn()
+        times.append(time.process_time() - start)
+    return statistics.median(times[1:]) * 1e3
+
+
+def bench_workloads(workloads: list[Workload], rounds: int) -> dict[str, dict[str, float]]:
+    """Time every contender on every workload; print one table; return CPU s by workload."""
+    all_cpu: dict[str, dict[str, float]] = {}
+    for workload in workloads:
+        flow = workload.build_flow()
+        preds = workload.preds
+        contenders: dict[str, Work] = {
+            AIOFLOWS: functools.partial(with_aioflows, flow),
+            NAIVE: functools.partial(with_naive, preds),
+            GRAPHLIB: functools.partial(with_graphlib, preds),
+        }
+        samples = run_rounds(contenders, rounds)
+        for name, runs in samples.items():
+            for sample in runs:
+                assert sample.nodes == workload.nodes, (name, sample.nodes, workload.nodes)
+        cpu = {name: median(s) for name, s in samples.items()}
+        in_gc = {name: median(s, "gc") for name, s in samples.items()}
+        all_cpu[workload.title] = cpu
+        naive = cpu[NAIVE]
+        rows = [
+            [
+                name,
+                f"{secs * 1e3:.1f}",
+                f"{in_gc[name] * 1e3:.1f}",
+                f"{secs / workload.nodes * 1e6:.2f}",
+                f"{secs / naive:.2f}x",
+            ]
+            for name, secs in cpu.items()
+        ]
+        print_table(
+            f"{workload.title}: {workload.nodes:,} nodes (CPU time, median of {rounds})",
+            ["contender", "CPU ms", "of which GC ms", "CPU µs/node", "vs naive"],
+            rows,
+        )
+        ratio = cpu[AIOFLOWS] / naive
+        declare = sync_ms(workload.build_flow, rounds)
+        expand = sync_ms(flow.graph, rounds)
+        print(
+            f"timed apart: flow.add calls {declare:.1f} ms (not in the runs); "
+            f"flow.graph() {expand:.1f} ms (expansion + hashing, inside Flow.run)"
+        )
+        print(
+            f"target Flow.run <= {TARGET_VS_NAIVE:g}x naive anyio per node: {ratio:.2f}x "
+            f"{verdict(ratio <= TARGET_VS_NAIVE)}"
+        )
+    return all_cpu
+
+
+# -- parts ------------------------------------------------------------------------------------
+
+
+def bench_fanout(rounds: int) -> None:
+    print("\n== 1. fan-out/fan-in ==")
+    bench_workloads([fanout(N_FANOUT)], rounds)
+
+
+def bench_chain(rounds: int) -> None:
+    print("\n== 2. chains ==")
+    short, long = chain(CHAIN_SHORT), chain(CHAIN_LONG)
+    cpu = bench_workloads([short, long], rounds)
+    rows = []
+    for name in (AIOFLOWS, NAIVE, GRAPHLIB):
+        per_short = cpu[short.title][name] / short.nodes
+        per_long = cpu[long.title][name] / long.nodes
+        rows.append(
+            [
+                name,
+                f"{per_short * 1e6:.2f}",
+                f"{per_long * 1e6:.2f}",
+                f"{per_long / per_short:.2f}x",
+            ]
+        )
+    print_table(
+        f"chain growth: CPU per node at {CHAIN_LONG:,} vs at {CHAIN_SHORT:,} (medians of {rounds})",
+        ["contender", f"µs/node at {CHAIN_SHORT}", f"µs/node at {CHAIN_LONG:,}", "growth"],
+        rows,
+    )
+    growth = (cpu[long.title][AIOFLOWS] / long.nodes) / (cpu[short.title][AIOFLOWS] / short.nodes)
+    print(
+        f"target Flow.run per node at {CHAIN_LONG:,} within {TARGET_CHAIN_GROWTH:g}x of "
+        f"{CHAIN_SHORT}: {growth:.2f}x {verdict(growth <= TARGET_CHAIN_GROWTH)}"
+    )
+
+
+def bench_dag(rounds: int) -> None:
+    print("\n== 3. random layered DAG ==")
+    bench_workloads([dag()], rounds)
+
+
+# -- part 4: peak RSS, one fresh process per contender ----------------------------------------
+
+
+RSS_CONTENDERS = {"imports": "(imports only)", "aioflows": AIOFLOWS, "naive": NAIVE}
+
+
+def peak_rss_kib() -> tuple[int, str]:
+    """This process's peak resident set in KiB, and where it was read.
+
+    On Linux ``VmHWM`` (``/proc/self/status``) is the high-water mark of this process's own
+    address space. ``ru_maxrss`` is not: ``execve`` folds the parent's peak into it, so a
+    child started from a large parent reports at least the parent's size.
+    """
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]), "VmHWM"
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "ru_maxrss"  # KiB on Linux
+
+
+def rss_child(contender: str) -> int:
+    """In a fresh process: declare and run the ``N_RSS`` fan-out; print the peak RSS as JSON."""
+    before_kib, _ = peak_rss_kib()
+    start = time.process_time()
+    nodes = 0
+    if contender == "aioflows":
+        flow = fanout_flow(N_RSS)
+        nodes = asyncio.run(with_aioflows(flow))
+    elif contender == "naive":
+        preds = fanout_preds(N_RSS)
+        nodes = asyncio.run(with_naive(preds))
+    cpu = time.process_time() - start
+    peak_kib, source = peak_rss_kib()
+    report = {
+        "before_kib": before_kib,
+        "peak_kib": peak_kib,
+        "source": source,
+        "ru_maxrss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+        "cpu": cpu,
+        "nodes": nodes,
+    }
+    print(json.dumps(report))
+    return 0
+
+
+def bench_rss(rounds: int) -> None:
+    print("\n== 4. peak RSS ==")
+    root = Path(__file__).resolve().parent.parent
+    rows = []
+    peaks: dict[str, float] = {}
+    source = ""
+    for key, label in RSS_CONTENDERS.items():
+        proc = subprocess.run(
+            [sys.executable, "-m", "benchmarks.flows", "--rss-child", key],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        report = json.loads(proc.stdout.strip().splitlines()[-1])
+        source = report["source"]
+        peak = report["peak_kib"] / 1024
+        peaks[key] = peak
+        rows.append(
+            [
+                label,
+                f"{report['nodes']:,}",
+                f"{report['before_kib'] / 1024:.0f}",
+                f"{peak:.0f}",
+                f"{report['ru_maxrss_kib'] / 1024:.0f}",
+                f"{report['cpu']:.2f}",
+            ]
+        )
+    print_table(
+        f"peak RSS: fan-out of {N_RSS:,} (1 source -> {N_RSS:,} instances -> reduce sink), "
+        f"one fresh process each, one run",
+        ["contender", "nodes", "MiB after imports", "peak MiB", "ru_maxrss MiB", "CPU s"],
+        rows,
+    )
+    print(
+        f"peak MiB is {source} of the child; ru_maxrss is shown as asked, but on Linux it "
+        "includes the parent's peak (inherited through execve)"
+    )
+    peak = peaks["aioflows"]
+    print(
+        f"target Flow.run {N_RSS:,}-node fan-out peak RSS < {TARGET_RSS_MIB:g} MiB: "
+        f"{peak:.0f} MiB {verdict(peak < TARGET_RSS_MIB)}"
+    )
+
+
+# -- main -------------------------------------------------------------------------------------
+
+
+PARTS: dict[str, Callable[[int], None]] = {
+    "fanout": bench_fanout,
+    "chain": bench_chain,
+    "dag": bench_dag,
+    "rss": bench_rss,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.flows",
+        description="Benchmark of Flow.run against hand-written DAG executors.",
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=ROUNDS, help=f"measured rounds (default {ROUNDS})"
+    )
+    parser.add_argument(
+        "--part",
+        choices=sorted(PARTS),
+        action="append",
+        help="run only this part (repeatable; default: all, in the order fanout, chain, dag, rss)",
+    )
+    parser.add_argument("--rss-child", choices=sorted(RSS_CONTENDERS), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.rss_child:
+        return rss_child(args.rss_child)
+    rounds: int = args.rounds
+    parts: list[str] = args.part or list(PARTS)
+    versions = ", ".join(f"{dist} {version(dist)}" for dist in ("aioflows", "anyio"))
+    print(
+        f"Python {platform.python_version()} on {platform.system()} {platform.machine()}, "
+        f"{os.cpu_count()} CPUs; {versions}"
+    )
+    print(f"{rounds} measured rounds per contender after 1 warm-up round; medians unless noted")
+    started = time.perf_counter()
+    for name in PARTS:
+        if name in parts:
+            PARTS[name](rounds)
+    print(f"\ntotal {time.perf_counter() - started:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
