@@ -11,7 +11,6 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
-from pathlib import PurePosixPath, PureWindowsPath
 from typing import Any, Final
 
 from ..errors import InvalidArgument, InvalidArgumentType, MissingObject
@@ -46,10 +45,11 @@ def check_part(kind: str, value: object) -> str:
         raise InvalidArgumentType(f"{kind} must be a str, got {type(value).__name__}")
     bad = (
         not value
-        or value.startswith(".")
-        or any(c in value for c in "/\\\0")
-        or bool(PureWindowsPath(value).drive)
-        or PurePosixPath(value).is_absolute()
+        or value[0] == "."
+        or "/" in value
+        or "\\" in value
+        or "\0" in value
+        or (value[1:2] == ":" and value[0].isascii() and value[0].isalpha())  # a drive: C:x
     )
     if bad:
         raise InvalidArgument(

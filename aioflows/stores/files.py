@@ -37,6 +37,7 @@ __all__ = [
     "remove_stale",
     "scan_run",
     "temp_path",
+    "write_atomic",
 ]
 
 T = TypeVar("T")
@@ -105,19 +106,63 @@ def make_dirs(directory: str) -> None:
         _fsync_dir(os.path.dirname(created))
 
 
+def write_atomic(final: str, data: bytes, siblings: Sequence[str]) -> None:
+    """Write ``data`` as ``final`` atomically: temporary file, fsync, rename, directory fsync.
+
+    The whole protocol is one worker-thread hop: round trips between the loop and the
+    threads, not the syscalls, are most of what a small save costs.
+    """
+    directory = os.path.dirname(final)
+    temp = temp_path(directory)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    flags |= getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(temp, flags, 0o666)
+    except FileNotFoundError:  # the run's first object: create its directory
+        make_dirs(directory)
+        fd = os.open(temp, flags, 0o666)
+    try:
+        try:
+            view = memoryview(data)
+            while view:  # a write may be partial
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        commit(temp, final, siblings)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(temp)
+        raise
+
+
+def _mtime(path: str) -> int:
+    try:
+        return os.stat(path).st_mtime_ns
+    except (FileNotFoundError, NotADirectoryError):
+        return -1
+
+
 def commit(temp: str, final: str, siblings: Sequence[str]) -> None:
     """Publish ``temp`` as ``final``; drop older files of the same name saved as another type.
 
-    ``siblings`` are the paths the same name has under other extensions. Only those older than
-    the new file are removed, so two writers saving one name as two types never delete each
-    other's file: the newer one wins, here and in :func:`read_newest`.
+    ``siblings`` are the paths the same name has under other extensions. The newest file of a
+    name is the current one (here and in :func:`read_newest`), so the new file is first made
+    strictly newer than any sibling (file times are coarse: two quick saves can share one),
+    and only siblings older than it are removed. Two writers saving one name as two types
+    therefore never delete each other's file: one is strictly newer and wins.
     """
+    if siblings:
+        mtime = os.stat(temp).st_mtime_ns
+        newest = max(_mtime(s) for s in siblings)
+        if newest >= mtime:
+            mtime = newest + 1
+            os.utime(temp, ns=(mtime, mtime))
     os.replace(temp, final)
     if siblings:
-        mtime = os.stat(final).st_mtime_ns
         for sibling in siblings:
-            with contextlib.suppress(FileNotFoundError):
-                if os.stat(sibling).st_mtime_ns < mtime:
+            with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+                if 0 <= _mtime(sibling) < mtime:
                     os.remove(sibling)
     _fsync_dir(os.path.dirname(final))
 

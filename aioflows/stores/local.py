@@ -7,9 +7,10 @@ Layout (stable; see docs/stores.md)::
     <base_dir>/<task>/<config_hash>/.<random>.tmp        a write in progress (hidden)
 
 Every write goes to a temporary file in the target directory, is fsynced and then renamed over
-the final name, so a reader (or a process killed with SIGKILL mid-write) only ever leaves the
-old version or the new one. Many coroutines and several processes may write the same base_dir;
-the last rename wins.
+the final name (``save`` does it in one hop to aiofiles' worker threads; ``open(..., "w")``
+streams through an aiofiles file and publishes the same way). So a reader only ever sees, and a
+process killed with SIGKILL mid-write only ever leaves, the old version or the new one. Many
+coroutines and several processes may write the same base_dir; the last rename wins.
 
 Keys are validated before any path is built (no separators, no leading dot, no drive), so
 every path is exactly three levels below base_dir. Symlinks someone places inside the store
@@ -101,25 +102,11 @@ class LocalFileStore(ResultStore):
         ]
 
     async def _write(self, final: str, data: bytes, siblings: Sequence[str] = ()) -> None:
+        # A cancelled caller writes nothing; once started, the write runs to its end in
+        # aiofiles' worker threads (shielded, as anyio's to_thread is), so no step outlives
+        # the call, and a cancellation that arrived meanwhile is raised right after.
         await anyio.lowlevel.checkpoint_if_cancelled()
-        temp = files.temp_path(os.path.dirname(final))
-        # Once started, a write is finished (or rolled back) under a shield, as anyio's
-        # to_thread does: no file step outlives the call and the temporary is always cleaned
-        # up. A cancellation that arrived meanwhile is raised right after.
-        with anyio.CancelScope(shield=True):
-            file = await self._open_temp(temp, "xb", buffering=0)
-            try:
-                try:
-                    view = memoryview(data)
-                    while view:  # an unbuffered write may be partial
-                        view = view[await file.write(view) :]
-                    await files.off_loop(files.fsync, file.fileno())
-                finally:
-                    await file.close()
-                await files.off_loop(files.commit, temp, final, siblings)
-            except BaseException:
-                await files.off_loop(files.remove_files, [temp])
-                raise
+        await files.off_loop(files.write_atomic, final, data, siblings)
         await anyio.lowlevel.checkpoint_if_cancelled()
 
     async def _open_temp(self, temp: str, mode: str, **kwargs: Any) -> Any:
