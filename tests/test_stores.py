@@ -608,3 +608,47 @@ async def test_symlinked_task_directories_are_listed(
     await local.save_info(make_info())
     assert [i.task for i in await local.list_infos()] == ["train"]
     assert (elsewhere / "c0ffee" / "_taskinfo.json").exists()
+
+
+def test_directory_fsyncs_are_grouped_but_cover_every_rename(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each sync returns only after an fsync that began after its rename has completed."""
+    import threading
+    import time
+
+    from aioflows.stores import files
+
+    lock = threading.Lock()
+    renamed = 0
+    completed: list[int] = []  # for each finished fsync, the renames made before it began
+
+    def fake_fsync(directory: str) -> None:
+        with lock:
+            seen = renamed
+        time.sleep(0.002)
+        with lock:
+            completed.append(seen)
+
+    monkeypatch.setattr(files, "_fsync_dir", fake_fsync)
+    syncer = files.DirSyncer()
+    failures: list[int] = []
+
+    def save() -> None:
+        nonlocal renamed
+        with lock:
+            renamed += 1
+            mine = renamed
+        syncer.sync("/run")
+        with lock:
+            if not any(seen >= mine for seen in completed):
+                failures.append(mine)
+
+    threads = [threading.Thread(target=save) for _ in range(40)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failures == []
+    assert 1 <= len(completed) <= 40
+    assert syncer._dirs == {}  # nothing kept once nobody waits
