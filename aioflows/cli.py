@@ -1,37 +1,537 @@
-"""The ``aioflows`` command line.
+"""The ``aioflows`` command line: ``run`` a flow, print its ``graph``, ``show`` stored records.
 
-For now it prints its version and help; ``run``, ``graph`` and ``show`` arrive with flows.
+Exit status: 0 success, 1 the flow ran and some instances failed, 2 a usage error (bad option,
+missing file or object, not a Flow, a flow declared wrongly, an unreadable store) or an error
+raised by the user's module while it was imported, 130 interrupted (Ctrl-C), 141 stdout closed
+early (piped into ``head``). A usage error is
+one line on stderr, ``aioflows: error: <reason>``, never a traceback; an error in the user's
+own code shows its traceback, which points at the line to fix. See docs/cli.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import hashlib
+import importlib
+import importlib.util
+import inspect
+import os
+import re
 import sys
+import time
+import traceback
 from collections.abc import Sequence
+from types import ModuleType
+from typing import Any, NoReturn
+
+from rich.console import Console, RenderableType
+from rich.table import Table
+from rich.text import Text
 
 from ._version import __version__
+from .errors import AioflowsError, FlowError, FlowFailed
+from .flow.progress import STYLES, FlowProgress, format_seconds, summary_table
+from .flow.run import FlowRun
+from .flow.spec import Flow
+from .stores.local import LocalFileStore
+from .stores.records import TaskInfo, TaskState
 
-__all__ = ["main"]
+__all__ = [
+    "EXIT_BROKEN_PIPE",
+    "EXIT_FAILED",
+    "EXIT_INTERRUPTED",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "main",
+]
+
+EXIT_OK = 0
+EXIT_FAILED = 1  # the flow ran and some task instances failed
+EXIT_USAGE = 2  # bad arguments, nothing to run, or the user's module failed to import
+EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT)
+EXIT_BROKEN_PIPE = 141  # whoever read stdout stopped reading (128 + SIGPIPE)
+
+DEFAULT_STORE = ".aioflows"
+DEFAULT_OBJECT = "flow"
+_MAX_FAILURES = 20  # failed instances listed after a failed run
+_ERROR_WIDTH = 200  # characters of an error message on one line
+_SHOW_ERROR_WIDTH = 60  # characters of an error in the `show` table
+_HASH_WIDTH = 10  # characters of a config_hash in the `show` table
+_SHOW_ERROR_COLUMNS = 100  # narrower consoles list errors below the `show` table
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+class _UsageError(Exception):
+    """A mistake on the command line or in what it names: one line, exit 2."""
+
+
+class _UserCodeError(Exception):
+    """The user's own code raised while being loaded: its traceback, then one line, exit 2."""
+
+    def __init__(self, message: str, error: BaseException) -> None:
+        super().__init__(message)
+        self.error = error
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line on stderr."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"aioflows: error: {message} (see '{self.prog} --help')\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
+
+
+def _parser() -> _Parser:
+    parser = _Parser(
         prog="aioflows",
         description=(
             "Run many async things well: rate-limited concurrent calls, task graphs, "
             "streaming pipelines, resumable batch jobs."
         ),
+        epilog="Run 'aioflows COMMAND --help' for a command's options.",
     )
     parser.add_argument("--version", action="version", version=f"aioflows {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
+    target_help = (
+        "a Python file (path/to/flows.py) or a module name (pkg.flows), optionally followed by "
+        f":NAME, the Flow object or zero-argument function returning one (default: "
+        f"{DEFAULT_OBJECT})"
+    )
+
+    run = commands.add_parser(
+        "run",
+        help="run a flow, store its results and print a summary",
+        description=(
+            "Run a flow with a LocalFileStore: instances finished in an earlier run are loaded "
+            "from the store (cached), the rest run. Prints a summary table."
+        ),
+    )
+    run.add_argument("target", metavar="FILE_OR_MODULE[:OBJECT]", help=target_help)
+    run.add_argument(
+        "--store",
+        metavar="DIR",
+        default=DEFAULT_STORE,
+        help=f"where results and task records are kept (default: ./{DEFAULT_STORE})",
+    )
+    run.add_argument(
+        "--concurrency",
+        metavar="N",
+        type=_positive_int,
+        default=None,
+        help="run at most N task instances at once (default: no limit)",
+    )
+    run.add_argument(
+        "--force",
+        metavar="NAME[+]",
+        action="append",
+        default=None,
+        help=(
+            "run task NAME again even if its results are stored; NAME+ also forces every task "
+            "downstream of it, 'all' forces everything (repeatable)"
+        ),
+    )
+    run.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="show a live progress display on stderr (default: when stderr is a terminal)",
+    )
+    run.set_defaults(handler=_cmd_run)
+
+    graph = commands.add_parser(
+        "graph",
+        help="print a flow's expanded graph",
+        description="Print the task instances of a flow and their dependencies; runs nothing.",
+    )
+    graph.add_argument("target", metavar="FILE_OR_MODULE[:OBJECT]", help=target_help)
+    graph.add_argument(
+        "--format",
+        choices=("text", "mermaid", "dot"),
+        default="text",
+        help="text (for the terminal, the default), mermaid (a flowchart) or dot (Graphviz)",
+    )
+    graph.set_defaults(handler=_cmd_graph)
+
+    show = commands.add_parser(
+        "show",
+        help="list the task records in a store",
+        description="List the stored record of every task instance (or of one task's).",
+    )
+    show.add_argument("task", metavar="TASK", nargs="?", default=None, help="only this task")
+    show.add_argument(
+        "--store",
+        metavar="DIR",
+        default=DEFAULT_STORE,
+        help=f"the store to read (default: ./{DEFAULT_STORE})",
+    )
+    show.set_defaults(handler=_cmd_show)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``aioflows`` console script; returns the exit status."""
     parser = _parser()
-    parser.parse_args(argv)
-    parser.print_help(sys.stdout)
-    return 0
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, or a usage error already printed
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    if args.command is None:
+        parser.print_help(sys.stdout)
+        return EXIT_OK
+    try:
+        status: int = args.handler(args)
+    except _UsageError as exc:
+        _error(str(exc))
+        return EXIT_USAGE
+    except _UserCodeError as exc:
+        _print_user_traceback(exc.error)
+        _error(str(exc))
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (`aioflows graph f.py | head`): stop writing, quietly.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+    return status
+
+
+# --- output helpers ----------------------------------------------------------------------------
+
+
+def _error(message: str) -> None:
+    sys.stderr.write(f"aioflows: error: {_one_line(message, _ERROR_WIDTH)}\n")
+    sys.stderr.flush()
+
+
+def _one_line(text: str, width: int) -> str:
+    """The first line of ``text``, cut to ``width`` characters."""
+    lines = text.strip().splitlines()
+    line = lines[0] if lines else ""
+    if len(line) > width or len(lines) > 1:
+        line = line[: width - 3].rstrip() + "..."
+    return line
+
+
+def _isatty(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError, OSError):
+        return False
+
+
+def _stdout_console() -> Console:
+    """A console on stdout; piped output gets room for a whole table row on one line."""
+    width = None if _isatty(sys.stdout) or "COLUMNS" in os.environ else 160
+    return Console(file=sys.stdout, highlight=False, width=width)
+
+
+def _print_user_traceback(error: BaseException) -> None:
+    """The traceback of an error in user code, without this module's and importlib's frames."""
+    tb = error.__traceback__
+    while tb is not None and _is_machinery(tb.tb_frame.f_code.co_filename):
+        tb = tb.tb_next
+    sys.stderr.write("".join(traceback.format_exception(type(error), error, tb)))
+
+
+def _is_machinery(filename: str) -> bool:
+    return filename == __file__ or "importlib" in filename
+
+
+# --- loading a flow ----------------------------------------------------------------------------
+
+
+def _split_target(target: str) -> tuple[str, str]:
+    """``"path/flows.py:demo"`` -> ``("path/flows.py", "demo")``; the object defaults to
+    ``flow``. A colon followed by a path (``C:\\flows.py``) is part of the path."""
+    head, sep, tail = target.rpartition(":")
+    if not sep or not head or any(c in tail for c in "/\\"):
+        return target, DEFAULT_OBJECT
+    if not all(part.isidentifier() for part in tail.split(".")):
+        raise _UsageError(f"{tail!r} in {target!r} is not a Python name (expected FILE:NAME)")
+    return head, tail
+
+
+def _looks_like_path(source: str) -> bool:
+    return (
+        source.endswith(".py")
+        or "/" in source
+        or os.sep in source
+        or (os.altsep is not None and os.altsep in source)
+        or os.path.isfile(source)
+    )
+
+
+def _import_file(source: str) -> ModuleType:
+    path = os.path.abspath(source)
+    if not os.path.exists(path):
+        raise _UsageError(f"no such file: {source}")
+    if not os.path.isfile(path):
+        raise _UsageError(f"{source} is not a file")
+    # The module name is the same for the same file in every run, so objects pickled from
+    # one run (non-JSON results) load in the next.
+    stem = re.sub(r"\W", "_", os.path.splitext(os.path.basename(path))[0])
+    digest = hashlib.sha256(path.encode("utf-8", "surrogatepass")).hexdigest()[:10]
+    name = f"_aioflows_file_{stem}_{digest}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise _UsageError(f"{source} is not a Python file (expected a .py file)")
+    module = importlib.util.module_from_spec(spec)
+    # Like `python file.py`: the file's directory is importable, so sibling modules are.
+    directory = os.path.dirname(path)
+    if directory not in sys.path:
+        sys.path.insert(0, directory)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        sys.modules.pop(name, None)
+        raise _UserCodeError(f"importing {source} failed (traceback above)", exc) from exc
+    return module
+
+
+def _import_module(source: str) -> ModuleType:
+    if not all(part.isidentifier() for part in source.split(".")):
+        raise _UsageError(f"{source!r} is neither a Python file nor a module name")
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.insert(0, cwd)
+    try:
+        spec = importlib.util.find_spec(source)
+    except ModuleNotFoundError as exc:
+        # A missing parent package is a usage error; a module its __init__ imports is not.
+        missing = exc.name or ""
+        if missing and (source == missing or source.startswith(missing + ".")):
+            raise _UsageError(f"no module named {source!r} (nor a file of that name)") from exc
+        raise _UserCodeError(f"importing {source} failed (traceback above)", exc) from exc
+    except Exception as exc:
+        raise _UserCodeError(f"importing {source} failed (traceback above)", exc) from exc
+    if spec is None:
+        raise _UsageError(f"no module named {source!r} (nor a file of that name)")
+    try:
+        return importlib.import_module(source)
+    except Exception as exc:
+        raise _UserCodeError(f"importing {source} failed (traceback above)", exc) from exc
+
+
+def _lookup(module: ModuleType, name: str, source: str) -> Any:
+    obj: Any = module
+    for part in name.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            flows = sorted(k for k, v in vars(module).items() if isinstance(v, Flow))
+            hint = f"; Flow objects there: {', '.join(flows)}" if flows else ""
+            raise _UsageError(f"{source} has no object {name!r}{hint}") from None
+    return obj
+
+
+def _as_flow(obj: Any, label: str) -> Flow:
+    if isinstance(obj, Flow):
+        return obj
+    if not callable(obj):
+        raise _UsageError(f"{label} is not an aioflows Flow (it is a {type(obj).__name__})")
+    try:
+        inspect.signature(obj).bind()
+    except TypeError:
+        raise _UsageError(
+            f"{label} is neither a Flow nor a function that returns one without arguments"
+        ) from None
+    except ValueError:
+        pass  # no signature to check (a builtin): just call it
+    try:
+        result = obj()
+    except Exception as exc:
+        raise _UserCodeError(f"calling {label}() failed (traceback above)", exc) from exc
+    if isinstance(result, Flow):
+        return result
+    if inspect.iscoroutine(result):
+        result.close()
+        raise _UsageError(f"{label} is async; give a Flow or a plain function returning one")
+    raise _UsageError(
+        f"{label}() did not return an aioflows Flow (it returned a {type(result).__name__})"
+    )
+
+
+def _load_flow(target: str) -> Flow:
+    source, name = _split_target(target)
+    module = _import_file(source) if _looks_like_path(source) else _import_module(source)
+    return _as_flow(_lookup(module, name, source), f"{source}:{name}")
+
+
+# --- run -------------------------------------------------------------------------------------
+
+
+def _check_store_dir(store: str) -> None:
+    if os.path.exists(store) and not os.path.isdir(store):
+        raise _UsageError(f"--store {store}: not a directory")
+
+
+async def _run(
+    flow: Flow,
+    store: LocalFileStore,
+    concurrency: int | None,
+    force: list[str] | None,
+    progress: bool,
+) -> FlowRun:
+    if not progress:
+        return await flow.run(store=store, concurrency=concurrency, force=force)
+    # The display is driven from here rather than with run(progress=True) so that its summary
+    # table goes to stdout with the rest of the output instead of under the display.
+    nodes = flow.graph().nodes
+    async with FlowProgress(flow.name, nodes, summary=False) as display:
+        try:
+            run = await flow.run(
+                store=store, concurrency=concurrency, force=force, on_event=display.update
+            )
+        except FlowFailed as exc:
+            display.finish(exc.run)
+            raise
+        display.finish(run)
+        return run
+
+
+def _status_line(run: FlowRun, seconds: float) -> Text:
+    """``flow demo: ok, 10 instances (7 finished, 3 cached) in 0.04 s``."""
+    counts: dict[str, int] = {}
+    for state in run.states.values():
+        # Instances a failure stopped before they started did not run: say so, as the table.
+        name = "not_run" if state in (TaskState.PENDING, TaskState.SCHEDULED) else state.value
+        counts[name] = counts.get(name, 0) + 1
+    order = [s.value for s in STYLES if s not in (TaskState.PENDING, TaskState.SCHEDULED)]
+    parts = [f"{counts[name]} {name}" for name in [*order, "not_run"] if counts.get(name)]
+    total = len(run.states)
+    outcome = "ok" if run.ok else "failed"
+    text = Text(f"flow {run.graph.flow.name}: {outcome}, ")
+    text.append(f"{total} instance{'' if total == 1 else 's'}")
+    if parts:
+        text.append(f" ({', '.join(parts)})")
+    text.append(f" in {format_seconds(seconds)}")
+    return text
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    flow = _load_flow(args.target)
+    _check_store_dir(args.store)
+    store = LocalFileStore(args.store)
+    progress = args.progress if args.progress is not None else _isatty(sys.stderr)
+    failure: FlowFailed | None = None
+    started = time.monotonic()
+    try:
+        run = asyncio.run(_run(flow, store, args.concurrency, args.force, progress))
+    except FlowFailed as exc:
+        failure, run = exc, exc.run
+    except AioflowsError as exc:  # FlowError and the like: nothing ran
+        raise _UsageError(str(exc)) from exc
+    console = _stdout_console()
+    console.print(summary_table(run))
+    console.print(_status_line(run, time.monotonic() - started))
+    if failure is None:
+        return EXIT_OK
+    sys.stdout.flush()
+    errors = list(failure.errors.items())
+    for name, error in errors[:_MAX_FAILURES]:
+        sys.stderr.write(_one_line(f"{name}: {type(error).__name__}: {error}", _ERROR_WIDTH) + "\n")
+    if len(errors) > _MAX_FAILURES:
+        sys.stderr.write(
+            f"... and {len(errors) - _MAX_FAILURES} more failed instances "
+            f"(aioflows show --store {args.store})\n"
+        )
+    return EXIT_FAILED
+
+
+# --- graph -------------------------------------------------------------------------------------
+
+
+def _cmd_graph(args: argparse.Namespace) -> int:
+    flow = _load_flow(args.target)
+    try:
+        graph = flow.graph()
+    except FlowError as exc:
+        raise _UsageError(str(exc)) from exc
+    from .flow import render
+
+    renderers = {"text": render.to_text, "mermaid": render.to_mermaid, "dot": render.to_dot}
+    sys.stdout.write(renderers[args.format](graph))
+    sys.stdout.flush()
+    return EXIT_OK
+
+
+# --- show --------------------------------------------------------------------------------------
+
+
+def _natural(text: str) -> tuple[Any, ...]:
+    """``train-10`` after ``train-9``."""
+    return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text))
+
+
+def _local_time(info: TaskInfo) -> str:
+    if info.started is None:
+        return "-"
+    return info.started.astimezone().strftime("%Y-%m-%d %H:%M")
+
+
+def _cmd_show(args: argparse.Namespace) -> int:
+    store = LocalFileStore(args.store)
+    try:
+        infos = asyncio.run(store.list_infos(args.task))
+    except AioflowsError as exc:  # a corrupt record, a task name that cannot be a directory
+        raise _UsageError(str(exc)) from exc
+    except OSError as exc:
+        raise _UsageError(f"cannot read {args.store}: {exc.strerror or exc}") from exc
+    console = _stdout_console()
+    if not infos:
+        what = f"of task {args.task!r} " if args.task is not None else ""
+        console.print(Text(f"no task records {what}in {args.store}"))
+        return EXIT_OK
+    infos.sort(key=lambda i: (i.task, _natural(i.unique_name), i.config_hash))
+    records = "record" if len(infos) == 1 else "records"
+    table = Table(
+        title=Text(f"{len(infos)} task {records} in {args.store}"),
+        box=None,  # plain columns (as `ls -l`): a record fits on one line of 80 columns
+        pad_edge=False,
+        title_justify="left",
+    )
+    table.add_column("task", no_wrap=True)
+    table.add_column("unique_name", no_wrap=True)
+    table.add_column("config_hash", no_wrap=True)
+    table.add_column("state", no_wrap=True)
+    table.add_column("attempts", justify="right", no_wrap=True)
+    table.add_column("started", no_wrap=True)
+    table.add_column("duration", justify="right", no_wrap=True)
+    failed = [info for info in infos if info.error]
+    # Errors get a column when there is room for it, else a line each below the table.
+    errors = bool(failed) and console.width >= _SHOW_ERROR_COLUMNS
+    if errors:
+        table.add_column("error")
+    for info in infos:
+        cells: list[RenderableType] = [
+            Text(info.task),
+            Text(info.unique_name),
+            Text(info.config_hash[:_HASH_WIDTH]),
+            Text(info.state.value, style=STYLES.get(info.state, "")),
+            str(info.attempts),
+            _local_time(info),
+            format_seconds(info.duration),
+        ]
+        if errors:
+            cells.append(Text(_one_line(info.error, _SHOW_ERROR_WIDTH) if info.error else ""))
+        table.add_row(*cells)
+    console.print(table)
+    if failed and not errors:
+        for info in failed:
+            console.print(Text(_one_line(f"{info.unique_name}: {info.error}", console.width)))
+    return EXIT_OK
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -8,8 +8,12 @@ hook rather than a module-wide ``pytestmark``.)
 
 from __future__ import annotations
 
+import gc
 import inspect
 
+# Imported now, not lazily at session end: on Python < 3.11.8 an event loop collected in the
+# middle of that late import makes pytest exit with "AST constructor recursion depth mismatch".
+import hypothesis  # noqa: F401
 import pytest
 
 
@@ -19,3 +23,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         function = getattr(item, "obj", None)
         if getattr(module, "VIRTUAL_TIME", False) and inspect.iscoroutinefunction(function):
             item.add_marker(pytest.mark.looptime)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionfinish() -> None:
+    # Collect the loops that looptime leaks now, while nothing else is being imported.
+    gc.collect()

@@ -20,7 +20,7 @@ def readme_commands() -> list[str]:
 def test_readme_starts_with_the_demo_and_the_test_command() -> None:
     demo, tests = readme_commands()
     assert demo.startswith("pip install -e")
-    assert "python examples/" in demo
+    assert "aioflows run examples/" in demo
     assert tests.startswith("pip install -e")
     assert "pytest" in tests
     head = (ROOT / "README.md").read_text(encoding="utf-8").split("```bash")[0]
@@ -33,10 +33,17 @@ def test_ci_runs_exactly_readmes_test_command() -> None:
     assert tests in ci_lines
 
 
-def test_the_demo_script_named_in_readme_exists() -> None:
+def test_the_demo_command_runs_the_flow_and_caches_it(tmp_path: Path) -> None:
     demo, _ = readme_commands()
-    script = demo.split("python ", 1)[1].strip()
+    script = demo.split("aioflows run ", 1)[1].strip()
     assert (ROOT / script).is_file()
+    command = [sys.executable, "-m", "aioflows", "run", str(ROOT / script), "--no-progress"]
+    first = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert first.returncode == 0, first.stderr
+    assert (tmp_path / ".aioflows").is_dir()
+    second = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert second.returncode == 0, second.stderr
+    assert "cached" in second.stdout.lower()
 
 
 def test_console_script_prints_version_and_help() -> None:

@@ -696,7 +696,7 @@ async def test_ctx_saves_loads_and_opens_in_the_instances_run(tmp_path: Path) ->
 
     async def consume(produce: None, ctx: af.TaskContext) -> dict[str, Any]:
         weights = await ctx.load("weights", task="produce")
-        return {"weights": weights, "store": ctx.store, "hash": ctx.config_hash}
+        return {"weights": weights, "same_store": ctx.store is store, "hash": ctx.config_hash}
 
     flow = af.Flow()
     flow.add(consume, requires=[flow.add(produce)])
@@ -704,7 +704,7 @@ async def test_ctx_saves_loads_and_opens_in_the_instances_run(tmp_path: Path) ->
     run = await flow.run(store=store)
     [out] = run.values("consume")
     assert out["weights"] == {"w": [1, 2]}
-    assert out["store"] is store
+    assert out["same_store"]
     [node] = flow.graph().by_task("produce")
     assert await store.load("log", task="produce", config_hash=node.config_hash) == "trained\n"
 
@@ -792,3 +792,24 @@ async def test_a_reduce_task_can_reach_each_instances_saved_objects() -> None:
     flow.add(gather, requires=[flow.add(part, {"i": [1, 2]})], reduce=True)
     run = await flow.run()
     assert run.values("gather") == [[{"i": 1}, {"i": 2}]]
+
+
+async def test_a_corrupt_cache_record_reruns_the_instance(tmp_path: Path) -> None:
+    flow, calls = pipeline()
+    store = af.LocalFileStore(tmp_path)
+    await flow.run(store=store)
+    node = flow.graph().by_task("load")[0]
+    (tmp_path / "load" / node.config_hash / "_taskinfo.json").write_text("{torn")
+    calls.clear()
+    run = await flow.run(store=store)
+    assert run.ok
+    assert calls == ["load"]
+    assert run.states["load-1"] is af.TaskState.FINISHED
+
+
+def test_task_names_a_store_cannot_hold_are_flow_errors() -> None:
+    async def f() -> None: ...
+
+    for bad in ("a/b", "..", ".hidden", "x\\y"):
+        with pytest.raises(af.FlowError, match="task name"):
+            af.Flow().add(f, name=bad)

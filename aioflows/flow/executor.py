@@ -27,7 +27,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from .._callables import is_async_callable
 from ..calls import as_limiter, guard
-from ..errors import FlowError, FlowFailed, MissingObject
+from ..errors import CorruptObject, FlowError, FlowFailed, MissingObject
 from ..stores.base import ResultStore
 from ..stores.memory import MemoryStore
 from ..stores.records import TaskInfo, TaskState
@@ -391,7 +391,10 @@ class _Executor:
             return
         event = TaskEvent(node.unique_name, node.task, state, _now(), error)
         for listener in self.listeners:
-            listener(event)
+            try:
+                listener(event)
+            except Exception:
+                _log.exception("event listener failed for %s", event)
         if self.on_event is not None:
             if self.events is not None:
                 self.events.send_nowait(event)  # an async callback, awaited in order
@@ -416,10 +419,24 @@ class _Executor:
     async def _run_node(self, node: TaskNode) -> None:
         slot = self.slots[node]
         store = self.store
-        if store is not None and node.task not in self.forced and await self._load_cached(node):
-            self._set(node, TaskState.CACHED)
-            self._done(node)
-            return
+        if store is not None and node.task not in self.forced:
+            try:
+                cached = await self._load_cached(node)
+            except CorruptObject as exc:
+                # The record or result is damaged: computing it again is the remedy.
+                _log.warning(
+                    "%s: cannot use the stored result (%s); running it", node.unique_name, exc
+                )
+                cached = False
+            except Exception as exc:
+                slot.error = exc
+                self._set(node, TaskState.FAILED, exc)
+                self._failed(node, exc)
+                return
+            if cached:
+                self._set(node, TaskState.CACHED)
+                self._done(node)
+                return
         resource = None
         if self.resources is not None:
             resource = await self.resource_receive.receive()

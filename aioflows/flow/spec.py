@@ -15,6 +15,7 @@ from ..calls import LimiterLike, check_timeout
 from ..errors import FlowError
 from ..limits import RateLimiter, as_rate
 from ..retry import Retry, RetryLike, as_retry
+from ..stores.base import check_part
 
 if TYPE_CHECKING:
     from ..stores.base import ResultStore
@@ -226,6 +227,10 @@ class Flow:
         task_name = name or options.name or getattr(fn, "__name__", None)
         if not isinstance(task_name, str) or not task_name or task_name == "<lambda>":
             raise FlowError(f"give {fn!r} a name: flow.add(fn, name=...)")
+        try:  # the name becomes a directory of file stores: the same rules as store keys
+            check_part("task name", task_name)
+        except (ValueError, TypeError) as exc:
+            raise FlowError(str(exc)) from None
         if task_name in self._specs:
             raise FlowError(f"duplicate task name {task_name!r} in flow {self.name!r}")
         if expand not in ("product", "zip"):

@@ -16,7 +16,6 @@ import contextlib
 import os
 import secrets
 import shutil
-import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
@@ -25,7 +24,6 @@ import aiofiles.os
 import anyio
 
 __all__ = [
-    "DirSyncer",
     "commit",
     "fsync",
     "is_temp",
@@ -108,53 +106,7 @@ def make_dirs(directory: str) -> None:
         _fsync_dir(os.path.dirname(created))
 
 
-class DirSyncer:
-    """Group commit for directory fsyncs: one fsync covers every rename made before it began.
-
-    Many concurrent saves into one run directory would each fsync the directory after their
-    rename; a save whose rename was already covered by an fsync that *started* after it skips
-    its own. Shared by the worker threads of one store, hence the locks.
-    """
-
-    __slots__ = ("_dirs", "_lock")
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._dirs: dict[str, _DirState] = {}
-
-    def sync(self, directory: str) -> None:
-        with self._lock:
-            state = self._dirs.get(directory)
-            if state is None:
-                state = self._dirs[directory] = _DirState()
-            state.renames += 1
-            ticket = state.renames
-            state.users += 1
-        try:
-            with state.lock:
-                if state.synced < ticket:
-                    with self._lock:
-                        covered = state.renames
-                    _fsync_dir(directory)
-                    state.synced = covered
-        finally:
-            with self._lock:
-                state.users -= 1
-                if not state.users:
-                    del self._dirs[directory]  # nobody waiting: keep memory bounded
-
-
-class _DirState:
-    __slots__ = ("lock", "renames", "synced", "users")
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.renames = self.synced = self.users = 0
-
-
-def write_atomic(
-    final: str, data: bytes, siblings: Sequence[str], syncer: DirSyncer | None = None
-) -> None:
+def write_atomic(final: str, data: bytes, siblings: Sequence[str]) -> None:
     """Write ``data`` as ``final`` atomically: temporary file, fsync, rename, directory fsync.
 
     The whole protocol is one worker-thread hop: round trips between the loop and the
@@ -177,7 +129,7 @@ def write_atomic(
             os.fsync(fd)
         finally:
             os.close(fd)
-        commit(temp, final, siblings, syncer)
+        commit(temp, final, siblings)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.remove(temp)
@@ -191,7 +143,7 @@ def _mtime(path: str) -> int:
         return -1
 
 
-def commit(temp: str, final: str, siblings: Sequence[str], syncer: DirSyncer | None = None) -> None:
+def commit(temp: str, final: str, siblings: Sequence[str]) -> None:
     """Publish ``temp`` as ``final``; drop older files of the same name saved as another type.
 
     ``siblings`` are the paths the same name has under other extensions. The newest file of a
@@ -212,10 +164,7 @@ def commit(temp: str, final: str, siblings: Sequence[str], syncer: DirSyncer | N
             with contextlib.suppress(FileNotFoundError, NotADirectoryError):
                 if 0 <= _mtime(sibling) < mtime:
                     os.remove(sibling)
-    if syncer is None:
-        _fsync_dir(os.path.dirname(final))
-    else:
-        syncer.sync(os.path.dirname(final))
+    _fsync_dir(os.path.dirname(final))
 
 
 def read_newest(candidates: Sequence[str]) -> tuple[int, str, bytes] | None:

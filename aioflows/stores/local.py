@@ -64,7 +64,6 @@ class LocalFileStore(ResultStore):
             raise InvalidArgument(f"stale_after must be seconds > 0, got {stale_after!r}")
         self._base = os.path.abspath(os.fspath(base_dir))
         self._stale_after = float(stale_after)
-        self._syncer = files.DirSyncer()
 
     @property
     def base_dir(self) -> str:
@@ -107,7 +106,7 @@ class LocalFileStore(ResultStore):
         # aiofiles' worker threads (shielded, as anyio's to_thread is), so no step outlives
         # the call, and a cancellation that arrived meanwhile is raised right after.
         await anyio.lowlevel.checkpoint_if_cancelled()
-        await files.off_loop(files.write_atomic, final, data, siblings, self._syncer)
+        await files.off_loop(files.write_atomic, final, data, siblings)
         await anyio.lowlevel.checkpoint_if_cancelled()
 
     async def _open_temp(self, temp: str, mode: str, **kwargs: Any) -> Any:
@@ -254,7 +253,7 @@ class LocalFileStore(ResultStore):
                     await files.off_loop(files.fsync, file.fileno())
             finally:
                 await _close(file)
-            await files.off_loop(files.commit, temp, final, siblings, self._syncer)
+            await files.off_loop(files.commit, temp, final, siblings)
         except BaseException:
             await files.off_loop(files.remove_files, [temp])
             raise
