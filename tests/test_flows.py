@@ -813,3 +813,27 @@ def test_task_names_a_store_cannot_hold_are_flow_errors() -> None:
     for bad in ("a/b", "..", ".hidden", "x\\y"):
         with pytest.raises(af.FlowError, match="task name"):
             af.Flow().add(f, name=bad)
+
+
+async def test_a_deep_chain_is_recorded_with_bounded_nesting(tmp_path: Path) -> None:
+    async def step(**inputs: Any) -> int:
+        return 1
+
+    flow = af.Flow()
+    previous: list[af.TaskSpec] = []
+    for i in range(300):  # deeper than JSON encoders recurse
+        previous = [flow.add(step, {"i": i}, name=f"s{i}", requires=previous)]
+    store = af.LocalFileStore(tmp_path)
+    assert (await flow.run(store=store)).ok
+    last = flow.graph().nodes[-1]
+    info = await store.load_info(task="s299", config_hash=last.config_hash)
+    assert info is not None
+    assert info.unique_config is not None
+    config, depth = info.unique_config, 0
+    while isinstance(config, dict) and len(config) > 1:
+        config = config[next(k for k in config if k != "i")]
+        depth += 1
+    assert config == flow.graph().nodes[-1 - depth].config_hash  # deeper ones by their hash
+    assert 1 <= depth <= 10
+    again = await flow.run(store=store)
+    assert set(again.states.values()) == {af.TaskState.CACHED}

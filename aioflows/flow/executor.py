@@ -41,6 +41,9 @@ __all__ = ["RESULT_NAME", "run_flow"]
 
 _log = logging.getLogger("aioflows.flow")
 
+#: Levels of predecessors a TaskInfo record's unique_config keeps in full.
+_RECORD_DEPTH = 8
+
 #: Instances a worker takes from the queue without yielding to the loop.
 _STREAK = 64
 
@@ -86,6 +89,24 @@ class _Call:
         self.node = node
         self.slot = slot
         self.kwargs = kwargs
+
+
+def _recorded_config(node: TaskNode, prefix: str | None, depth: int = _RECORD_DEPTH) -> Any:
+    """The unique_config written to a TaskInfo record, its nesting bounded.
+
+    ``node.unique_config`` nests every ancestor's config, which in a chain of thousands grows
+    with the depth of the graph (and past what JSON encoders recurse into). A record keeps
+    ``depth`` levels of predecessors in full and names deeper ones by their config_hash, which
+    identifies them as well.
+    """
+    own: dict[str, Any] = strip_ignored(node.config, prefix)
+    for pred in node.predecessors:
+        entry = _recorded_config(pred, prefix, depth - 1) if depth > 1 else pred.config_hash
+        if node.reduce:
+            own.setdefault(pred.task, []).append(entry)
+        else:
+            own[pred.task] = entry
+    return own
 
 
 def _json_faithful(value: Any, depth: int = 0) -> bool:
@@ -500,7 +521,7 @@ class _Executor:
             slot.ended = _now()
             with anyio.CancelScope(shield=True):
                 self._set(node, TaskState.KILLED)
-                await self._save_info(node, slot, TaskState.KILLED)
+                await self._save_info_quietly(node, slot, TaskState.KILLED)
             self._settle(node)
             raise
         except Exception as exc:
@@ -508,7 +529,7 @@ class _Executor:
             slot.error = exc
             self._set(node, TaskState.FAILED, exc)
             with anyio.CancelScope(shield=True):
-                await self._save_info(node, slot, TaskState.FAILED)
+                await self._save_info_quietly(node, slot, TaskState.FAILED)
             self._failed(node, exc)
             return
         self._set(node, TaskState.FINISHED)
@@ -542,13 +563,21 @@ class _Executor:
             node.unique_name,
             state,
             config=strip_ignored(node.config, self.graph.flow.config_ignore_prefix),
-            unique_config=node.unique_config,
+            unique_config=_recorded_config(node, self.graph.flow.config_ignore_prefix),
             started=slot.started,
             ended=slot.ended,
             attempts=slot.attempts,
             error=None if error is None else f"{type(error).__name__}: {error}",
         )
         await self.store.save_info(info)
+
+    async def _save_info_quietly(self, node: TaskNode, slot: _Slot, state: TaskState) -> None:
+        """Record a FAILED or KILLED state; the run already reports it, so a store error here
+        is logged rather than raised over the error being recorded."""
+        try:
+            await self._save_info(node, slot, state)
+        except Exception:
+            _log.exception("%s: could not record state %s", node.unique_name, state.value)
 
     def _flow_run(self) -> FlowRun:
         results: dict[str, list[TaskResult]] = {name: [] for name in self.graph.specs}
