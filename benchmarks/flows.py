@@ -78,6 +78,8 @@ import anyio
 
 import aioflows as af
 
+from ._report import print_table, verdict
+
 #: Measured rounds per contender (at least 5); one warm-up round more is run and dropped.
 ROUNDS = 5
 
@@ -163,26 +165,6 @@ def run_rounds(contenders: dict[str, Work], rounds: int) -> dict[str, list[Sampl
 
 def median(samples: list[Sample], field: str = "cpu") -> float:
     return float(statistics.median(getattr(sample, field) for sample in samples))
-
-
-def verdict(ok: bool) -> str:
-    return "PASS" if ok else "FAIL"
-
-
-def print_table(title: str, headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
-    """Plain aligned text: the first column left-aligned, the others right-aligned."""
-    widths = [max(len(row[i]) for row in [headers, *rows]) for i in range(len(headers))]
-
-    def line(cells: Sequence[str]) -> str:
-        first = cells[0].ljust(widths[0])
-        rest = (cell.rjust(width) for cell, width in zip(cells[1:], widths[1:], strict=True))
-        return "  ".join([first, *rest]).rstrip()
-
-    print(f"\n{title}")
-    print(line(headers))
-    print("  ".join("-" * width for width in widths))
-    for row in rows:
-        print(line(row))
 
 
 # -- the no-op tasks --------------------------------------------------------------------------

@@ -46,6 +46,8 @@ import anyio.abc
 import aioflows as af
 import aioflows.limits
 
+from ._report import print_table, verdict
+
 #: Seconds a late timer wake-up may be accounted back in time, in versions of aioflows that do
 #: so (``aioflows.limits.CATCH_UP``); ``None`` when grants are accounted when released.
 CATCH_UP: float | None = getattr(aioflows.limits, "CATCH_UP", None)
@@ -112,26 +114,6 @@ def run_rounds(
 
 def median_time(samples: list[tuple[float, Any]]) -> float:
     return statistics.median(elapsed for elapsed, _ in samples)
-
-
-def verdict(ok: bool) -> str:
-    return "PASS" if ok else "FAIL"
-
-
-def print_table(title: str, headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
-    """Plain aligned text: the first column left-aligned, the others right-aligned."""
-    widths = [max(len(row[i]) for row in [headers, *rows]) for i in range(len(headers))]
-
-    def line(cells: Sequence[str]) -> str:
-        first = cells[0].ljust(widths[0])
-        rest = (cell.rjust(width) for cell, width in zip(cells[1:], widths[1:], strict=True))
-        return "  ".join([first, *rest]).rstrip()
-
-    print(f"\n{title}")
-    print(line(headers))
-    print("  ".join("-" * width for width in widths))
-    for row in rows:
-        print(line(row))
 
 
 # -- part 1: map overhead ---------------------------------------------------------------------

@@ -83,6 +83,8 @@ import aiofiles
 
 import aioflows as af
 
+from ._report import print_table, verdict
+
 #: Measured rounds per contender (at least 5); one warm-up round more is run and dropped.
 ROUNDS = 5
 
@@ -362,26 +364,6 @@ def lag_ms(samples: list[Sample]) -> tuple[float, float]:
     """(median, max) over the rounds of each round's worst lag, in ms."""
     lags = [s.lag * 1e3 for s in samples]
     return statistics.median(lags), max(lags)
-
-
-def verdict(ok: bool) -> str:
-    return "PASS" if ok else "FAIL"
-
-
-def print_table(title: str, headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
-    """Plain aligned text: the first column left-aligned, the others right-aligned."""
-    widths = [max(len(row[i]) for row in [headers, *rows]) for i in range(len(headers))]
-
-    def line(cells: Sequence[str]) -> str:
-        first = cells[0].ljust(widths[0])
-        rest = (cell.rjust(width) for cell, width in zip(cells[1:], widths[1:], strict=True))
-        return "  ".join([first, *rest]).rstrip()
-
-    print(f"\n{title}")
-    print(line(headers))
-    print("  ".join("-" * width for width in widths))
-    for row in rows:
-        print(line(row))
 
 
 def phase_table(title: str, phase: dict[str, list[Sample]]) -> dict[str, float]:
