@@ -36,9 +36,19 @@ from .stores import Promise as Promise
 from .stores import ResultStore as ResultStore
 from .stores import TaskInfo as TaskInfo
 from .stores import TaskState as TaskState
+from .stream import Batch as Batch
+from .stream import Failed as Failed
+from .stream import Filter as Filter
+from .stream import Pipeline as Pipeline
+from .stream import Stage as Stage
+from .stream import Unbatch as Unbatch
+from .stream import Union as Union
 
 __all__ = [
     "AioflowsError",
+    "Batch",
+    "Failed",
+    "Filter",
     "Flow",
     "FlowError",
     "FlowFailed",
@@ -47,12 +57,14 @@ __all__ = [
     "KeyedRateLimiter",
     "LocalFileStore",
     "MemoryStore",
+    "Pipeline",
     "Promise",
     "Rate",
     "RateLimited",
     "RateLimiter",
     "ResultStore",
     "Retry",
+    "Stage",
     "Sweep",
     "TaskContext",
     "TaskEvent",
@@ -61,6 +73,8 @@ __all__ = [
     "TaskResult",
     "TaskSpec",
     "TaskState",
+    "Unbatch",
+    "Union",
     "expand_config",
     "imap",
     "map",

@@ -43,6 +43,10 @@ Items: TypeAlias = "Iterable[T] | AsyncIterable[T]"
 
 _DONE: Any = object()
 
+#: How a sink hands one result to its stream (``_emit``, or a pipeline's, which may expand or
+#: drop it).
+Emit: TypeAlias = "Callable[[MemoryObjectSendStream[Any], Any], Awaitable[None]]"
+
 
 def _check_concurrency(concurrency: int) -> int:
     if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
@@ -437,13 +441,14 @@ async def _drive(pool: _Pool, send: MemoryObjectSendStream[Any]) -> None:
 class _UnorderedSink:
     """Sends each result as soon as it is ready."""
 
-    __slots__ = ("_send",)
+    __slots__ = ("_emit", "_send")
 
-    def __init__(self, send: MemoryObjectSendStream[Any]) -> None:
+    def __init__(self, send: MemoryObjectSendStream[Any], emit: Emit | None = None) -> None:
         self._send = send
+        self._emit = emit or _emit
 
     async def __call__(self, index: int, result: Any) -> None:
-        await _emit(self._send, result)
+        await self._emit(self._send, result)
 
 
 class _OrderedSink:
@@ -453,11 +458,14 @@ class _OrderedSink:
     semaphore's size ahead of the next result to emit.
     """
 
-    __slots__ = ("_admit", "_flushing", "_next", "_pending", "_send")
+    __slots__ = ("_admit", "_emit", "_flushing", "_next", "_pending", "_send")
 
-    def __init__(self, send: MemoryObjectSendStream[Any], admit: asyncio.Semaphore) -> None:
+    def __init__(
+        self, send: MemoryObjectSendStream[Any], admit: asyncio.Semaphore, emit: Emit | None = None
+    ) -> None:
         self._send = send
         self._admit = admit
+        self._emit = emit or _emit
         self._pending: dict[int, Any] = {}
         self._next = 0
         self._flushing = False
@@ -472,7 +480,7 @@ class _OrderedSink:
             while self._next in pending:
                 ready = pending.pop(self._next)
                 self._next += 1
-                await _emit(self._send, ready)
+                await self._emit(self._send, ready)
                 self._admit.release()
         finally:
             self._flushing = False

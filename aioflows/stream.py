@@ -1,0 +1,562 @@
+"""Streaming pipelines: stages joined by bounded streams, run by the same pools as ``imap``.
+
+Each ``Stage`` (and ``Filter``, ``Unbatch``, ``Union``) is a worker pool of
+:mod:`aioflows.concurrency` pulling from the stream before it and emitting into a stream of at
+most ``buffer`` items after it, so a slow stage slows the source instead of letting items pile
+up. ``ordered=True`` keeps each stage's outputs in input order with that pool's ordered sink:
+a finished item waits only for the ones before it (the completed prefix is emitted at once),
+and admission holds back when the stage runs ``max(buffer, 2 * workers)`` items ahead of the
+next one to emit, so one slow item can never make a stage hold the whole stream. ``Batch`` is
+a single task, which keeps order by construction.
+
+All pools run in one task group inside a driver task owned by the stream object, as ``imap``
+does: leaving ``async for``, an exception in the consumer or a cancellation stops every worker
+and closes an async-generator source. With ``on_error="raise"`` the first failure cancels
+everything and is raised as itself; ``"skip"`` drops the item; ``"collect"`` emits
+:class:`Failed` in its place, which later stages pass through untouched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import math
+from collections.abc import AsyncIterable, Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Generic, TypeVar
+
+import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from ._callables import is_async_callable
+from .calls import LimiterLike, check_timeout, guard
+from .concurrency import _DONE, _emit, _OrderedSink, _Pool, _Source, _UnorderedSink
+from .errors import InvalidArgument, InvalidArgumentType
+from .retry import RetryLike
+
+__all__ = ["Batch", "Failed", "Filter", "Pipeline", "PipelineStream", "Stage", "Unbatch", "Union"]
+
+T = TypeVar("T")
+
+_ON_ERROR = ("raise", "skip", "collect")
+
+
+@dataclass(frozen=True, slots=True)
+class Failed(Generic[T]):
+    """An item a stage failed on, emitted in its place with ``on_error="collect"``.
+
+    ``stage`` is the name of the stage that failed (its function's name unless given).
+    """
+
+    item: T
+    error: BaseException
+    stage: str
+
+
+class _Skip:
+    """A stage's outcome meaning "emit nothing for this item" (filtered out, or skipped)."""
+
+    __slots__ = ()
+
+
+_SKIP = _Skip()
+
+
+class _Many:
+    """A flat stage's outcome: every output of one input, emitted one by one in order."""
+
+    __slots__ = ("items",)
+
+    def __init__(self, items: list[Any]) -> None:
+        self.items = items
+
+
+async def _emit_outcome(send: MemoryObjectSendStream[Any], outcome: Any) -> None:
+    if type(outcome) is _Skip:
+        return
+    if type(outcome) is _Many:
+        for item in outcome.items:
+            await _emit(send, item)
+        return
+    await _emit(send, outcome)
+
+
+def _check_workers(workers: int) -> int:
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise InvalidArgument(f"workers must be an int >= 1, got {workers!r}")
+    return workers
+
+
+def _check_callable(fn: object, what: str) -> None:
+    if not callable(fn):
+        raise InvalidArgumentType(f"{what} must be callable, got {fn!r}")
+
+
+def _name_of(fn: Callable[..., Any], name: str | None) -> str:
+    return name or getattr(fn, "__name__", None) or type(fn).__name__
+
+
+def _as_async(fn: Callable[..., Any], flat: bool) -> Callable[[Any], Awaitable[Any]]:
+    """One awaitable call per item, whatever ``fn`` is; sync functions go to a worker thread."""
+    if flat and inspect.isasyncgenfunction(fn):
+
+        async def collect(item: Any) -> Any:
+            return _Many([out async for out in fn(item)])
+
+        return collect
+    if is_async_callable(fn):
+        if not flat:
+            return fn
+
+        async def expand(item: Any) -> Any:
+            return _Many(list(await fn(item)))
+
+        return expand
+
+    def run(item: Any) -> Any:
+        out = fn(item)
+        return _Many(list(out)) if flat else out
+
+    async def in_thread(item: Any) -> Any:
+        return await anyio.to_thread.run_sync(run, item)
+
+    return in_thread
+
+
+class Stage:
+    """Apply ``fn`` to every item with ``workers`` concurrent calls.
+
+    ``fn`` may be async or sync (sync runs in a worker thread). With ``flat=True`` it returns
+    an iterable (or is an async generator) whose items are emitted one by one. ``rate``,
+    ``retry`` and ``timeout`` work as in :func:`aioflows.map`.
+    """
+
+    __slots__ = ("_call", "flat", "fn", "name", "workers")
+
+    def __init__(
+        self,
+        fn: Callable[[Any], Any],
+        workers: int = 1,
+        *,
+        flat: bool = False,
+        rate: LimiterLike | None = None,
+        retry: RetryLike = None,
+        timeout: float | None = None,
+        name: str | None = None,
+    ) -> None:
+        _check_callable(fn, "a stage's fn")
+        self.fn = fn
+        self.workers = _check_workers(workers)
+        self.flat = bool(flat)
+        self.name = _name_of(fn, name)
+        self._call = guard(_as_async(fn, self.flat), rate=rate, retry=retry, timeout=timeout)
+
+    def _callable(self) -> Callable[[Any], Awaitable[Any]]:
+        return self._call
+
+    def __repr__(self) -> str:
+        return f"Stage({self.name}, workers={self.workers}{', flat' if self.flat else ''})"
+
+
+class Filter:
+    """Keep the items for which ``pred`` (async or sync) is true."""
+
+    __slots__ = ("_pred", "name", "pred", "workers")
+
+    def __init__(self, pred: Callable[[Any], Any], workers: int = 1) -> None:
+        _check_callable(pred, "a filter's predicate")
+        self.pred = pred
+        self.workers = _check_workers(workers)
+        self.name = _name_of(pred, None)
+        self._pred = _as_async(pred, flat=False)
+
+    def _callable(self) -> Callable[[Any], Awaitable[Any]]:
+        pred = self._pred
+
+        async def keep(item: Any) -> Any:
+            return item if await pred(item) else _SKIP
+
+        return keep
+
+    def __repr__(self) -> str:
+        return f"Filter({self.name}, workers={self.workers})"
+
+
+class Batch:
+    """Group items into lists of ``size``; with ``timeout``, a partial batch is emitted once
+    its first item has waited that many seconds. The last batch may be short."""
+
+    __slots__ = ("name", "size", "timeout")
+
+    def __init__(self, size: int, timeout: float | None = None) -> None:
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise InvalidArgument(f"Batch size must be an int >= 1, got {size!r}")
+        self.size = size
+        self.timeout = check_timeout(timeout)
+        self.name = "batch"
+
+    def __repr__(self) -> str:
+        return f"Batch({self.size}, timeout={self.timeout})"
+
+
+class Unbatch:
+    """Emit the items of each incoming list one by one."""
+
+    __slots__ = ("name", "workers")
+
+    def __init__(self) -> None:
+        self.workers = 1
+        self.name = "unbatch"
+
+    def _callable(self) -> Callable[[Any], Awaitable[Any]]:
+        async def spread(items: Any) -> Any:
+            return _Many(list(items))
+
+        return spread
+
+    def __repr__(self) -> str:
+        return "Unbatch()"
+
+
+class Union:
+    """Send each item to every branch stage at once and emit the tuple of their outputs.
+
+    The workers of the union are those of its widest branch; each branch keeps its own rate,
+    retry and timeout. Branches are plain (not flat) stages.
+    """
+
+    __slots__ = ("branches", "name", "workers")
+
+    def __init__(self, *stages: Stage) -> None:
+        if not stages:
+            raise InvalidArgument("Union needs at least one stage")
+        for stage in stages:
+            if not isinstance(stage, Stage) or stage.flat:
+                raise InvalidArgumentType(f"Union takes plain (not flat) Stages, got {stage!r}")
+        self.branches = stages
+        self.workers = max(stage.workers for stage in stages)
+        self.name = "union(" + ", ".join(stage.name for stage in stages) + ")"
+
+    def _callable(self) -> Callable[[Any], Awaitable[Any]]:
+        calls = [stage._callable() for stage in self.branches]
+
+        async def fan_out(item: Any) -> tuple[Any, ...]:
+            outs: list[Any] = [None] * len(calls)
+
+            async def branch(i: int) -> None:
+                outs[i] = await calls[i](item)
+
+            async with anyio.create_task_group() as tg:
+                for i in range(len(calls)):
+                    tg.start_soon(branch, i)
+            return tuple(outs)
+
+        return fan_out
+
+    def __repr__(self) -> str:
+        return f"Union({', '.join(map(repr, self.branches))})"
+
+
+_Step = Stage | Filter | Batch | Unbatch | Union
+
+
+class _StreamSource(_Source[Any]):
+    """The stream before a stage, as a source its pool pulls ``(index, item)`` from.
+
+    Several workers may receive from one memory stream at once, so no lock is needed, and a
+    waiting item is taken without a checkpoint.
+    """
+
+    __slots__ = ("_receive",)
+
+    def __init__(self, receive: MemoryObjectReceiveStream[Any]) -> None:
+        super().__init__(())
+        self._receive = receive
+
+    async def pull(self) -> tuple[int, Any]:
+        if self._done:
+            return _DONE  # type: ignore[no-any-return]
+        try:
+            item = self._receive.receive_nowait()
+        except anyio.WouldBlock:
+            try:
+                item = await self._receive.receive()
+            except anyio.EndOfStream:
+                self._done = True
+                return _DONE  # type: ignore[no-any-return]
+        except anyio.EndOfStream:
+            self._done = True
+            return _DONE  # type: ignore[no-any-return]
+        index = self._count
+        self._count = index + 1
+        return index, item
+
+    async def aclose(self) -> None:
+        self._done = True
+        self._receive.close()
+
+
+class Pipeline:
+    """Stages run concurrently over a stream of items, with bounded memory end to end.
+
+    Args:
+        stages: ``Stage``, ``Filter``, ``Batch``, ``Unbatch`` and ``Union`` steps, in order.
+        buffer: At most this many items wait between two stages.
+        ordered: Emit outputs in input order (as soon as the prefix is complete), or as soon
+            as each is ready.
+        on_error: ``"raise"`` (cancel everything, raise the item's exception), ``"skip"``
+            (drop failed items) or ``"collect"`` (emit :class:`Failed` in their place).
+    """
+
+    __slots__ = ("buffer", "on_error", "ordered", "stages")
+
+    def __init__(
+        self, *stages: _Step, buffer: int = 64, ordered: bool = True, on_error: str = "raise"
+    ) -> None:
+        if not stages:
+            raise InvalidArgument("a Pipeline needs at least one stage")
+        for step in stages:
+            if not isinstance(step, (Stage, Filter, Batch, Unbatch, Union)):
+                raise InvalidArgumentType(
+                    f"pipeline steps are Stage, Filter, Batch, Unbatch or Union, got {step!r}"
+                )
+        if isinstance(buffer, bool) or not isinstance(buffer, int) or buffer < 1:
+            raise InvalidArgument(f"buffer must be an int >= 1, got {buffer!r}")
+        if on_error not in _ON_ERROR:
+            raise InvalidArgument(
+                f"on_error must be one of {', '.join(_ON_ERROR)}, got {on_error!r}"
+            )
+        self.stages = stages
+        self.buffer = buffer
+        self.ordered = bool(ordered)
+        self.on_error = on_error
+
+    def stream(self, source: Iterable[Any] | AsyncIterable[Any]) -> PipelineStream:
+        """The outputs, as an async iterator (and async context manager) over ``source``."""
+        return PipelineStream(self, _Source(source))
+
+    async def run(self, source: Iterable[Any] | AsyncIterable[Any]) -> list[Any]:
+        """Every output, as a list."""
+        async with self.stream(source) as outputs:
+            return [out async for out in outputs]
+
+    def __repr__(self) -> str:
+        return f"Pipeline({', '.join(map(repr, self.stages))}, buffer={self.buffer})"
+
+
+def _guarded(call: Callable[[Any], Awaitable[Any]], name: str, on_error: str) -> Any:
+    """The per-item call of a stage: passes Failed items through, applies ``on_error``."""
+    if on_error == "raise":
+
+        async def strict(item: Any) -> Any:
+            return await call(item)
+
+        return strict
+    collect = on_error == "collect"
+
+    async def tolerant(item: Any) -> Any:
+        if type(item) is Failed:
+            return item  # failed upstream: carried through to the output as it is
+        try:
+            return await call(item)
+        except Exception as exc:
+            return Failed(item, exc, name) if collect else _SKIP
+
+    return tolerant
+
+
+class PipelineStream:
+    """What :meth:`Pipeline.stream` returns: an async iterator and async context manager."""
+
+    __slots__ = ("_closed", "_driver", "_error", "_pipeline", "_receive", "_source")
+
+    def __init__(self, pipeline: Pipeline, source: _Source[Any]) -> None:
+        self._pipeline = pipeline
+        self._source = source
+        self._driver: asyncio.Task[None] | None = None
+        self._receive: MemoryObjectReceiveStream[Any] | None = None
+        self._error: list[BaseException] = []
+        self._closed = False
+
+    def __aiter__(self) -> PipelineStream:
+        return self
+
+    async def __anext__(self) -> Any:
+        if self._closed:
+            raise StopAsyncIteration
+        if self._driver is None:
+            self._start()
+        receive = self._receive
+        assert receive is not None
+        if self._error:
+            await self.aclose()
+            raise self._error[0]
+        try:
+            return receive.receive_nowait()
+        except anyio.WouldBlock:
+            pass
+        except anyio.EndOfStream:
+            return await self._end()
+        try:
+            return await receive.receive()
+        except anyio.EndOfStream:
+            return await self._end()
+        except BaseException:
+            await self.aclose()  # the consumer was cancelled while it waited
+            raise
+
+    async def _end(self) -> Any:
+        await self.aclose()
+        if self._error:
+            raise self._error[0]
+        raise StopAsyncIteration
+
+    async def __aenter__(self) -> PipelineStream:
+        self._start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Stop every worker and the source, and wait until they have stopped. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        driver = self._driver
+        if driver is None:
+            await self._source.aclose()
+        elif not driver.done():
+            driver.cancel()
+            with anyio.CancelScope(shield=True):
+                await asyncio.wait([driver])
+        if self._receive is not None:
+            self._receive.close()
+
+    def __del__(self) -> None:
+        driver = self._driver
+        if driver is not None and not driver.done():
+            driver.cancel()
+
+    def _start(self) -> None:
+        if self._driver is not None:
+            raise RuntimeError("this pipeline stream has already been started")
+        pipeline = self._pipeline
+        receive: MemoryObjectReceiveStream[Any] | None = None
+        runners: list[Callable[[], Awaitable[None]]] = []
+        source: _Source[Any] = self._source
+        for step in pipeline.stages:
+            send, receive = anyio.create_memory_object_stream[Any](pipeline.buffer)
+            runners.append(_runner(step, source, send, pipeline, self._error))
+            source = _StreamSource(receive)
+        self._receive = receive
+        self._driver = asyncio.get_running_loop().create_task(_drive(runners, self._error))
+
+
+def _runner(
+    step: _Step,
+    source: _Source[Any],
+    send: MemoryObjectSendStream[Any],
+    pipeline: Pipeline,
+    error: list[BaseException],
+) -> Callable[[], Awaitable[None]]:
+    if isinstance(step, Batch):
+        return lambda: _batch(step, source, send)
+    call = _guarded(step._callable(), step.name, pipeline.on_error)
+    admit: asyncio.Semaphore | None = None
+    if pipeline.ordered and step.workers > 1:
+        admit = asyncio.Semaphore(max(pipeline.buffer, 2 * step.workers))
+        sink: Any = _OrderedSink(send, admit, _emit_outcome)
+    else:  # one worker emits in order anyway
+        sink = _UnorderedSink(send, _emit_outcome)
+    pool = _Pool(call, source, step.workers, False, sink, admit)
+
+    async def run() -> None:
+        with send:
+            await pool.run()
+
+    return run
+
+
+class _Batching:
+    """The batch being filled, shared by the task that fills it and the one that times it."""
+
+    __slots__ = ("deadline", "generation", "items", "lock", "started")
+
+    def __init__(self) -> None:
+        self.items: list[Any] = []
+        self.generation = 0  # bumped whenever a batch is emitted
+        self.deadline = math.inf
+        self.started = anyio.Event()
+        self.lock = anyio.Lock()  # emits happen one at a time, in order
+
+
+async def _batch(step: Batch, source: _Source[Any], send: MemoryObjectSendStream[Any]) -> None:
+    """Fill batches from ``source``. A partial batch is flushed by a timer task rather than by
+    cancelling a receive on a deadline, which could lose the item being handed over."""
+    state = _Batching()
+
+    async def flush(generation: int | None = None) -> None:
+        async with state.lock:
+            if generation is not None and generation != state.generation:
+                return  # that batch has gone out already
+            if state.items:
+                items, state.items = state.items, []
+                state.generation += 1
+                await _emit(send, items)
+
+    async def timer(timeout: float) -> None:
+        while True:
+            await state.started.wait()
+            state.started = anyio.Event()
+            generation, deadline = state.generation, state.deadline
+            await anyio.sleep_until(deadline)
+            await flush(generation)
+
+    with send:
+        try:
+            async with anyio.create_task_group() as tg:
+                if step.timeout is not None:
+                    tg.start_soon(timer, step.timeout)
+                while True:
+                    pulled = await source.pull()
+                    if pulled is _DONE:
+                        break
+                    item = pulled[1]
+                    if type(item) is Failed:
+                        async with state.lock:
+                            await _emit(send, item)  # failures bypass batching
+                        continue
+                    if not state.items and step.timeout is not None:
+                        state.deadline = anyio.current_time() + step.timeout
+                        state.started.set()
+                    state.items.append(item)
+                    if len(state.items) >= step.size:
+                        await flush()
+                await flush()
+                tg.cancel_scope.cancel()  # the timer has nothing left to time
+        finally:
+            await source.aclose()
+
+
+async def _drive(runners: list[Callable[[], Awaitable[None]]], error: list[BaseException]) -> None:
+    """The driver task of a :class:`PipelineStream`: every stage in one task group."""
+    async with anyio.create_task_group() as tg:
+
+        async def guard_stage(run: Callable[[], Awaitable[None]]) -> None:
+            try:
+                await run()
+            except Exception as exc:
+                # The first failure wins and stops everything; it is raised as itself.
+                if not error:
+                    error.append(exc)
+                tg.cancel_scope.cancel()
+
+        for run in runners:
+            tg.start_soon(guard_stage, run)
