@@ -440,9 +440,12 @@ class PipelineStream:
             self._receive.close()
 
     def __del__(self) -> None:
+        # Dropped unclosed, e.g. by ``break`` out of a plain ``async for``.
         driver = self._driver
         if driver is not None and not driver.done():
             driver.cancel()
+        if self._receive is not None:
+            self._receive.close()
 
     def _start(self) -> None:
         if self._driver is not None:

@@ -1,0 +1,344 @@
+"""Streaming pipelines (API.md section 4): order, bounded memory, errors, lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+import pytest
+
+import aioflows as af
+
+
+def other_tasks() -> set[asyncio.Task[Any]]:
+    return asyncio.all_tasks() - {asyncio.current_task()}  # type: ignore[operator]
+
+
+async def settle() -> None:
+    """Let cancelled tasks finish unwinding."""
+    for _ in range(20):
+        await asyncio.sleep(0)
+
+
+class Counting:
+    """An infinite source that counts what was pulled from it."""
+
+    def __init__(self) -> None:
+        self.pulled = 0
+
+    def __iter__(self) -> Iterator[int]:
+        while True:
+            yield self.pulled
+            self.pulled += 1
+
+
+async def double(x: int) -> int:
+    return 2 * x
+
+
+# --- order --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+async def test_ordered_output_keeps_input_order_under_random_latency(seed: int) -> None:
+    rng = random.Random(seed)
+    delays = [rng.random() * 0.004 for _ in range(300)]
+
+    async def jitter(x: int) -> int:
+        await anyio.sleep(delays[x])
+        return x
+
+    async def jitter2(x: int) -> int:
+        await anyio.sleep(delays[-1 - x])
+        return x * 10
+
+    pipe = af.Pipeline(
+        af.Stage(jitter, workers=16),
+        af.Filter(lambda x: x % 3 != 0),
+        af.Stage(jitter2, 8),
+        buffer=8,
+    )
+    assert await pipe.run(range(300)) == [x * 10 for x in range(300) if x % 3 != 0]
+
+
+async def test_unordered_output_has_every_item() -> None:
+    async def jitter(x: int) -> int:
+        await anyio.sleep(random.random() * 0.003)
+        return x
+
+    out = await af.Pipeline(af.Stage(jitter, workers=16), ordered=False).run(range(200))
+    assert sorted(out) == list(range(200))
+
+
+async def test_ordered_output_is_emitted_as_soon_as_the_prefix_is_complete() -> None:
+    first_seen = anyio.Event()
+
+    async def gate(x: int) -> int:
+        if x > 0:
+            await first_seen.wait()  # only the consumer's receipt of item 0 lets these finish
+        return x
+
+    out = []
+    with anyio.fail_after(10):  # holding output to the end would deadlock here
+        async with af.Pipeline(af.Stage(gate, workers=4)).stream(range(10)) as stream:
+            async for x in stream:
+                out.append(x)
+                first_seen.set()
+    assert out == list(range(10))
+
+
+async def test_flat_stages_emit_each_output_in_order() -> None:
+    def pairs(x: int) -> list[int]:  # sync, returns an iterable
+        return [x, x]
+
+    async def spread(x: int) -> AsyncIterator[str]:  # an async generator
+        for i in range(x % 3):
+            await anyio.sleep(0.001 * (3 - i))
+            yield f"{x}.{i}"
+
+    pipe = af.Pipeline(af.Stage(pairs, 2, flat=True), af.Stage(spread, 4, flat=True))
+    out = await pipe.run(range(6))
+    expected = [f"{x}.{i}" for x in range(6) for _ in range(2) for i in range(x % 3)]
+    assert out == expected
+
+
+# --- bounded memory and backpressure ------------------------------------------------------------
+
+
+async def test_an_infinite_source_is_pulled_only_a_bounded_way_ahead() -> None:
+    source = Counting()
+    pipe = af.Pipeline(af.Stage(double, workers=4), af.Stage(double, workers=4), buffer=4)
+    async with pipe.stream(source) as stream:
+        async for x in stream:
+            if x >= 4 * 50:
+                break
+            await anyio.lowlevel.checkpoint()  # a consumer slower than the stages
+    # per stage: buffer + its re-ordering window (max(buffer, 2 * workers)) + workers
+    assert source.pulled <= 51 + 2 * (4 + 8 + 4) + 4
+
+
+async def test_a_slow_item_holds_back_admission_not_the_whole_stream() -> None:
+    source = Counting()
+    release = anyio.Event()
+
+    async def slow_first(x: int) -> int:
+        if x == 0:
+            await release.wait()
+        return x
+
+    pipe = af.Pipeline(af.Stage(slow_first, workers=4), buffer=4)
+    async with pipe.stream(source) as stream:
+        await anyio.sleep(0.1)  # the pipeline runs while item 0 is held
+        assert 1 <= source.pulled <= 4 + 8 + 4  # buffer + window + workers, not the stream
+        release.set()
+        assert await stream.__anext__() == 0
+        assert await stream.__anext__() == 1
+
+
+async def test_batch_groups_items_and_the_last_batch_may_be_short() -> None:
+    out = await af.Pipeline(af.Batch(4)).run(range(10))
+    assert out == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    again = await af.Pipeline(af.Batch(4), af.Unbatch()).run(range(10))
+    assert again == list(range(10))
+
+
+async def test_batch_timeout_flushes_a_partial_batch() -> None:
+    more = anyio.Event()
+
+    async def source() -> AsyncIterator[int]:
+        for i in range(3):
+            yield i
+        await more.wait()  # the source stalls with a partial batch pending
+        yield 3
+
+    with anyio.fail_after(10):
+        async with af.Pipeline(af.Batch(10, timeout=0.05)).stream(source()) as stream:
+            assert await stream.__anext__() == [0, 1, 2]
+            more.set()
+            assert await stream.__anext__() == [3]
+
+
+async def test_union_emits_a_tuple_of_every_branch() -> None:
+    def square(x: int) -> int:
+        return x * x
+
+    pipe = af.Pipeline(af.Union(af.Stage(double, 2), af.Stage(square), af.Stage(str, 3)))
+    assert await pipe.run(range(4)) == [(0, 0, "0"), (2, 1, "1"), (4, 4, "2"), (6, 9, "3")]
+
+
+async def test_sync_stages_run_in_worker_threads() -> None:
+    threads: set[int] = set()
+
+    def record(x: int) -> int:
+        threads.add(threading.get_ident())
+        return x
+
+    assert await af.Pipeline(af.Stage(record, workers=3)).run(range(20)) == list(range(20))
+    assert threading.get_ident() not in threads
+
+
+async def test_stage_retry_and_async_iterable_sources() -> None:
+    failures = {3: 2}
+
+    async def flaky(x: int) -> int:
+        if failures.get(x):
+            failures[x] -= 1
+            raise ConnectionError("transient")
+        return x
+
+    async def source() -> AsyncIterator[int]:
+        for i in range(6):
+            yield i
+
+    stage = af.Stage(flaky, 2, retry=af.Retry(attempts=3, backoff=0.001, jitter=False))
+    assert await af.Pipeline(stage).run(source()) == list(range(6))
+
+
+# --- errors -------------------------------------------------------------------------------------
+
+
+def failing_at(stage: int, item: int) -> list[af.Stage]:
+    def make(k: int) -> af.Stage:
+        async def step(x: int) -> int:
+            await anyio.lowlevel.checkpoint()
+            if k == stage and x == item:
+                raise ValueError(f"stage {k} item {x}")
+            return x
+
+        return af.Stage(step, workers=3, name=f"s{k}")
+
+    return [make(k) for k in range(3)]
+
+
+@pytest.mark.parametrize("stage", [0, 1, 2])
+async def test_raise_cancels_everything_even_with_full_queues(stage: int) -> None:
+    before = other_tasks()
+    pipe = af.Pipeline(*failing_at(stage, 40), buffer=2)
+    async def consume() -> None:
+        async with pipe.stream(Counting()) as stream:
+            async for _ in stream:
+                await anyio.sleep(0.001)  # a slow consumer: every queue is full
+
+    with anyio.fail_after(10), pytest.raises(ValueError, match=f"stage {stage} item 40"):
+        await consume()
+    assert other_tasks() == before
+
+
+async def test_skip_drops_failed_items() -> None:
+    pipe = af.Pipeline(*failing_at(1, 5), on_error="skip")
+    assert await pipe.run(range(10)) == [x for x in range(10) if x != 5]
+
+
+async def test_collect_emits_failed_in_place_and_later_stages_pass_it_through() -> None:
+    seen: list[Any] = []
+
+    async def after(x: Any) -> Any:
+        seen.append(x)
+        return x
+
+    pipe = af.Pipeline(*failing_at(0, 2), af.Stage(after), af.Batch(2), on_error="collect")
+    out = await pipe.run(range(5))
+    failed = [x for x in out if isinstance(x, af.Failed)]
+    assert len(failed) == 1
+    assert failed[0].item == 2
+    assert failed[0].stage == "s0"
+    assert isinstance(failed[0].error, ValueError)
+    assert not any(isinstance(x, af.Failed) for x in seen)  # never handed to a stage
+    batches = [x for x in out if isinstance(x, list)]
+    assert [i for batch in batches for i in batch] == [0, 1, 3, 4]
+
+
+async def test_a_failing_source_is_raised() -> None:
+    def source() -> Iterator[int]:
+        yield 1
+        raise OSError("disk gone")
+
+    with pytest.raises(OSError, match="disk gone"):
+        await af.Pipeline(af.Stage(double)).run(source())
+
+
+# --- lifecycle ----------------------------------------------------------------------------------
+
+
+async def test_leaving_the_stream_early_stops_every_worker_and_closes_the_source() -> None:
+    closed = anyio.Event()
+
+    async def source() -> AsyncIterator[int]:
+        try:
+            i = 0
+            while True:
+                yield i
+                i += 1
+        finally:
+            closed.set()
+
+    before = other_tasks()
+    async with af.Pipeline(af.Stage(double, 4), af.Batch(3)).stream(source()) as stream:
+        async for _ in stream:
+            break
+    assert closed.is_set()
+    assert other_tasks() == before
+
+
+async def test_a_plain_async_for_with_break_leaves_nothing_running() -> None:
+    before = other_tasks()
+    async for x in af.Pipeline(af.Stage(double, 4)).stream(Counting()):
+        if x > 20:
+            break
+    await settle()
+    assert other_tasks() == before
+
+
+async def test_an_error_in_the_consumer_stops_the_pipeline() -> None:
+    before = other_tasks()
+    async def consume() -> None:
+        async with af.Pipeline(af.Stage(double, 4)).stream(Counting()) as stream:
+            async for _ in stream:
+                raise KeyError("consumer bug")
+
+    with pytest.raises(KeyError):
+        await consume()
+    assert other_tasks() == before
+
+
+async def test_cancelling_the_consumer_stops_the_pipeline() -> None:
+    before = other_tasks()
+    release = anyio.Event()
+
+    async def hang(x: int) -> int:
+        await release.wait()
+        return x
+
+    with anyio.move_on_after(0.05) as scope:
+        await af.Pipeline(af.Stage(hang, 4)).run(Counting())
+    assert scope.cancelled_caught
+    assert other_tasks() == before
+
+
+# --- bad input ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("build", "error"),
+    [
+        (lambda: af.Stage(double, workers=0), ValueError),
+        (lambda: af.Filter(bool, workers=-1), ValueError),
+        (lambda: af.Stage("not callable"), TypeError),  # type: ignore[arg-type]
+        (lambda: af.Batch(0), ValueError),
+        (lambda: af.Batch(2, timeout=-1), ValueError),
+        (lambda: af.Pipeline(af.Stage(double), buffer=0), ValueError),
+        (lambda: af.Pipeline(af.Stage(double), on_error="ignore"), ValueError),
+        (lambda: af.Pipeline(), ValueError),
+        (lambda: af.Pipeline(double), TypeError),  # type: ignore[arg-type]
+        (lambda: af.Union(af.Stage(double, flat=True)), TypeError),
+        (lambda: af.Pipeline(af.Stage(double)).stream(42), TypeError),  # type: ignore[arg-type]
+    ],
+)
+def test_bad_arguments_fail_before_anything_runs(build: Any, error: type[Exception]) -> None:
+    with pytest.raises(error):
+        build()
