@@ -72,14 +72,35 @@ class _Many:
         self.items = items
 
 
-async def _emit_outcome(send: MemoryObjectSendStream[Any], outcome: Any) -> None:
-    if type(outcome) is _Skip:
-        return
-    if type(outcome) is _Many:
-        for item in outcome.items:
-            await _emit(send, item)
-        return
-    await _emit(send, outcome)
+class _Emitter:
+    """How a stage hands its outcomes on: drops skips, spreads flat outputs and, between
+    stages, numbers each item as it is sent.
+
+    The number travels with the item, so the next stage's ordered sink knows its position
+    even when several of its workers were waiting on the stream and resume in another order
+    than the items were handed to them.
+    """
+
+    __slots__ = ("_count", "_stamp")
+
+    def __init__(self, stamp: bool) -> None:
+        self._stamp = stamp
+        self._count = 0
+
+    async def __call__(self, send: MemoryObjectSendStream[Any], outcome: Any) -> None:
+        if type(outcome) is _Skip:
+            return
+        if type(outcome) is _Many:
+            for item in outcome.items:
+                await self.one(send, item)
+            return
+        await self.one(send, outcome)
+
+    async def one(self, send: MemoryObjectSendStream[Any], item: Any) -> None:
+        if self._stamp:
+            item = (self._count, item)
+            self._count += 1
+        await _emit(send, item)
 
 
 def _check_workers(workers: int) -> int:
@@ -160,7 +181,12 @@ class Stage:
 
 
 class Filter:
-    """Keep the items for which ``pred`` (async or sync) is true."""
+    """Keep the items for which ``pred`` is true.
+
+    An async ``pred`` is awaited; a sync one is called inline on the event loop, since a
+    predicate is usually a cheap check and a thread hop per item would cost far more than it.
+    Put a blocking check in a ``Stage`` returning the item or dropping it with ``flat=True``.
+    """
 
     __slots__ = ("_pred", "name", "pred", "workers")
 
@@ -169,13 +195,18 @@ class Filter:
         self.pred = pred
         self.workers = _check_workers(workers)
         self.name = _name_of(pred, None)
-        self._pred = _as_async(pred, flat=False)
 
     def _callable(self) -> Callable[[Any], Awaitable[Any]]:
-        pred = self._pred
+        pred = self.pred
+        if is_async_callable(pred):
+
+            async def keep_async(item: Any) -> Any:
+                return item if await pred(item) else _SKIP
+
+            return keep_async
 
         async def keep(item: Any) -> Any:
-            return item if await pred(item) else _SKIP
+            return item if pred(item) else _SKIP
 
         return keep
 
@@ -275,22 +306,20 @@ class _StreamSource(_Source[Any]):
         self._receive = receive
 
     async def pull(self) -> tuple[int, Any]:
+        """The next ``(index, item)``, numbered by the stage that sent it."""
         if self._done:
             return _DONE  # type: ignore[no-any-return]
         try:
-            item = self._receive.receive_nowait()
+            return self._receive.receive_nowait()  # type: ignore[no-any-return]
         except anyio.WouldBlock:
             try:
-                item = await self._receive.receive()
+                return await self._receive.receive()  # type: ignore[no-any-return]
             except anyio.EndOfStream:
                 self._done = True
                 return _DONE  # type: ignore[no-any-return]
         except anyio.EndOfStream:
             self._done = True
             return _DONE  # type: ignore[no-any-return]
-        index = self._count
-        self._count = index + 1
-        return index, item
 
     async def aclose(self) -> None:
         self._done = True
@@ -348,11 +377,7 @@ class Pipeline:
 def _guarded(call: Callable[[Any], Awaitable[Any]], name: str, on_error: str) -> Any:
     """The per-item call of a stage: passes Failed items through, applies ``on_error``."""
     if on_error == "raise":
-
-        async def strict(item: Any) -> Any:
-            return await call(item)
-
-        return strict
+        return call  # a failure propagates and stops the pipeline
     collect = on_error == "collect"
 
     async def tolerant(item: Any) -> Any:
@@ -454,9 +479,10 @@ class PipelineStream:
         receive: MemoryObjectReceiveStream[Any] | None = None
         runners: list[Callable[[], Awaitable[None]]] = []
         source: _Source[Any] = self._source
-        for step in pipeline.stages:
+        last = len(pipeline.stages) - 1
+        for i, step in enumerate(pipeline.stages):
             send, receive = anyio.create_memory_object_stream[Any](pipeline.buffer)
-            runners.append(_runner(step, source, send, pipeline, self._error))
+            runners.append(_runner(step, source, send, pipeline, _Emitter(stamp=i < last)))
             source = _StreamSource(receive)
         self._receive = receive
         self._driver = asyncio.get_running_loop().create_task(_drive(runners, self._error))
@@ -467,17 +493,17 @@ def _runner(
     source: _Source[Any],
     send: MemoryObjectSendStream[Any],
     pipeline: Pipeline,
-    error: list[BaseException],
+    emit: _Emitter,
 ) -> Callable[[], Awaitable[None]]:
     if isinstance(step, Batch):
-        return lambda: _batch(step, source, send)
+        return lambda: _batch(step, source, send, emit)
     call = _guarded(step._callable(), step.name, pipeline.on_error)
     admit: asyncio.Semaphore | None = None
     if pipeline.ordered and step.workers > 1:
         admit = asyncio.Semaphore(max(pipeline.buffer, 2 * step.workers))
-        sink: Any = _OrderedSink(send, admit, _emit_outcome)
+        sink: Any = _OrderedSink(send, admit, emit)
     else:  # one worker emits in order anyway
-        sink = _UnorderedSink(send, _emit_outcome)
+        sink = _UnorderedSink(send, emit)
     pool = _Pool(call, source, step.workers, False, sink, admit)
 
     async def run() -> None:
@@ -500,7 +526,9 @@ class _Batching:
         self.lock = anyio.Lock()  # emits happen one at a time, in order
 
 
-async def _batch(step: Batch, source: _Source[Any], send: MemoryObjectSendStream[Any]) -> None:
+async def _batch(
+    step: Batch, source: _Source[Any], send: MemoryObjectSendStream[Any], emit: _Emitter
+) -> None:
     """Fill batches from ``source``. A partial batch is flushed by a timer task rather than by
     cancelling a receive on a deadline, which could lose the item being handed over."""
     state = _Batching()
@@ -512,7 +540,7 @@ async def _batch(step: Batch, source: _Source[Any], send: MemoryObjectSendStream
             if state.items:
                 items, state.items = state.items, []
                 state.generation += 1
-                await _emit(send, items)
+                await emit.one(send, items)
 
     async def timer(timeout: float) -> None:
         while True:
@@ -534,7 +562,7 @@ async def _batch(step: Batch, source: _Source[Any], send: MemoryObjectSendStream
                     item = pulled[1]
                     if type(item) is Failed:
                         async with state.lock:
-                            await _emit(send, item)  # failures bypass batching
+                            await emit.one(send, item)  # failures bypass batching
                         continue
                     if not state.items and step.timeout is not None:
                         state.deadline = anyio.current_time() + step.timeout
