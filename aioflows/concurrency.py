@@ -404,13 +404,14 @@ class IMap(Generic[R]):
             return
         self._closed = True
         driver = self._driver
-        if driver is None:
-            self._send.close()  # never started: the driver would have closed it
-        elif not driver.done():
+        if driver is not None and not driver.done():
             driver.cancel()
             with anyio.CancelScope(shield=True):
                 await asyncio.wait([driver])
+        # A driver cancelled before it first ran closed nothing: close what it would have.
+        self._send.close()
         self._receive.close()
+        await self._pool.source.aclose()
 
     def __del__(self) -> None:
         # Dropped unclosed, e.g. by ``break`` out of a plain ``async for``.

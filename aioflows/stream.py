@@ -27,6 +27,7 @@ from types import TracebackType
 from typing import Any, Generic, TypeVar
 
 import anyio
+import anyio.abc
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ._callables import is_async_callable
@@ -145,6 +146,22 @@ def _as_async(fn: Callable[..., Any], flat: bool) -> Callable[[Any], Awaitable[A
     return in_thread
 
 
+def _late_is_timeout(
+    call: Callable[[Any], Awaitable[Any]], timeout: float
+) -> Callable[[Any], Awaitable[Any]]:
+    """A thread cannot be interrupted: a sync call that overran its timeout is waited for
+    (nothing is left running) and then reported as the TimeoutError it is."""
+
+    async def timed(item: Any) -> Any:
+        started = anyio.current_time()
+        result = await call(item)
+        if anyio.current_time() - started > timeout:
+            raise TimeoutError(f"the call took longer than its timeout of {timeout:g} s")
+        return result
+
+    return timed
+
+
 class Stage:
     """Apply ``fn`` to every item with ``workers`` concurrent calls.
 
@@ -153,7 +170,7 @@ class Stage:
     ``retry`` and ``timeout`` work as in :func:`aioflows.map`.
     """
 
-    __slots__ = ("_call", "flat", "fn", "name", "workers")
+    __slots__ = ("_options", "flat", "fn", "name", "workers")
 
     def __init__(
         self,
@@ -171,10 +188,16 @@ class Stage:
         self.workers = _check_workers(workers)
         self.flat = bool(flat)
         self.name = _name_of(fn, name)
-        self._call = guard(_as_async(fn, self.flat), rate=rate, retry=retry, timeout=timeout)
+        call = _as_async(fn, self.flat)
+        if timeout is not None and not is_async_callable(fn):
+            call = _late_is_timeout(call, check_timeout(timeout) or 0.0)
+        guard(call, rate=rate, retry=retry, timeout=timeout)  # validates now, before any run
+        self._options = (call, rate, retry, timeout)
 
     def _callable(self) -> Callable[[Any], Awaitable[Any]]:
-        return self._call
+        # Built per run: a rate given as a value gives each run its own limiter, as in map.
+        call, rate, retry, timeout = self._options
+        return guard(call, rate=rate, retry=retry, timeout=timeout)
 
     def __repr__(self) -> str:
         return f"Stage({self.name}, workers={self.workers}{', flat' if self.flat else ''})"
@@ -274,13 +297,20 @@ class Union:
 
         async def fan_out(item: Any) -> tuple[Any, ...]:
             outs: list[Any] = [None] * len(calls)
+            errors: list[Exception] = []
 
-            async def branch(i: int) -> None:
-                outs[i] = await calls[i](item)
+            async def branch(i: int, tg: anyio.abc.TaskGroup) -> None:
+                try:
+                    outs[i] = await calls[i](item)
+                except Exception as exc:
+                    errors.append(exc)
+                    tg.cancel_scope.cancel()  # the other branches' work is moot
 
             async with anyio.create_task_group() as tg:
                 for i in range(len(calls)):
-                    tg.start_soon(branch, i)
+                    tg.start_soon(branch, i, tg)
+            if errors:
+                raise errors[0]  # the branch's own exception, not a group of one
             return tuple(outs)
 
         return fan_out
@@ -394,7 +424,7 @@ def _guarded(call: Callable[[Any], Awaitable[Any]], name: str, on_error: str) ->
 class PipelineStream:
     """What :meth:`Pipeline.stream` returns: an async iterator and async context manager."""
 
-    __slots__ = ("_closed", "_driver", "_error", "_pipeline", "_receive", "_source")
+    __slots__ = ("_closed", "_driver", "_error", "_pipeline", "_receive", "_source", "_streams")
 
     def __init__(self, pipeline: Pipeline, source: _Source[Any]) -> None:
         self._pipeline = pipeline
@@ -402,6 +432,7 @@ class PipelineStream:
         self._driver: asyncio.Task[None] | None = None
         self._receive: MemoryObjectReceiveStream[Any] | None = None
         self._error: list[BaseException] = []
+        self._streams: list[MemoryObjectSendStream[Any] | MemoryObjectReceiveStream[Any]] = []
         self._closed = False
 
     def __aiter__(self) -> PipelineStream:
@@ -455,22 +486,23 @@ class PipelineStream:
             return
         self._closed = True
         driver = self._driver
-        if driver is None:
-            await self._source.aclose()
-        elif not driver.done():
+        if driver is not None and not driver.done():
             driver.cancel()
             with anyio.CancelScope(shield=True):
                 await asyncio.wait([driver])
-        if self._receive is not None:
-            self._receive.close()
+        # A driver cancelled before it first ran closed nothing: close what it would have.
+        for stream in self._streams:
+            stream.close()
+        with anyio.CancelScope(shield=True):
+            await self._source.aclose()
 
     def __del__(self) -> None:
         # Dropped unclosed, e.g. by ``break`` out of a plain ``async for``.
         driver = self._driver
         if driver is not None and not driver.done():
             driver.cancel()
-        if self._receive is not None:
-            self._receive.close()
+        for stream in self._streams:
+            stream.close()
 
     def _start(self) -> None:
         if self._driver is not None:
@@ -482,6 +514,7 @@ class PipelineStream:
         last = len(pipeline.stages) - 1
         for i, step in enumerate(pipeline.stages):
             send, receive = anyio.create_memory_object_stream[Any](pipeline.buffer)
+            self._streams += (send, receive)
             runners.append(_runner(step, source, send, pipeline, _Emitter(stamp=i < last)))
             source = _StreamSource(receive)
         self._receive = receive

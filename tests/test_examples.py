@@ -17,6 +17,7 @@ EXPECTED = {
     "quickstart.py": "cached",
     "rate_limited_map.py": "Summary",
     "result_store.py": "Stored",
+    "stream_enrich.py": "Enriched",
 }
 
 

@@ -342,3 +342,42 @@ async def test_cancelling_the_consumer_stops_the_pipeline() -> None:
 def test_bad_arguments_fail_before_anything_runs(build: Any, error: type[Exception]) -> None:
     with pytest.raises(error):
         build()
+
+
+async def test_a_failing_union_branch_raises_its_own_exception() -> None:
+    async def bad(x: int) -> int:
+        raise KeyError(x)
+
+    with pytest.raises(KeyError):
+        await af.Pipeline(af.Union(af.Stage(double), af.Stage(bad))).run(range(3))
+    out = await af.Pipeline(af.Union(af.Stage(bad)), on_error="collect").run([1])
+    assert isinstance(out[0].error, KeyError)
+
+
+async def test_a_sync_stage_that_overruns_its_timeout_is_a_timeout_error() -> None:
+    import time
+
+    def slow(x: int) -> int:
+        time.sleep(0.1)
+        return x
+
+    with pytest.raises(TimeoutError):
+        await af.Pipeline(af.Stage(slow, timeout=0.01)).run([1])
+
+
+async def test_leaving_before_the_pipeline_ran_closes_everything() -> None:
+    closed = anyio.Event()
+
+    async def source() -> AsyncIterator[int]:
+        try:
+            yield 1
+        finally:
+            closed.set()
+
+    started = source()
+    assert await started.__anext__() == 1  # the caller had already started it
+    async with af.Pipeline(af.Stage(double), af.Batch(2)).stream(started):
+        pass  # no await: the driver never ran
+    assert closed.is_set()
+    async with af.imap(double, [1, 2]):
+        pass
