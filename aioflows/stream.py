@@ -32,7 +32,16 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from ._callables import is_async_callable
 from .calls import LimiterLike, check_timeout, guard
-from .concurrency import _DONE, _emit, _OrderedSink, _Pool, _Source, _UnorderedSink
+from .concurrency import (
+    _BLOCKED,
+    _DONE,
+    _Admit,
+    _emit,
+    _OrderedSink,
+    _Pool,
+    _Source,
+    _UnorderedSink,
+)
 from .errors import InvalidArgument, InvalidArgumentType
 from .retry import RetryLike
 
@@ -102,6 +111,22 @@ class _Emitter:
             item = (self._count, item)
             self._count += 1
         await _emit(send, item)
+
+    def nowait(self, send: MemoryObjectSendStream[Any], outcome: Any) -> bool:
+        """Hand ``outcome`` on if that needs no waiting; False (having done nothing) if not."""
+        kind = type(outcome)
+        if kind is _Skip:
+            return True
+        if kind is _Many:
+            return False  # several sends, any of which may wait: the awaiting path
+        item = (self._count, outcome) if self._stamp else outcome
+        try:
+            send.send_nowait(item)
+        except anyio.WouldBlock:
+            return False
+        if self._stamp:
+            self._count += 1
+        return True
 
 
 def _check_workers(workers: int) -> int:
@@ -228,13 +253,26 @@ class Filter:
 
             return keep_async
 
-        async def keep(item: Any) -> Any:
-            return item if pred(item) else _SKIP
-
-        return keep
+        return _KeepSync(pred)
 
     def __repr__(self) -> str:
         return f"Filter({self.name}, workers={self.workers})"
+
+
+class _KeepSync:
+    """A sync predicate's filter step: awaitable for the generic path, and ``sync`` for
+    pools, which call it without a coroutine per item."""
+
+    __slots__ = ("pred",)
+
+    def __init__(self, pred: Callable[[Any], Any]) -> None:
+        self.pred = pred
+
+    def sync(self, item: Any) -> Any:
+        return item if self.pred(item) else _SKIP
+
+    async def __call__(self, item: Any) -> Any:
+        return self.sync(item)
 
 
 class Batch:
@@ -335,6 +373,17 @@ class _StreamSource(_Source[Any]):
         super().__init__(())
         self._receive = receive
 
+    def pull_nowait(self) -> tuple[int, Any]:
+        if self._done:
+            return _DONE  # type: ignore[no-any-return]
+        try:
+            return self._receive.receive_nowait()  # type: ignore[no-any-return]
+        except anyio.WouldBlock:
+            return _BLOCKED  # type: ignore[no-any-return]
+        except anyio.EndOfStream:
+            self._done = True
+            return _DONE  # type: ignore[no-any-return]
+
     async def pull(self) -> tuple[int, Any]:
         """The next ``(index, item)``, numbered by the stage that sent it."""
         if self._done:
@@ -398,7 +447,7 @@ class Pipeline:
     async def run(self, source: Iterable[Any] | AsyncIterable[Any]) -> list[Any]:
         """Every output, as a list."""
         async with self.stream(source) as outputs:
-            return [out async for out in outputs]
+            return await outputs._drain()
 
     def __repr__(self) -> str:
         return f"Pipeline({', '.join(map(repr, self.stages))}, buffer={self.buffer})"
@@ -461,6 +510,29 @@ class PipelineStream:
         except BaseException:
             await self.aclose()  # the consumer was cancelled while it waited
             raise
+
+    async def _drain(self) -> list[Any]:
+        """Every remaining output; what ``async for`` does, without a frame per item."""
+        receive = self._receive
+        assert receive is not None
+        out: list[Any] = []
+        append = out.append
+        while True:
+            try:
+                append(receive.receive_nowait())
+                continue
+            except anyio.WouldBlock:
+                pass
+            except anyio.EndOfStream:
+                break
+            try:
+                append(await receive.receive())
+            except anyio.EndOfStream:
+                break
+        await self.aclose()
+        if self._error:
+            raise self._error[0]
+        return out
 
     async def _end(self) -> Any:
         await self.aclose()
@@ -530,14 +602,16 @@ def _runner(
 ) -> Callable[[], Awaitable[None]]:
     if isinstance(step, Batch):
         return lambda: _batch(step, source, send, emit)
-    call = _guarded(step._callable(), step.name, pipeline.on_error)
-    admit: asyncio.Semaphore | None = None
+    plain = step._callable()
+    call = _guarded(plain, step.name, pipeline.on_error)
+    call_sync = plain.sync if call is plain and isinstance(plain, _KeepSync) else None
+    admit: _Admit | None = None
     if pipeline.ordered and step.workers > 1:
-        admit = asyncio.Semaphore(max(pipeline.buffer, 2 * step.workers))
-        sink: Any = _OrderedSink(send, admit, emit)
+        admit = _Admit(max(pipeline.buffer, 2 * step.workers))
+        sink: Any = _OrderedSink(send, admit, emit, emit.nowait)
     else:  # one worker emits in order anyway
-        sink = _UnorderedSink(send, emit)
-    pool = _Pool(call, source, step.workers, False, sink, admit)
+        sink = _UnorderedSink(send, emit, emit.nowait)
+    pool = _Pool(call, source, step.workers, False, sink, admit, call_sync)
 
     async def run() -> None:
         with send:
