@@ -219,6 +219,7 @@ def failing_at(stage: int, item: int) -> list[af.Stage]:
 async def test_raise_cancels_everything_even_with_full_queues(stage: int) -> None:
     before = other_tasks()
     pipe = af.Pipeline(*failing_at(stage, 40), buffer=2)
+
     async def consume() -> None:
         async with pipe.stream(Counting()) as stream:
             async for _ in stream:
@@ -296,6 +297,7 @@ async def test_a_plain_async_for_with_break_leaves_nothing_running() -> None:
 
 async def test_an_error_in_the_consumer_stops_the_pipeline() -> None:
     before = other_tasks()
+
     async def consume() -> None:
         async with af.Pipeline(af.Stage(double, 4)).stream(Counting()) as stream:
             async for _ in stream:
