@@ -456,3 +456,30 @@ async def test_an_imap_never_started_can_be_dropped_or_closed_cleanly() -> None:
     closed = af.imap(double, [1, 2])
     await closed.aclose()
     assert [x async for x in closed] == []
+
+
+async def test_admission_slots_are_never_lost_or_doubled() -> None:
+    """A waiter cancelled just as it was granted a slot passes it on; one cancelled while
+    waiting leaves the queue."""
+    from aioflows.concurrency import _Admit
+
+    admit = _Admit(1)
+    assert admit.try_acquire()
+    assert not admit.try_acquire()
+    first = asyncio.ensure_future(admit.acquire())
+    gone = asyncio.ensure_future(admit.acquire())
+    second = asyncio.ensure_future(admit.acquire())
+    await asyncio.sleep(0)  # all three wait
+    gone.cancel()  # cancelled while waiting: leaves the queue
+    await asyncio.sleep(0)
+    admit.release()  # granted to `first`...
+    first.cancel()  # ...which is cancelled before it runs: the slot must reach `second`
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert first.cancelled()
+    assert gone.cancelled()
+    assert second.done()
+    assert not second.cancelled()
+    assert not admit.try_acquire()  # exactly one slot, held by `second`
+    admit.release()
+    assert admit.try_acquire()
