@@ -26,6 +26,7 @@ from .flow.run import TaskResult as TaskResult
 from .flow.spec import Flow as Flow
 from .flow.spec import TaskSpec as TaskSpec
 from .flow.spec import task as task
+from .http import HttpClient as HttpClient
 from .limits import KeyedRateLimiter as KeyedRateLimiter
 from .limits import Rate as Rate
 from .limits import RateLimiter as RateLimiter
@@ -54,6 +55,7 @@ __all__ = [
     "FlowFailed",
     "FlowRun",
     "Graph",
+    "HttpClient",
     "KeyedRateLimiter",
     "LocalFileStore",
     "MemoryStore",
