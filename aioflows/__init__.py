@@ -27,6 +27,10 @@ from .flow.spec import Flow as Flow
 from .flow.spec import TaskSpec as TaskSpec
 from .flow.spec import task as task
 from .http import HttpClient as HttpClient
+from .launcher import Key as Key
+from .launcher import Launcher as Launcher
+from .launcher import LaunchSummary as LaunchSummary
+from .launcher import launch as launch
 from .limits import KeyedRateLimiter as KeyedRateLimiter
 from .limits import Rate as Rate
 from .limits import RateLimiter as RateLimiter
@@ -56,7 +60,10 @@ __all__ = [
     "FlowRun",
     "Graph",
     "HttpClient",
+    "Key",
     "KeyedRateLimiter",
+    "LaunchSummary",
+    "Launcher",
     "LocalFileStore",
     "MemoryStore",
     "Pipeline",
@@ -79,6 +86,7 @@ __all__ = [
     "Union",
     "expand_config",
     "imap",
+    "launch",
     "map",
     "task",
     "__version__",

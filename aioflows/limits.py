@@ -254,6 +254,17 @@ class RateLimiter:
         """Number of tasks waiting in :meth:`acquire`."""
         return sum(1 for _, fut in self._waiters if not fut.done())
 
+    def delay(self, cost: float = 1.0) -> float:
+        """Seconds until ``cost`` more tokens could be granted, after the waiters already
+        queued and any pause: how to pick, among several limiters, the one that frees soonest.
+        """
+        now = _loop_time()
+        self._refill(now)
+        queued = sum(c for c, fut in self._waiters if not fut.done())
+        short = queued + cost - self._tokens
+        wait = short / self._per_sec if short > _ROUNDING else 0.0
+        return max(wait, self._paused_until - now, 0.0)
+
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(rate={str(self._rate)!r}, burst={self._burst:g}, "

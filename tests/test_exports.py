@@ -44,7 +44,9 @@ SECTION_3 = {
 SECTION_4 = {"Batch", "Failed", "Filter", "Pipeline", "Stage", "Unbatch", "Union"}
 # API.md section 6 (HTTP).
 SECTION_6 = {"HttpClient"}
-PUBLIC = SECTION_1 | SECTION_2 | SECTION_3 | SECTION_4 | SECTION_6
+# API.md section 5 (launcher).
+SECTION_5 = {"Key", "LaunchSummary", "Launcher", "launch"}
+PUBLIC = SECTION_1 | SECTION_2 | SECTION_3 | SECTION_4 | SECTION_5 | SECTION_6
 
 
 def test_all_is_exactly_the_public_api() -> None:

@@ -1,0 +1,635 @@
+"""The batch launcher: one async function over many inputs and API keys, into resumable JSONL.
+
+Each call takes the key whose buckets free soonest (a request bucket per key, and a token
+bucket when ``tokens_per_key`` and ``cost`` are given), so keys share the load by their limits
+rather than in turn. A throttle (``RateLimited``, HTTP 429) pauses only that key, for as long as
+the server asked, and puts the sample back without counting an attempt.
+
+Every finished (id, sample) pair is one JSON line, written by a single writer task as results
+come in and fsynced periodically. The file is the resume state: on start, pairs already in it
+without an error are skipped, a torn last line (a crash mid-write) is cut off, and failed pairs
+run again; so after any number of ``kill -9`` and restarts, each pair has exactly one line
+without an error. Secrets appear nowhere but in the calls: records, logs, reprs and error texts
+carry the key's label.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+import anyio.to_thread
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from .errors import AioflowsError, InvalidArgument, InvalidArgumentType
+from .limits import RateLike, RateLimiter, as_rate
+from .retry import Retry, RetryLike, as_retry, throttle_delay
+
+__all__ = ["Key", "LaunchSummary", "Launcher", "OutputFileError", "launch"]
+
+#: Seconds between fsyncs of the output file (every line is flushed as it is written).
+FSYNC_EVERY = 1.0
+
+
+class OutputFileError(AioflowsError, ValueError):
+    """The output file exists but is not a JSONL file written by the launcher."""
+
+
+@dataclass(frozen=True, slots=True)
+class LaunchSummary:
+    """What a run did. ``per_key`` counts the calls made with each key, by label."""
+
+    total: int
+    succeeded: int
+    failed: int
+    skipped: int
+    retried: int
+    duration_s: float
+    per_key: dict[str, int] = field(default_factory=dict)
+
+
+class _KeyState:
+    """One API key and its buckets, shared by every call that uses it."""
+
+    __slots__ = ("calls", "label", "requests", "secret", "tokens")
+
+    def __init__(
+        self,
+        label: str,
+        secret: str | None,
+        requests: RateLimiter | None,
+        tokens: RateLimiter | None,
+    ) -> None:
+        self.label = label
+        self.secret = secret
+        self.requests = requests
+        self.tokens = tokens
+        self.calls = 0
+
+    def delay(self, cost: float) -> float:
+        wait = self.requests.delay(1.0) if self.requests is not None else 0.0
+        if self.tokens is not None and cost > 0:
+            wait = max(wait, self.tokens.delay(min(cost, self.tokens.burst)))
+        return wait
+
+    def pause(self, seconds: float) -> None:
+        for bucket in (self.requests, self.tokens):
+            if bucket is not None:
+                bucket.pause(seconds)
+
+
+class Key:
+    """The key a call runs with: ``label`` (``"key-0"``...) and ``secret`` (the key string).
+
+    ``report_usage(tokens)`` tells the key's token budget what the call really used: the
+    difference from the estimate reserved before the call is charged or refunded. The repr
+    shows the label only, so a key can be logged safely.
+    """
+
+    __slots__ = ("_reserved", "_state")
+
+    def __init__(self, state: _KeyState, reserved: float) -> None:
+        self._state = state
+        self._reserved = reserved
+
+    @property
+    def label(self) -> str:
+        return self._state.label
+
+    @property
+    def secret(self) -> str | None:
+        return self._state.secret
+
+    def report_usage(self, tokens: float) -> None:
+        """Reconcile this call's token estimate with ``tokens`` actually used."""
+        if isinstance(tokens, bool) or not isinstance(tokens, (int, float)) or tokens < 0:
+            raise InvalidArgument(f"tokens must be a number >= 0, got {tokens!r}")
+        bucket = self._state.tokens
+        if bucket is None:
+            return
+        difference = tokens - self._reserved
+        if difference > 0:
+            bucket.charge(difference)
+        elif difference < 0:
+            bucket.refund(-difference)
+        self._reserved = tokens
+
+    def __repr__(self) -> str:
+        return f"Key({self._state.label!r})"
+
+
+def _check_positive_int(value: object, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InvalidArgument(f"{what} must be an int >= 1, got {value!r}")
+    return value
+
+
+def _keys(
+    keys: Sequence[str] | Mapping[str, RateLike | None],
+    rate_per_key: RateLike | None,
+    tokens_per_key: RateLike | None,
+) -> list[_KeyState]:
+    if isinstance(keys, str):
+        raise InvalidArgumentType(
+            "keys must be a sequence or a mapping of key strings, not one str"
+        )
+    pairs: list[tuple[str, RateLike | None]]
+    if isinstance(keys, Mapping):
+        pairs = [(k, r if r is not None else rate_per_key) for k, r in keys.items()]
+    else:
+        pairs = [(k, rate_per_key) for k in keys]
+    token_rate = as_rate(tokens_per_key, "tokens_per_key") if tokens_per_key is not None else None
+    states = []
+    for i, (secret, rate) in enumerate(pairs):
+        if not isinstance(secret, str) or not secret:
+            raise InvalidArgument(f"key #{i} must be a non-empty str")
+        states.append(
+            _KeyState(
+                f"key-{i}",
+                secret,
+                RateLimiter(rate) if rate is not None else None,
+                RateLimiter(token_rate, burst=token_rate.limit) if token_rate else None,
+            )
+        )
+    if len({s.secret for s in states}) != len(states):
+        raise InvalidArgument("keys holds the same key twice")
+    if not states:
+        states.append(
+            _KeyState(
+                "default",
+                None,
+                RateLimiter(rate_per_key) if rate_per_key is not None else None,
+                RateLimiter(token_rate, burst=token_rate.limit) if token_rate else None,
+            )
+        )
+    return states
+
+
+def _redact(text: str, keys: Sequence[_KeyState]) -> str:
+    for key in keys:
+        if key.secret:
+            text = text.replace(key.secret, f"<{key.label}>")
+    return text
+
+
+class Launcher:
+    """Run ``fn(sample, key)`` over many inputs, ``samples`` times each, across API keys.
+
+    See docs/launcher.md. Every argument is checked here, before anything runs; the input is
+    checked (ids present and unique) when :meth:`run` starts, before the first call.
+    """
+
+    def __init__(
+        self,
+        fn: Callable[[dict[str, Any], Key], Awaitable[Any]],
+        *,
+        keys: Sequence[str] | Mapping[str, RateLike | None] = (),
+        rate_per_key: RateLike | None = None,
+        tokens_per_key: RateLike | None = None,
+        cost: Callable[[dict[str, Any]], float] | None = None,
+        concurrency: int = 16,
+        samples: int = 1,
+        retry: RetryLike = Retry(3),  # noqa: B008 - frozen, safe to share
+        fault_tolerant: bool = True,
+        output: str | os.PathLike[str] | None = None,
+        resume: bool = True,
+        id_key: str = "id",
+        input_interface: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+        output_interface: Callable[[Any], Any] | None = None,
+        progress: bool = False,
+    ) -> None:
+        if not callable(fn):
+            raise InvalidArgumentType(f"fn must be an async callable, got {fn!r}")
+        for name, hook in (
+            ("cost", cost),
+            ("input_interface", input_interface),
+            ("output_interface", output_interface),
+        ):
+            if hook is not None and not callable(hook):
+                raise InvalidArgumentType(f"{name} must be callable, got {hook!r}")
+        if (tokens_per_key is None) != (cost is None):
+            raise InvalidArgument("tokens_per_key and cost go together")
+        if rate_per_key is not None:
+            as_rate(rate_per_key, "rate_per_key")
+        self._fn = fn
+        self._keys = _keys(keys, rate_per_key, tokens_per_key)
+        self._cost = cost
+        self._concurrency = _check_positive_int(concurrency, "concurrency")
+        self._samples = _check_positive_int(samples, "samples")
+        self._retry = as_retry(retry)
+        self._fault_tolerant = bool(fault_tolerant)
+        self._output = Path(output) if output is not None else None
+        if self._output is not None and not self._output.parent.is_dir():
+            raise InvalidArgument(f"the directory of output {str(self._output)!r} does not exist")
+        self._resume = bool(resume)
+        if not isinstance(id_key, str):
+            raise InvalidArgumentType(f"id_key must be a str, got {id_key!r}")
+        self._id_key = id_key
+        self._input_interface = input_interface
+        self._output_interface = output_interface
+        self._progress = bool(progress)
+        self._turn = 0
+
+    def __repr__(self) -> str:
+        labels = [k.label for k in self._keys]
+        return f"Launcher(keys={labels}, samples={self._samples}, output={self._output})"
+
+    async def run(
+        self, data: Iterable[dict[str, Any]] | AsyncIterable[dict[str, Any]]
+    ) -> LaunchSummary:
+        """Run every (input, sample) not already done in ``output``; returns the summary."""
+        summary, _ = await self._run(data, keep=False)
+        return summary
+
+    async def _run(
+        self, data: Iterable[dict[str, Any]] | AsyncIterable[dict[str, Any]], keep: bool
+    ) -> tuple[LaunchSummary, list[dict[str, Any]]]:
+        items = await self._read_input(data)
+        done: dict[tuple[Any, int], dict[str, Any]] = {}
+        if self._output is not None and self._resume:
+            done = await anyio.to_thread.run_sync(_read_done, self._output)
+        elif self._output is not None and self._output.exists():
+            await anyio.to_thread.run_sync(_truncate_torn_tail, self._output)
+        ids = {item[self._id_key] for item in items}
+        skipped = sum(1 for (i, s) in done if i in ids and s < self._samples)
+        work = [
+            (item, sample)
+            for item in items
+            for sample in range(self._samples)
+            if (item[self._id_key], sample) not in done
+        ]
+        run = _Run(self, work, keep)
+        started = time.monotonic()
+        await run.go()
+        summary = LaunchSummary(
+            total=len(items) * self._samples,
+            succeeded=run.succeeded,
+            failed=run.failed,
+            skipped=skipped,
+            retried=run.retried,
+            duration_s=time.monotonic() - started,
+            per_key={k.label: k.calls for k in self._keys},
+        )
+        if run.error is not None:
+            raise run.error
+        records = []
+        if keep:
+            by_pair = {(r["id"], r["sample"]): r for r in run.records}
+            for item in items:
+                for sample in range(self._samples):
+                    pair = (item[self._id_key], sample)
+                    record = by_pair.get(pair) or done.get(pair)
+                    if record is not None:
+                        records.append(record)
+        return summary, records
+
+    async def _read_input(
+        self, data: Iterable[dict[str, Any]] | AsyncIterable[dict[str, Any]]
+    ) -> list[dict[str, Any]]:
+        if isinstance(data, AsyncIterable):
+            items = [item async for item in data]
+        elif isinstance(data, Iterable) and not isinstance(data, (str, bytes, Mapping)):
+            items = list(data)
+        else:
+            raise InvalidArgumentType(f"data must be an iterable of dicts, got {data!r}")
+        seen: set[Any] = set()
+        for index, item in enumerate(items):
+            if not isinstance(item, Mapping):
+                raise InvalidArgument(f"input item #{index} is not a dict: {item!r:.80}")
+            if self._id_key not in item:
+                raise InvalidArgument(f"input item #{index} has no {self._id_key!r}: {item!r:.80}")
+            ident = item[self._id_key]
+            try:
+                duplicate = ident in seen
+            except TypeError:
+                raise InvalidArgument(
+                    f"input item #{index}: id {ident!r} is not hashable"
+                ) from None
+            if duplicate:
+                raise InvalidArgument(f"duplicate id {ident!r} in the input (item #{index})")
+            seen.add(ident)
+        return items
+
+
+class _Run:
+    """The state of one :meth:`Launcher.run`: workers, the writer, counters."""
+
+    def __init__(
+        self, launcher: Launcher, work: list[tuple[dict[str, Any], int]], keep: bool
+    ) -> None:
+        self.launcher = launcher
+        self.work = iter(work)
+        self.total = len(work)
+        self.keep = keep
+        self.records: list[dict[str, Any]] = []
+        self.succeeded = self.failed = self.retried = self.finished = 0
+        self.error: BaseException | None = None
+        self.written = anyio.Event()
+        self.send: MemoryObjectSendStream[dict[str, Any]]
+
+    async def go(self) -> None:
+        launcher = self.launcher
+        send, receive = anyio.create_memory_object_stream[dict[str, Any]](math.inf)
+        self.send = send
+        workers = min(launcher._concurrency, max(1, self.total))
+        async with anyio.create_task_group() as outer:
+            outer.start_soon(self._writer, receive)
+            if launcher._progress:
+                outer.start_soon(self._show_progress)
+            with send:
+                async with anyio.create_task_group() as tg:
+                    self.task_group = tg
+                    for _ in range(workers):
+                        tg.start_soon(self._worker)
+
+    async def _worker(self) -> None:
+        for item, sample in self.work:
+            record = await self._call(item, sample)
+            self.send.send_nowait(record)
+            if record["error"] is not None and not self.launcher._fault_tolerant:
+                self.task_group.cancel_scope.cancel()  # admit nothing more, stop the rest
+                return
+
+    async def _pick(self, cost: float) -> _KeyState:
+        """The key whose buckets free soonest (ties go round the keys), its buckets taken."""
+        launcher = self.launcher
+        keys = launcher._keys
+        start = launcher._turn
+        launcher._turn = (start + 1) % len(keys)
+        best = min(range(len(keys)), key=lambda i: (keys[(start + i) % len(keys)].delay(cost), i))
+        key = keys[(start + best) % len(keys)]
+        if key.requests is not None:
+            await key.requests.acquire()
+        if key.tokens is not None and cost > 0:
+            await key.tokens.acquire(min(cost, key.tokens.burst))
+        return key
+
+    async def _call(self, item: dict[str, Any], sample: int) -> dict[str, Any]:
+        launcher = self.launcher
+        retry = launcher._retry
+        ident = item[launcher._id_key]
+        attempts = throttles = 0
+        started_at = datetime.now(timezone.utc)
+        started = time.monotonic()
+        key_label = ""
+        while True:
+            prepared = dict(item)
+            prepared["sample"] = sample
+            cost = float(launcher._cost(prepared)) if launcher._cost is not None else 0.0
+            key = await self._pick(cost)
+            key_label = key.label
+            key.calls += 1
+            attempts += 1
+            try:
+                argument = (
+                    launcher._input_interface(prepared)
+                    if launcher._input_interface is not None
+                    else prepared
+                )
+                output = await launcher._fn(argument, Key(key, cost))
+                if launcher._output_interface is not None:
+                    output = launcher._output_interface(output)
+                error = None
+            except Exception as exc:
+                throttled, after = throttle_delay(exc)
+                max_throttles = retry.max_throttles if retry is not None else 10
+                if throttled and throttles < max_throttles:
+                    # Back-pressure from this key only: it rests, the sample goes again.
+                    throttles += 1
+                    attempts -= 1
+                    self.retried += 1
+                    key.pause(after if after is not None else _backoff(retry, throttles))
+                    continue
+                if (
+                    not throttled
+                    and retry is not None
+                    and attempts < retry.attempts
+                    and retry.retries(exc)
+                ):
+                    self.retried += 1
+                    await anyio.sleep(retry.delay(attempts))
+                    continue
+                output = None
+                error = _redact(f"{type(exc).__name__}: {exc}", launcher._keys)
+                if not launcher._fault_tolerant and self.error is None:
+                    self.error = exc
+            break
+        record = {
+            "id": ident,
+            "sample": sample,
+            "key": key_label,
+            "attempts": attempts,
+            "output": output,
+            "error": error,
+            "started_at": started_at.isoformat(),
+            "duration_s": round(time.monotonic() - started, 6),
+        }
+        if error is None:
+            self.succeeded += 1
+        else:
+            self.failed += 1
+        return record
+
+    async def _writer(self, receive: MemoryObjectReceiveStream[dict[str, Any]]) -> None:
+        launcher = self.launcher
+        path = launcher._output
+        handle = await anyio.to_thread.run_sync(_open_append, path) if path else None
+        last_sync = time.monotonic()
+        try:
+            while True:
+                try:
+                    batch = [await receive.receive()]
+                except anyio.EndOfStream:
+                    break
+                batch += _take_ready(receive)  # everything already finished: one write
+                self._written(batch)
+                if handle is not None:
+                    text = "".join(_line(r, launcher._keys) for r in batch)
+                    sync = time.monotonic() - last_sync >= FSYNC_EVERY
+                    with anyio.CancelScope(shield=True):
+                        await anyio.to_thread.run_sync(_append, handle, text, sync)
+                    if sync:
+                        last_sync = time.monotonic()
+        finally:
+            # Cancelled or done: what had finished is still written, then the file synced.
+            rest = _take_ready(receive)
+            receive.close()
+            self._written(rest)
+            try:
+                if handle is not None:
+                    text = "".join(_line(r, launcher._keys) for r in rest)
+                    with anyio.CancelScope(shield=True):
+                        await anyio.to_thread.run_sync(_close, handle, text)
+            finally:
+                self.written.set()
+
+    def _written(self, batch: list[dict[str, Any]]) -> None:
+        if self.keep:
+            self.records.extend(batch)
+        self.finished += len(batch)
+
+    async def _show_progress(self) -> None:
+        """A rich bar redrawn by this task (no thread): done, failed, retried, keys, ETA."""
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+        )
+
+        progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+            auto_refresh=False,
+        )
+        bar = progress.add_task("launch", total=self.total)
+        progress.start()
+        try:
+            while not self.written.is_set():  # until the writer has written the last record
+                self._draw(progress, bar)
+                with anyio.move_on_after(0.2):
+                    await self.written.wait()
+        finally:
+            self._draw(progress, bar)
+            progress.stop()
+
+    def _draw(self, progress: Any, bar: Any) -> None:
+        keys = " ".join(f"{k.label}:{k.calls}" for k in self.launcher._keys)
+        description = f"ok {self.succeeded} failed {self.failed} retried {self.retried} | {keys}"
+        progress.update(bar, completed=self.finished, description=description)
+        progress.refresh()
+
+
+def _take_ready(receive: MemoryObjectReceiveStream[dict[str, Any]]) -> list[dict[str, Any]]:
+    taken = []
+    while True:
+        try:
+            taken.append(receive.receive_nowait())
+        except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
+            return taken
+
+
+def _backoff(retry: Retry | None, count: int) -> float:
+    return retry.delay(count) if retry is not None else 1.0
+
+
+def _line(record: dict[str, Any], keys: Sequence[_KeyState]) -> str:
+    try:
+        text = json.dumps(record, ensure_ascii=False)
+    except (TypeError, ValueError) as exc:
+        record = dict(record, output=None, error=f"TypeError: output is not JSON ({exc})")
+        text = json.dumps(record, ensure_ascii=False, default=repr)
+    return _redact(text, keys) + "\n"
+
+
+# --- the output file, in worker threads -----------------------------------------------------------
+
+
+def _open_append(path: Path) -> Any:
+    _truncate_torn_tail(path)
+    return open(path, "a", encoding="utf-8")
+
+
+def _append(handle: Any, text: str, sync: bool) -> None:
+    handle.write(text)
+    handle.flush()
+    if sync:
+        os.fsync(handle.fileno())
+
+
+def _close(handle: Any, text: str) -> None:
+    try:
+        if text:
+            handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    finally:
+        handle.close()
+
+
+def _truncate_torn_tail(path: Path) -> None:
+    """Cut a last line left unfinished by a crash, so the next line starts clean."""
+    try:
+        with open(path, "rb+") as f:
+            size = f.seek(0, os.SEEK_END)
+            if size == 0:
+                return
+            f.seek(size - 1)
+            if f.read(1) == b"\n":
+                return
+            data_end = size
+            chunk = 4096
+            position = size
+            while position > 0:  # find the last newline
+                position = max(0, position - chunk)
+                f.seek(position)
+                block = f.read(data_end - position)
+                cut = block.rfind(b"\n")
+                if cut >= 0:
+                    f.truncate(position + cut + 1)
+                    return
+                data_end = position
+            f.truncate(0)
+    except FileNotFoundError:
+        return
+
+
+_FIELDS = frozenset({"id", "sample", "key", "attempts", "output", "error"})
+
+
+def _read_done(path: Path) -> dict[tuple[Any, int], dict[str, Any]]:
+    """Pairs already done without error, from an existing output (a torn last line ignored).
+
+    Anything else that does not parse as one of our records is an OutputFileError and the
+    file is left untouched.
+    """
+    done: dict[tuple[Any, int], dict[str, Any]] = {}
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return done
+    lines = raw.split(b"\n")
+    complete = lines[:-1]  # the part after the last newline is a torn line (or empty)
+    for number, line in enumerate(complete, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            raise OutputFileError(
+                f"{path} line {number} is not JSON: it was not written by the launcher"
+            ) from None
+        if not isinstance(record, dict) or not record.keys() >= _FIELDS:
+            raise OutputFileError(
+                f"{path} line {number} is not a launcher record (fields {sorted(_FIELDS)})"
+            )
+        if record["error"] is None:
+            ident = record["id"]
+            key = (tuple(ident) if isinstance(ident, list) else ident, record["sample"])
+            done[key] = record
+    return done
+
+
+async def launch(
+    fn: Callable[[dict[str, Any], Key], Awaitable[Any]],
+    data: Iterable[dict[str, Any]] | AsyncIterable[dict[str, Any]],
+    **options: Any,
+) -> list[dict[str, Any]]:
+    """Run a :class:`Launcher` once and return every record, in input and sample order
+    (including those found done in ``output`` on resume)."""
+    _, records = await Launcher(fn, **options)._run(data, keep=True)
+    return records
