@@ -28,6 +28,8 @@ class ServerState:
     scripts: dict[str, list[tuple[int, dict[str, str]]]] = field(default_factory=dict)
     seen: list[Seen] = field(default_factory=list)
     delay: float = 0.0
+    keys: set[str] = field(default_factory=set)  # when set, a bearer among them is required
+    throttle_every: int = 0  # every n-th request is a 429 with Retry-After: 0.05
     in_flight: int = 0
     peak: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -59,6 +61,11 @@ def _handler(state: ServerState) -> type[BaseHTTPRequestHandler]:
                 state.peak = max(state.peak, state.in_flight)
                 script = state.scripts.get(self.path)
                 status, headers = script.pop(0) if script else (200, {})
+                bearer = (self.headers.get("authorization") or "").removeprefix("Bearer ")
+                if state.keys and bearer not in state.keys:
+                    status, headers = 401, {}
+                elif state.throttle_every and len(state.seen) % state.throttle_every == 0:
+                    status, headers = 429, {"retry-after": "0.05"}
             try:
                 if state.delay:
                     time.sleep(state.delay)

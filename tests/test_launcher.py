@@ -1,0 +1,339 @@
+"""The batch launcher (API.md section 5), against a real HTTP server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+from local_server import ServerState, serve
+
+import aioflows as af
+from aioflows.launcher import OutputFileError
+
+SECRETS = ["sk-live-AAAA1111", "sk-live-BBBB2222"]
+
+
+@pytest.fixture
+def server() -> Iterator[tuple[str, ServerState]]:
+    with serve() as (url, state):
+        state.keys = set(SECRETS)
+        yield url, state
+
+
+def read_records(path: Path, torn_ok: bool = False) -> list[dict[str, Any]]:
+    lines = path.read_text().split("\n")
+    if torn_ok:  # what a kill may leave after the last newline
+        lines = lines[:-1]
+    return [json.loads(line) for line in lines if line]
+
+
+def data(n: int) -> list[dict[str, Any]]:
+    return [{"id": i, "prompt": f"question {i}"} for i in range(n)]
+
+
+def calling(url: str, client: httpx.AsyncClient) -> Any:
+    async def fn(sample: dict[str, Any], key: af.Key) -> Any:
+        response = await client.post(
+            f"{url}/complete",
+            headers={"authorization": f"Bearer {key.secret}"},
+            json=sample,
+        )
+        response.raise_for_status()  # a 429 becomes a throttle of this key
+        return json.loads(response.json()["echo"])
+
+    return fn
+
+
+async def test_end_to_end_output_keys_throttles_and_secrets(
+    server: tuple[str, ServerState], tmp_path: Path
+) -> None:
+    url, state = server
+    state.throttle_every = 7
+    output = tmp_path / "out.jsonl"
+    async with httpx.AsyncClient() as client:
+        launcher = af.Launcher(
+            calling(url, client),
+            keys=SECRETS,
+            rate_per_key="200/s",
+            samples=2,
+            concurrency=8,
+            output=output,
+            retry=af.Retry(3, backoff=0.01),
+        )
+        summary = await launcher.run(data(30))
+    records = read_records(output)
+    assert sorted((r["id"], r["sample"]) for r in records) == [
+        (i, s) for i in range(30) for s in range(2)
+    ]
+    assert all(r["error"] is None for r in records)
+    for r in records:
+        assert r["output"] == {
+            "id": r["id"],
+            "prompt": f"question {r['id']}",
+            "sample": r["sample"],
+        }
+        assert r["key"] in ("key-0", "key-1")
+        assert r["attempts"] == 1  # throttles are not attempts
+        assert r["duration_s"] >= 0
+        assert r["started_at"].endswith("+00:00")
+    assert summary.total == summary.succeeded == 60
+    assert (summary.failed, summary.skipped) == (0, 0)
+    assert summary.retried >= 1  # the server throttled every 7th request
+    assert sum(summary.per_key.values()) == 60 + summary.retried
+    assert {s.authorization for s in state.seen} == {f"Bearer {k}" for k in SECRETS}
+    text = output.read_text()
+    assert not any(secret in text for secret in SECRETS)
+    assert not any(secret in repr(launcher) for secret in SECRETS)
+
+
+async def test_per_key_rates_are_respected(server: tuple[str, ServerState], tmp_path: Path) -> None:
+    url, state = server
+    async with httpx.AsyncClient() as client:
+        await af.launch(
+            calling(url, client), data(120), keys=SECRETS, rate_per_key="40/s", concurrency=16
+        )
+    for secret in SECRETS:
+        times = sorted(s.time for s in state.seen if s.authorization == f"Bearer {secret}")
+        assert 40 <= len(times) <= 80  # both keys carry the load
+        # in any 1 s window at most burst (40) + 1 s x 40/s, and the run takes what it must
+        for i, t in enumerate(times):
+            assert sum(1 for u in times[i:] if u - t < 1.0) <= 80 + 2
+        assert times[-1] - times[0] >= (len(times) - 40) / 40 * 0.9
+
+
+async def test_interfaces_transform_around_fn() -> None:
+    async def fn(sample: dict[str, Any], key: af.Key) -> str:
+        return sample["text"]
+
+    records = await af.launch(
+        fn,
+        [{"id": "a", "raw": "x"}],
+        input_interface=lambda s: {**s, "text": s["raw"] * 2},
+        output_interface=str.upper,
+    )
+    assert records[0]["output"] == "XX"
+
+
+async def test_no_keys_means_one_default_key_without_secret() -> None:
+    seen: list[af.Key] = []
+
+    async def fn(sample: dict[str, Any], key: af.Key) -> None:
+        seen.append(key)
+
+    [record] = await af.launch(fn, [{"id": 1}])
+    assert record["key"] == "default"
+    assert seen[0].label == "default"
+    assert seen[0].secret is None
+    assert repr(seen[0]) == "Key('default')"
+
+
+@pytest.mark.looptime
+async def test_token_budget_is_reserved_and_reconciled() -> None:
+    starts: list[float] = []
+
+    def launcher(report: float | None) -> af.Launcher:
+        async def fn(sample: dict[str, Any], key: af.Key) -> None:
+            starts.append(anyio.current_time())
+            if report is not None:
+                key.report_usage(report)
+
+        return af.Launcher(fn, keys=["k"], tokens_per_key="100/s", cost=lambda s: 60, concurrency=1)
+
+    t0 = anyio.current_time()
+    await launcher(None).run(data(2))
+    assert [round(t - t0, 3) for t in starts] == [0.0, 0.2]  # 60 + 60 > 100: wait 0.2 s
+    starts.clear()
+    await anyio.sleep(10)  # refill
+    t0 = anyio.current_time()
+    await launcher(10).run(data(2))
+    assert [round(t - t0, 3) for t in starts] == [0.0, 0.0]  # 50 refunded: no wait
+
+
+async def test_fault_tolerant_records_errors_with_secrets_redacted(tmp_path: Path) -> None:
+    async def fn(sample: dict[str, Any], key: af.Key) -> int:
+        if sample["id"] % 3 == 0:
+            raise PermissionError(f"key {key.secret} refused")
+        return 1
+
+    output = tmp_path / "out.jsonl"
+    summary = await af.Launcher(fn, keys=SECRETS[:1], output=output, retry=2).run(data(6))
+    assert (summary.succeeded, summary.failed) == (4, 2)
+    failed = [r for r in read_records(output) if r["error"]]
+    assert [r["error"] for r in failed] == ["PermissionError: key <key-0> refused"] * 2
+    assert all(r["attempts"] == 2 for r in failed)
+    assert SECRETS[0] not in output.read_text()
+
+
+async def test_not_fault_tolerant_stops_and_raises_the_first_failure(tmp_path: Path) -> None:
+    calls: list[int] = []
+
+    async def fn(sample: dict[str, Any], key: af.Key) -> int:
+        calls.append(sample["id"])
+        if sample["id"] == 2:
+            raise KeyError("broken input")
+        await anyio.sleep(0.001)
+        return 1
+
+    output = tmp_path / "out.jsonl"
+    launcher = af.Launcher(fn, fault_tolerant=False, concurrency=1, retry=1, output=output)
+    with pytest.raises(KeyError, match="broken input"):
+        await launcher.run(data(50))
+    assert calls == [0, 1, 2]  # nothing started after the failure
+    records = read_records(output)
+    assert [(r["id"], r["error"] is None) for r in records] == [(0, True), (1, True), (2, False)]
+
+
+async def test_resume_skips_done_pairs_and_redoes_failed_ones(tmp_path: Path) -> None:
+    broken = {"on": True}
+    calls: list[tuple[int, int]] = []
+
+    async def fn(sample: dict[str, Any], key: af.Key) -> int:
+        calls.append((sample["id"], sample["sample"]))
+        if broken["on"] and sample["id"] == 4:
+            raise RuntimeError("flaky")
+        return sample["id"]
+
+    output = tmp_path / "out.jsonl"
+    await af.Launcher(fn, samples=2, output=output, retry=1).run(data(6))
+    broken["on"] = False
+    calls.clear()
+    summary = await af.Launcher(fn, samples=2, output=output, retry=1).run(data(6))
+    assert sorted(calls) == [(4, 0), (4, 1)]
+    assert (summary.skipped, summary.succeeded) == (10, 2)
+    good = Counter((r["id"], r["sample"]) for r in read_records(output) if r["error"] is None)
+    assert good == {(i, s): 1 for i in range(6) for s in range(2)}
+    records = await af.launch(fn, data(6), samples=2, output=output)
+    assert [(r["id"], r["sample"]) for r in records] == [(i, s) for i in range(6) for s in (0, 1)]
+
+
+async def test_a_torn_last_line_is_cut_and_redone(tmp_path: Path) -> None:
+    async def fn(sample: dict[str, Any], key: af.Key) -> int:
+        return sample["id"]
+
+    output = tmp_path / "out.jsonl"
+    await af.Launcher(fn, output=output).run(data(3))
+    lines = output.read_text().splitlines(keepends=True)
+    last = json.loads(lines[-1])
+    output.write_text("".join(lines[:-1]) + lines[-1][:15])  # a crash mid-write
+    summary = await af.Launcher(fn, output=output).run(data(3))
+    assert (summary.skipped, summary.succeeded) == (2, 1)
+    records = read_records(output)  # every line parses again
+    assert sorted((r["id"], r["sample"]) for r in records) == [(0, 0), (1, 0), (2, 0)]
+    assert (last["id"], 0) in {(r["id"], r["sample"]) for r in records}
+
+
+@pytest.mark.parametrize("content", ["not json at all\n", '{"some": "other record"}\n'])
+async def test_a_foreign_output_file_is_an_error_and_left_untouched(
+    tmp_path: Path, content: str
+) -> None:
+    async def fn(sample: dict[str, Any], key: af.Key) -> int:
+        raise AssertionError("must not run")
+
+    output = tmp_path / "notes.jsonl"
+    output.write_text(content)
+    with pytest.raises(OutputFileError, match="line 1"):
+        await af.Launcher(fn, output=output).run(data(2))
+    assert output.read_text() == content
+
+
+async def test_bad_input_fails_before_any_call(tmp_path: Path) -> None:
+    calls: list[Any] = []
+
+    async def fn(sample: dict[str, Any], key: af.Key) -> None:
+        calls.append(sample)
+
+    with pytest.raises(ValueError, match="duplicate id 3"):
+        await af.launch(fn, [*data(5), {"id": 3}])
+    with pytest.raises(ValueError, match=r"item #1 has no 'id'"):
+        await af.launch(fn, [{"id": 0}, {"name": "x"}])
+    with pytest.raises(ValueError, match="samples"):
+        af.Launcher(fn, samples=0)
+    with pytest.raises(ValueError, match="does not exist"):
+        af.Launcher(fn, output=tmp_path / "missing" / "out.jsonl")
+    with pytest.raises(ValueError, match="go together"):
+        af.Launcher(fn, tokens_per_key="100/s")
+    with pytest.raises(ValueError, match="twice"):
+        af.Launcher(fn, keys=["a", "a"])
+    with pytest.raises(TypeError):
+        af.Launcher(fn, keys="one-key-string")  # type: ignore[arg-type]
+    assert calls == []
+
+
+async def test_cancellation_leaves_the_file_consistent(tmp_path: Path) -> None:
+    async def fn(sample: dict[str, Any], key: af.Key) -> int:
+        await anyio.sleep(0.002 * (sample["id"] % 5))
+        return sample["id"]
+
+    output = tmp_path / "out.jsonl"
+    with anyio.move_on_after(0.05):
+        await af.Launcher(fn, output=output, concurrency=4).run(data(1000))
+    first = read_records(output)  # every line is whole
+    assert 0 < len(first) < 1000
+    summary = await af.Launcher(fn, output=output, concurrency=32).run(data(1000))
+    assert summary.skipped == len(first)
+    good = Counter(r["id"] for r in read_records(output) if r["error"] is None)
+    assert good == {i: 1 for i in range(1000)}
+
+
+CRASH_SCRIPT = textwrap.dedent(
+    """
+    import asyncio, sys
+    import aioflows as af
+
+    async def fn(sample, key):
+        await asyncio.sleep(0.001)
+        return {"echo": sample["id"], "by": key.label}
+
+    data = [{"id": f"item-{i}"} for i in range(3000)]
+    launcher = af.Launcher(
+        fn, keys=["secret-one", "secret-two"], samples=2, concurrency=32,
+        output=sys.argv[1], retry=2,
+    )
+    print(asyncio.run(launcher.run(data)))
+    """
+)
+
+
+def kill_mid_run(script: Path, output: Path) -> None:
+    """Start the launcher and SIGKILL it once it has added some 40 kB of records."""
+    start = output.stat().st_size if output.exists() else 0
+    proc = subprocess.Popen([sys.executable, str(script), str(output)])
+    try:
+        deadline = time.monotonic() + 60
+        while not output.exists() or output.stat().st_size < start + 40_000:
+            assert proc.poll() is None, "the launcher finished before it could be killed"
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+
+
+def test_kill_9_then_restart_writes_every_pair_exactly_once(tmp_path: Path) -> None:
+    script, output = tmp_path / "launch.py", tmp_path / "out.jsonl"
+    script.write_text(CRASH_SCRIPT)
+    kill_mid_run(script, output)
+    first = len(read_records(output, torn_ok=True))
+    kill_mid_run(script, output)  # killed again, after a resume
+    assert len(read_records(output, torn_ok=True)) > first
+    done = subprocess.run(
+        [sys.executable, str(script), str(output)], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert "skipped=" in done.stdout
+    records = read_records(output)  # a torn line from a kill would not parse
+    good = Counter((r["id"], r["sample"]) for r in records if r["error"] is None)
+    assert good == {(f"item-{i}", s): 1 for i in range(3000) for s in range(2)}
+    assert "secret-" not in output.read_text()
