@@ -81,10 +81,14 @@ class _KeyState:
             wait = max(wait, self.tokens.delay(min(cost, self.tokens.burst)))
         return wait
 
-    def pause(self, seconds: float) -> None:
+    def pause(self, seconds: float) -> bool:
+        """Pause the key's buckets; False if it has none (an unlimited key)."""
+        paused = False
         for bucket in (self.requests, self.tokens):
             if bucket is not None:
                 bucket.pause(seconds)
+                paused = True
+        return paused
 
 
 class Key:
@@ -381,10 +385,18 @@ class _Run:
         started_at = datetime.now(timezone.utc)
         started = time.monotonic()
         key_label = ""
+        output: Any = None
+        error: str | None = None
         while True:
             prepared = dict(item)
             prepared["sample"] = sample
-            cost = float(launcher._cost(prepared)) if launcher._cost is not None else 0.0
+            try:
+                cost = _cost(launcher._cost, prepared)
+            except Exception as exc:  # the estimate itself failed: a failure of this pair
+                output, error = None, _redact(f"{type(exc).__name__}: {exc}", launcher._keys)
+                if not launcher._fault_tolerant and self.error is None:
+                    self.error = exc
+                break
             key = await self._pick(cost)
             key_label = key.label
             key.calls += 1
@@ -407,7 +419,9 @@ class _Run:
                     throttles += 1
                     attempts -= 1
                     self.retried += 1
-                    key.pause(after if after is not None else _backoff(retry, throttles))
+                    wait = after if after is not None else _backoff(retry, throttles)
+                    if not key.pause(wait):
+                        await anyio.sleep(wait)  # an unlimited key has no bucket to pause
                     continue
                 if (
                     not throttled
@@ -521,6 +535,15 @@ def _take_ready(receive: MemoryObjectReceiveStream[dict[str, Any]]) -> list[dict
             taken.append(receive.receive_nowait())
         except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
             return taken
+
+
+def _cost(estimate: Callable[[dict[str, Any]], float] | None, sample: dict[str, Any]) -> float:
+    if estimate is None:
+        return 0.0
+    cost = estimate(sample)
+    if isinstance(cost, bool) or not isinstance(cost, (int, float)) or not 0 <= cost < math.inf:
+        raise InvalidArgument(f"cost must return a number >= 0, got {cost!r}")
+    return float(cost)
 
 
 def _backoff(retry: Retry | None, count: int) -> float:

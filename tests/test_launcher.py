@@ -337,3 +337,33 @@ def test_kill_9_then_restart_writes_every_pair_exactly_once(tmp_path: Path) -> N
     good = Counter((r["id"], r["sample"]) for r in records if r["error"] is None)
     assert good == {(f"item-{i}", s): 1 for i in range(3000) for s in range(2)}
     assert "secret-" not in output.read_text()
+
+
+async def test_a_failing_cost_estimate_fails_only_its_pair() -> None:
+    async def fn(sample: dict[str, Any], key: af.Key) -> int:
+        return 1
+
+    def cost(sample: dict[str, Any]) -> float:
+        if sample["id"] == 1:
+            raise ValueError("cannot estimate")
+        return 1.0
+
+    records = await af.launch(fn, data(3), tokens_per_key="100/s", cost=cost)
+    assert [r["error"] for r in records] == [None, "ValueError: cannot estimate", None]
+
+
+@pytest.mark.looptime
+async def test_a_throttled_unlimited_key_still_waits() -> None:
+    calls: list[float] = []
+
+    async def fn(sample: dict[str, Any], key: af.Key) -> int:
+        calls.append(anyio.current_time())
+        if len(calls) == 1:
+            raise af.RateLimited(retry_after=2)
+        return 1
+
+    t0 = anyio.current_time()
+    [record] = await af.launch(fn, data(1))
+    assert record["error"] is None
+    assert record["attempts"] == 1
+    assert [round(t - t0, 3) for t in calls] == [0.0, 2.0]
