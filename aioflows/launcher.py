@@ -15,6 +15,7 @@ carry the key's label.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -60,7 +61,7 @@ class LaunchSummary:
 class _KeyState:
     """One API key and its buckets, shared by every call that uses it."""
 
-    __slots__ = ("calls", "label", "requests", "secret", "tokens")
+    __slots__ = ("label", "paused_until", "requests", "secret", "tokens")
 
     def __init__(
         self,
@@ -73,22 +74,20 @@ class _KeyState:
         self.secret = secret
         self.requests = requests
         self.tokens = tokens
-        self.calls = 0
+        self.paused_until = -math.inf  # a throttle rests the key even when it has no bucket
 
     def delay(self, cost: float) -> float:
         wait = self.requests.delay(1.0) if self.requests is not None else 0.0
+        wait = max(wait, self.paused_until - anyio.current_time())
         if self.tokens is not None and cost > 0:
             wait = max(wait, self.tokens.delay(min(cost, self.tokens.burst)))
         return wait
 
-    def pause(self, seconds: float) -> bool:
-        """Pause the key's buckets; False if it has none (an unlimited key)."""
-        paused = False
+    def pause(self, seconds: float) -> None:
+        self.paused_until = max(self.paused_until, anyio.current_time() + seconds)
         for bucket in (self.requests, self.tokens):
             if bucket is not None:
                 bucket.pause(seconds)
-                paused = True
-        return paused
 
 
 class Key:
@@ -185,6 +184,24 @@ def _redact(text: str, keys: Sequence[_KeyState]) -> str:
     return text
 
 
+def _redact_value(value: Any, keys: Sequence[_KeyState]) -> Any:
+    """``value`` with secrets replaced inside its strings (never in its structure)."""
+    if isinstance(value, str):
+        return _redact(value, keys)
+    if isinstance(value, dict):
+        return {_redact_value(k, keys): _redact_value(v, keys) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_redact_value(v, keys) for v in value]
+    return value
+
+
+def _redact_exception(exc: BaseException, keys: Sequence[_KeyState]) -> BaseException:
+    """Scrub secrets from the text of an exception about to be raised to the caller."""
+    with contextlib.suppress(AttributeError, TypeError):  # exotic exception types
+        exc.args = tuple(_redact(a, keys) if isinstance(a, str) else a for a in exc.args)
+    return exc
+
+
 class Launcher:
     """Run ``fn(sample, key)`` over many inputs, ``samples`` times each, across API keys.
 
@@ -259,10 +276,11 @@ class Launcher:
     ) -> tuple[LaunchSummary, list[dict[str, Any]]]:
         items = await self._read_input(data)
         done: dict[tuple[Any, int], dict[str, Any]] = {}
-        if self._output is not None and self._resume:
+        if self._output is not None:
+            # Read even without resume: a file that is not ours is refused, never appended to.
             done = await anyio.to_thread.run_sync(_read_done, self._output)
-        elif self._output is not None and self._output.exists():
-            await anyio.to_thread.run_sync(_truncate_torn_tail, self._output)
+            if not self._resume:
+                done = {}
         ids = {item[self._id_key] for item in items}
         skipped = sum(1 for (i, s) in done if i in ids and s < self._samples)
         work = [
@@ -281,10 +299,10 @@ class Launcher:
             skipped=skipped,
             retried=run.retried,
             duration_s=time.monotonic() - started,
-            per_key={k.label: k.calls for k in self._keys},
+            per_key=dict(run.per_key),
         )
         if run.error is not None:
-            raise run.error
+            raise _redact_exception(run.error, self._keys)
         records = []
         if keep:
             by_pair = {(r["id"], r["sample"]): r for r in run.records}
@@ -337,6 +355,7 @@ class _Run:
         self.records: list[dict[str, Any]] = []
         self.succeeded = self.failed = self.retried = self.finished = 0
         self.error: BaseException | None = None
+        self.per_key = {k.label: 0 for k in launcher._keys}  # calls made with each, this run
         self.written = anyio.Event()
         self.send: MemoryObjectSendStream[dict[str, Any]]
 
@@ -371,6 +390,9 @@ class _Run:
         launcher._turn = (start + 1) % len(keys)
         best = min(range(len(keys)), key=lambda i: (keys[(start + i) % len(keys)].delay(cost), i))
         key = keys[(start + best) % len(keys)]
+        rest = key.paused_until - anyio.current_time()
+        if rest > 0:
+            await anyio.sleep(rest)
         if key.requests is not None:
             await key.requests.acquire()
         if key.tokens is not None and cost > 0:
@@ -399,7 +421,7 @@ class _Run:
                 break
             key = await self._pick(cost)
             key_label = key.label
-            key.calls += 1
+            self.per_key[key.label] += 1
             attempts += 1
             try:
                 argument = (
@@ -419,9 +441,7 @@ class _Run:
                     throttles += 1
                     attempts -= 1
                     self.retried += 1
-                    wait = after if after is not None else _backoff(retry, throttles)
-                    if not key.pause(wait):
-                        await anyio.sleep(wait)  # an unlimited key has no bucket to pause
+                    key.pause(after if after is not None else _backoff(retry, throttles))
                     continue
                 if (
                     not throttled
@@ -437,6 +457,12 @@ class _Run:
                 if not launcher._fault_tolerant and self.error is None:
                     self.error = exc
             break
+        if error is None:
+            output = _redact_value(output, launcher._keys)
+            try:
+                json.dumps(output)
+            except (TypeError, ValueError) as exc:
+                output, error = None, f"TypeError: the output is not JSON ({exc})"
         record = {
             "id": ident,
             "sample": sample,
@@ -467,7 +493,7 @@ class _Run:
                 batch += _take_ready(receive)  # everything already finished: one write
                 self._written(batch)
                 if handle is not None:
-                    text = "".join(_line(r, launcher._keys) for r in batch)
+                    text = "".join(_line(r) for r in batch)
                     sync = time.monotonic() - last_sync >= FSYNC_EVERY
                     with anyio.CancelScope(shield=True):
                         await anyio.to_thread.run_sync(_append, handle, text, sync)
@@ -480,7 +506,7 @@ class _Run:
             self._written(rest)
             try:
                 if handle is not None:
-                    text = "".join(_line(r, launcher._keys) for r in rest)
+                    text = "".join(_line(r) for r in rest)
                     with anyio.CancelScope(shield=True):
                         await anyio.to_thread.run_sync(_close, handle, text)
             finally:
@@ -522,7 +548,7 @@ class _Run:
             progress.stop()
 
     def _draw(self, progress: Any, bar: Any) -> None:
-        keys = " ".join(f"{k.label}:{k.calls}" for k in self.launcher._keys)
+        keys = " ".join(f"{label}:{n}" for label, n in self.per_key.items())
         description = f"ok {self.succeeded} failed {self.failed} retried {self.retried} | {keys}"
         progress.update(bar, completed=self.finished, description=description)
         progress.refresh()
@@ -550,13 +576,9 @@ def _backoff(retry: Retry | None, count: int) -> float:
     return retry.delay(count) if retry is not None else 1.0
 
 
-def _line(record: dict[str, Any], keys: Sequence[_KeyState]) -> str:
-    try:
-        text = json.dumps(record, ensure_ascii=False)
-    except (TypeError, ValueError) as exc:
-        record = dict(record, output=None, error=f"TypeError: output is not JSON ({exc})")
-        text = json.dumps(record, ensure_ascii=False, default=repr)
-    return _redact(text, keys) + "\n"
+def _line(record: dict[str, Any]) -> str:
+    # Outputs and errors were checked and scrubbed when the record was made.
+    return json.dumps(record, ensure_ascii=False) + "\n"
 
 
 # --- the output file, in worker threads -----------------------------------------------------------

@@ -367,3 +367,51 @@ async def test_a_throttled_unlimited_key_still_waits() -> None:
     assert record["error"] is None
     assert record["attempts"] == 1
     assert [round(t - t0, 3) for t in calls] == [0.0, 2.0]
+
+
+async def test_per_key_counts_this_run_only_and_errors_raised_are_scrubbed(
+    tmp_path: Path,
+) -> None:
+    async def fn(sample: dict[str, Any], key: af.Key) -> int:
+        if sample["id"] == 99:
+            raise RuntimeError(f"bad key {key.secret}")
+        return 1
+
+    launcher = af.Launcher(fn, keys=SECRETS, retry=1)
+    assert sum((await launcher.run(data(4))).per_key.values()) == 4
+    assert sum((await launcher.run(data(6))).per_key.values()) == 6
+    strict = af.Launcher(fn, keys=SECRETS[:1], retry=1, fault_tolerant=False)
+    with pytest.raises(RuntimeError) as info:
+        await strict.run([{"id": 99}])
+    assert SECRETS[0] not in str(info.value)
+    assert "<key-0>" in str(info.value)
+
+
+async def test_outputs_that_are_not_json_are_failures_and_secrets_in_outputs_are_scrubbed(
+    tmp_path: Path,
+) -> None:
+    async def fn(sample: dict[str, Any], key: af.Key) -> Any:
+        if sample["id"] == 0:
+            return object()
+        return {"echo": f"header was {key.secret}"}
+
+    output = tmp_path / "out.jsonl"
+    summary = await af.Launcher(fn, keys=SECRETS[:1], output=output).run(data(2))
+    assert (summary.succeeded, summary.failed) == (1, 1)
+    records = read_records(output)
+    assert records[0]["error"].startswith("TypeError: the output is not JSON") or records[1][
+        "error"
+    ].startswith("TypeError: the output is not JSON")
+    assert SECRETS[0] not in output.read_text()
+    assert {"echo": "header was <key-0>"} in [r["output"] for r in records]
+
+
+async def test_without_resume_a_foreign_file_is_refused_too(tmp_path: Path) -> None:
+    async def fn(sample: dict[str, Any], key: af.Key) -> int:
+        return 1
+
+    output = tmp_path / "notes.txt"
+    output.write_text("line 1\nline 2 no newline")
+    with pytest.raises(OutputFileError):
+        await af.Launcher(fn, output=output, resume=False).run(data(1))
+    assert output.read_text() == "line 1\nline 2 no newline"
