@@ -415,3 +415,23 @@ async def test_without_resume_a_foreign_file_is_refused_too(tmp_path: Path) -> N
     with pytest.raises(OutputFileError):
         await af.Launcher(fn, output=output, resume=False).run(data(1))
     assert output.read_text() == "line 1\nline 2 no newline"
+
+
+async def test_progress_shows_counts_and_keys_and_leaves_nothing_running(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import asyncio
+
+    async def fn(sample: dict[str, Any], key: af.Key) -> int:
+        await anyio.sleep(0.001)
+        return 1
+
+    before = asyncio.all_tasks() - {asyncio.current_task()}
+    summary = await af.Launcher(fn, keys=SECRETS, progress=True).run(data(20))
+    assert summary.succeeded == 20
+    err = capsys.readouterr().err
+    assert "ok 20" in err
+    assert "key-0" in err
+    assert "key-1" in err
+    assert not any(secret in err for secret in SECRETS)
+    assert asyncio.all_tasks() - {asyncio.current_task()} == before
