@@ -21,6 +21,7 @@ from collections.abc import (
     AsyncIterator,
     Awaitable,
     Callable,
+    Coroutine,
     Hashable,
     Iterable,
     Iterator,
@@ -30,13 +31,13 @@ from typing import Any, Generic, Protocol, TypeAlias, TypeVar
 
 import anyio
 from anyio.abc import TaskGroup
-from anyio.streams.memory import MemoryObjectSendStream
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from .calls import KeyedLimiterLike, LimiterLike, guard
 from .errors import InvalidArgument, InvalidArgumentType
 from .retry import RetryLike
 
-__all__ = ["IMap", "imap", "map"]
+__all__ = ["Driven", "IMap", "imap", "map"]
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -415,28 +416,47 @@ def imap(
     return IMap(call, _Source(items), concurrency, bool(ordered), bool(return_exceptions))
 
 
-class IMap(Generic[R]):
-    """The async iterator, and async context manager, that :func:`imap` returns."""
+_D = TypeVar("_D", bound="Driven[Any]")
 
-    __slots__ = ("_closed", "_driver", "_pool", "_receive", "_send", "_workers")
 
-    def __init__(
-        self,
-        call: Callable[[Any], Awaitable[R]],
-        source: _Source[Any],
-        concurrency: int,
-        ordered: bool,
-        return_exceptions: bool,
-    ) -> None:
-        self._send, self._receive = anyio.create_memory_object_stream[Any](concurrency)
-        admit = _Admit(2 * concurrency) if ordered else None
-        sink = _OrderedSink(self._send, admit) if admit is not None else _UnorderedSink(self._send)
-        self._pool = _Pool(call, source, concurrency, return_exceptions, sink, admit)
-        self._workers = concurrency
+class Driven(Generic[R]):
+    """An async iterator (and async context manager) over a stream that a driver task fills.
+
+    An async generator cannot own a task group across its ``yield``, so the work runs in a
+    driver task owned by this object instead; closing it (``async with`` exit, ``aclose``,
+    the consumer cancelled while it waits, or the object dropped) cancels the driver and waits
+    for it. ``imap`` and pipelines both work this way. The driver coroutine must not refer to
+    this object, so that a dropped iterator can be collected while its driver still runs.
+    Subclasses give the driver (:meth:`_launch`), the failure to raise (:meth:`_failure`) and
+    what to close after it (:meth:`_release`, :meth:`_drop`).
+    """
+
+    __slots__ = ("_closed", "_driver", "_receive")
+
+    def __init__(self) -> None:
         self._driver: asyncio.Task[None] | None = None
+        self._receive: MemoryObjectReceiveStream[Any] | None = None
         self._closed = False
 
-    def __aiter__(self) -> IMap[R]:
+    def _launch(self) -> Coroutine[Any, Any, None]:
+        """Set up ``_receive`` and return the driver coroutine."""
+        raise NotImplementedError
+
+    def _failure(self) -> BaseException | None:
+        raise NotImplementedError
+
+    async def _release(self) -> None:
+        """Close what the driver would have closed, had it run (it may not have, yet)."""
+
+    def _drop(self) -> None:
+        """The same without awaiting, for an iterator dropped unclosed."""
+
+    def _start(self) -> None:
+        if self._driver is not None:
+            raise RuntimeError(f"this {type(self).__name__} has already been started")
+        self._driver = asyncio.get_running_loop().create_task(self._launch())
+
+    def __aiter__(self: _D) -> _D:
         return self
 
     async def __anext__(self) -> R:
@@ -444,31 +464,35 @@ class IMap(Generic[R]):
             raise StopAsyncIteration
         if self._driver is None:
             self._start()
-        if self._pool.error is not None:
+        failure = self._failure()
+        if failure is not None:
             await self.aclose()
-            raise self._pool.error
+            raise failure
+        receive = self._receive
+        assert receive is not None
         try:
-            return self._receive.receive_nowait()  # type: ignore[no-any-return]
+            return receive.receive_nowait()  # type: ignore[no-any-return]
         except anyio.WouldBlock:
             pass
         except anyio.EndOfStream:
             return await self._end()
         try:
-            return await self._receive.receive()  # type: ignore[no-any-return]
+            return await receive.receive()  # type: ignore[no-any-return]
         except anyio.EndOfStream:
             return await self._end()
         except BaseException:
-            # The consumer was cancelled while it waited: the pool goes with it.
+            # The consumer was cancelled while it waited: the work goes with it.
             await self.aclose()
             raise
 
     async def _end(self) -> R:
         await self.aclose()
-        if self._pool.error is not None:
-            raise self._pool.error
+        failure = self._failure()
+        if failure is not None:
+            raise failure
         raise StopAsyncIteration
 
-    async def __aenter__(self) -> IMap[R]:
+    async def __aenter__(self: _D) -> _D:
         self._start()
         return self
 
@@ -481,7 +505,7 @@ class IMap(Generic[R]):
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Stop the workers and wait until they have stopped. Idempotent."""
+        """Stop the work and wait until it has stopped. Idempotent."""
         if self._closed:
             return
         self._closed = True
@@ -490,24 +514,49 @@ class IMap(Generic[R]):
             driver.cancel()
             with anyio.CancelScope(shield=True):
                 await asyncio.wait([driver])
-        # A driver cancelled before it first ran closed nothing: close what it would have.
-        self._send.close()
-        self._receive.close()
-        await self._pool.source.aclose()
+        await self._release()
 
     def __del__(self) -> None:
         # Dropped unclosed, e.g. by ``break`` out of a plain ``async for``.
         driver = self._driver
-        if driver is None:
-            self._send.close()
-        elif not driver.done():
+        if driver is not None and not driver.done():
             driver.cancel()
-        self._receive.close()
+        self._drop()
 
-    def _start(self) -> None:
-        if self._driver is not None:
-            raise RuntimeError("this imap has already been started")
-        self._driver = asyncio.get_running_loop().create_task(_drive(self._pool, self._send))
+
+class IMap(Driven[R]):
+    """The async iterator, and async context manager, that :func:`imap` returns."""
+
+    __slots__ = ("_pool", "_send")
+
+    def __init__(
+        self,
+        call: Callable[[Any], Awaitable[R]],
+        source: _Source[Any],
+        concurrency: int,
+        ordered: bool,
+        return_exceptions: bool,
+    ) -> None:
+        super().__init__()
+        self._send, self._receive = anyio.create_memory_object_stream[Any](concurrency)
+        admit = _Admit(2 * concurrency) if ordered else None
+        sink = _OrderedSink(self._send, admit) if admit is not None else _UnorderedSink(self._send)
+        self._pool = _Pool(call, source, concurrency, return_exceptions, sink, admit)
+
+    def _launch(self) -> Coroutine[Any, Any, None]:
+        return _drive(self._pool, self._send)
+
+    def _failure(self) -> BaseException | None:
+        return self._pool.error
+
+    async def _release(self) -> None:
+        self._drop()
+        await self._pool.source.aclose()
+
+    def _drop(self) -> None:
+        self._send.close()
+        if self._receive is not None:
+            self._receive.close()
 
 
 async def _drive(pool: _Pool, send: MemoryObjectSendStream[Any]) -> None:

@@ -18,12 +18,10 @@ everything and is raised as itself; ``"skip"`` drops the item; ``"collect"`` emi
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import math
-from collections.abc import AsyncIterable, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterable, Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any, Generic, TypeVar
 
 import anyio
@@ -35,6 +33,7 @@ from .calls import LimiterLike, check_timeout, guard
 from .concurrency import (
     _BLOCKED,
     _DONE,
+    Driven,
     _Admit,
     _emit,
     _OrderedSink,
@@ -470,46 +469,17 @@ def _guarded(call: Callable[[Any], Awaitable[Any]], name: str, on_error: str) ->
     return tolerant
 
 
-class PipelineStream:
+class PipelineStream(Driven[Any]):
     """What :meth:`Pipeline.stream` returns: an async iterator and async context manager."""
 
-    __slots__ = ("_closed", "_driver", "_error", "_pipeline", "_receive", "_source", "_streams")
+    __slots__ = ("_error", "_pipeline", "_source", "_streams")
 
     def __init__(self, pipeline: Pipeline, source: _Source[Any]) -> None:
+        super().__init__()
         self._pipeline = pipeline
         self._source = source
-        self._driver: asyncio.Task[None] | None = None
-        self._receive: MemoryObjectReceiveStream[Any] | None = None
         self._error: list[BaseException] = []
         self._streams: list[MemoryObjectSendStream[Any] | MemoryObjectReceiveStream[Any]] = []
-        self._closed = False
-
-    def __aiter__(self) -> PipelineStream:
-        return self
-
-    async def __anext__(self) -> Any:
-        if self._closed:
-            raise StopAsyncIteration
-        if self._driver is None:
-            self._start()
-        receive = self._receive
-        assert receive is not None
-        if self._error:
-            await self.aclose()
-            raise self._error[0]
-        try:
-            return receive.receive_nowait()
-        except anyio.WouldBlock:
-            pass
-        except anyio.EndOfStream:
-            return await self._end()
-        try:
-            return await receive.receive()
-        except anyio.EndOfStream:
-            return await self._end()
-        except BaseException:
-            await self.aclose()  # the consumer was cancelled while it waited
-            raise
 
     async def _drain(self) -> list[Any]:
         """Every remaining output; what ``async for`` does, without a frame per item."""
@@ -534,51 +504,19 @@ class PipelineStream:
             raise self._error[0]
         return out
 
-    async def _end(self) -> Any:
-        await self.aclose()
-        if self._error:
-            raise self._error[0]
-        raise StopAsyncIteration
+    def _failure(self) -> BaseException | None:
+        return self._error[0] if self._error else None
 
-    async def __aenter__(self) -> PipelineStream:
-        self._start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        """Stop every worker and the source, and wait until they have stopped. Idempotent."""
-        if self._closed:
-            return
-        self._closed = True
-        driver = self._driver
-        if driver is not None and not driver.done():
-            driver.cancel()
-            with anyio.CancelScope(shield=True):
-                await asyncio.wait([driver])
-        # A driver cancelled before it first ran closed nothing: close what it would have.
-        for stream in self._streams:
-            stream.close()
+    async def _release(self) -> None:
+        self._drop()
         with anyio.CancelScope(shield=True):
             await self._source.aclose()
 
-    def __del__(self) -> None:
-        # Dropped unclosed, e.g. by ``break`` out of a plain ``async for``.
-        driver = self._driver
-        if driver is not None and not driver.done():
-            driver.cancel()
+    def _drop(self) -> None:
         for stream in self._streams:
             stream.close()
 
-    def _start(self) -> None:
-        if self._driver is not None:
-            raise RuntimeError("this pipeline stream has already been started")
+    def _launch(self) -> Coroutine[Any, Any, None]:
         pipeline = self._pipeline
         receive: MemoryObjectReceiveStream[Any] | None = None
         runners: list[Callable[[], Awaitable[None]]] = []
@@ -590,7 +528,7 @@ class PipelineStream:
             runners.append(_runner(step, source, send, pipeline, _Emitter(stamp=i < last)))
             source = _StreamSource(receive)
         self._receive = receive
-        self._driver = asyncio.get_running_loop().create_task(_drive(runners, self._error))
+        return _drive(runners, self._error)
 
 
 def _runner(
