@@ -1,10 +1,15 @@
-"""How every benchmark prints its results: aligned plain-text tables and PASS/FAIL verdicts."""
+"""What every benchmark shares: its command line, its header, aligned tables and verdicts."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+import platform
+import time
+from argparse import ArgumentParser
+from collections.abc import Callable, Mapping, Sequence
+from importlib.metadata import version
 
-__all__ = ["print_table", "verdict"]
+__all__ = ["part_parser", "print_header", "print_table", "run_parts", "verdict"]
 
 
 def verdict(ok: bool) -> str:
@@ -25,3 +30,41 @@ def print_table(title: str, headers: Sequence[str], rows: Sequence[Sequence[str]
     print("  ".join("-" * width for width in widths))
     for row in rows:
         print(line(row))
+
+
+def print_header(
+    distributions: Sequence[str], rounds: int, warmup: str = "1 warm-up round"
+) -> None:
+    """The machine, the versions measured, and how many rounds stand behind each median."""
+    versions = ", ".join(f"{dist} {version(dist)}" for dist in distributions)
+    print(
+        f"Python {platform.python_version()} on {platform.system()} {platform.machine()}, "
+        f"{os.cpu_count()} CPUs; {versions}"
+    )
+    print(f"{rounds} measured rounds per contender after {warmup}; medians unless noted")
+
+
+def part_parser(prog: str, description: str, parts: Sequence[str], rounds: int) -> ArgumentParser:
+    """The common command line: ``--rounds N`` and a repeatable ``--part NAME``."""
+    parser = ArgumentParser(prog=prog, description=description)
+    parser.add_argument(
+        "--rounds", type=int, default=rounds, help=f"measured rounds (default {rounds})"
+    )
+    parser.add_argument(
+        "--part",
+        choices=list(parts),
+        action="append",
+        help=f"run only this part (repeatable; default: all, in the order {', '.join(parts)})",
+    )
+    return parser
+
+
+def run_parts(
+    parts: Mapping[str, Callable[[int], None]], chosen: Sequence[str] | None, rounds: int
+) -> None:
+    """Run the chosen parts (all by default) in their declared order, then the total time."""
+    started = time.perf_counter()
+    for name, part in parts.items():
+        if not chosen or name in chosen:
+            part(rounds)
+    print(f"\ntotal {time.perf_counter() - started:.0f} s")

@@ -60,8 +60,6 @@ import functools
 import gc
 import graphlib
 import json
-import os
-import platform
 import random
 import resource
 import statistics
@@ -70,7 +68,6 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -78,7 +75,7 @@ import anyio
 
 import aioflows as af
 
-from ._report import print_table, verdict
+from ._report import part_parser, print_header, print_table, run_parts, verdict
 
 #: Measured rounds per contender (at least 5); one warm-up round more is run and dropped.
 ROUNDS = 5
@@ -519,36 +516,18 @@ PARTS: dict[str, Callable[[int], None]] = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.flows",
-        description="Benchmark of Flow.run against hand-written DAG executors.",
-    )
-    parser.add_argument(
-        "--rounds", type=int, default=ROUNDS, help=f"measured rounds (default {ROUNDS})"
-    )
-    parser.add_argument(
-        "--part",
-        choices=sorted(PARTS),
-        action="append",
-        help="run only this part (repeatable; default: all, in the order fanout, chain, dag, rss)",
+    parser = part_parser(
+        "python -m benchmarks.flows",
+        "Benchmark of Flow.run against hand-written DAG executors.",
+        list(PARTS),
+        ROUNDS,
     )
     parser.add_argument("--rss-child", choices=sorted(RSS_CONTENDERS), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.rss_child:
         return rss_child(args.rss_child)
-    rounds: int = args.rounds
-    parts: list[str] = args.part or list(PARTS)
-    versions = ", ".join(f"{dist} {version(dist)}" for dist in ("aioflows", "anyio"))
-    print(
-        f"Python {platform.python_version()} on {platform.system()} {platform.machine()}, "
-        f"{os.cpu_count()} CPUs; {versions}"
-    )
-    print(f"{rounds} measured rounds per contender after 1 warm-up round; medians unless noted")
-    started = time.perf_counter()
-    for name in PARTS:
-        if name in parts:
-            PARTS[name](rounds)
-    print(f"\ntotal {time.perf_counter() - started:.0f} s")
+    print_header(("aioflows", "anyio"), args.rounds)
+    run_parts(PARTS, args.part, args.rounds)
     return 0
 
 

@@ -75,8 +75,6 @@ import gc
 import itertools
 import json
 import math
-import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -84,7 +82,6 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -93,7 +90,7 @@ import httpx
 
 import aioflows as af
 
-from ._report import print_table, verdict
+from ._report import print_header, print_table, verdict
 
 #: Measured rounds per contender; one shorter warm-up round more is run and dropped. Three,
 #: not five: a round takes about 40 s of wall time (two paced runs and the stock part).
@@ -736,17 +733,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return server_main()
     rounds: int = args.rounds
     parts: list[str] = args.part or list(PARTS)
-    versions = ", ".join(
-        f"{dist} {version(dist)}" for dist in ("aioflows", "anyio", "httpx", "httpcore")
-    )
-    print(
-        f"Python {platform.python_version()} on {platform.system()} {platform.machine()}, "
-        f"{os.cpu_count()} CPUs; {versions}"
-    )
-    print(
-        f"{rounds} measured rounds per contender after 1 shorter warm-up round; "
-        "medians unless noted"
-    )
+    print_header(("aioflows", "anyio", "httpx", "httpcore"), rounds, "1 shorter warm-up round")
     started = time.perf_counter()
     server = Server()
     try:

@@ -25,17 +25,13 @@ round so drift in the machine's speed hits them alike, and the first (warm-up) r
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import gc
-import os
-import platform
 import statistics
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from importlib.metadata import version
 from typing import Any
 
 import aiolimiter
@@ -46,7 +42,7 @@ import anyio.abc
 import aioflows as af
 import aioflows.limits
 
-from ._report import print_table, verdict
+from ._report import part_parser, print_header, print_table, run_parts, verdict
 
 #: Seconds a late timer wake-up may be accounted back in time, in versions of aioflows that do
 #: so (``aioflows.limits.CATCH_UP``); ``None`` when grants are accounted when released.
@@ -451,35 +447,15 @@ PARTS: dict[str, Callable[[int], None]] = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.limits",
-        description="Benchmarks of af.map, af.RateLimiter and af.KeyedRateLimiter.",
-    )
-    parser.add_argument(
-        "--rounds", type=int, default=ROUNDS, help=f"measured rounds (default {ROUNDS})"
-    )
-    parser.add_argument(
-        "--part",
-        choices=sorted(PARTS),
-        action="append",
-        help="run only this part (repeatable; default: all, in the order map, rate, keyed)",
+    parser = part_parser(
+        "python -m benchmarks.limits",
+        "Benchmarks of af.map, af.RateLimiter and af.KeyedRateLimiter.",
+        list(PARTS),
+        ROUNDS,
     )
     args = parser.parse_args(argv)
-    rounds: int = args.rounds
-    parts: list[str] = args.part or list(PARTS)
-    versions = ", ".join(
-        f"{dist} {version(dist)}" for dist in ("aioflows", "anyio", "aiometer", "aiolimiter")
-    )
-    print(
-        f"Python {platform.python_version()} on {platform.system()} {platform.machine()}, "
-        f"{os.cpu_count()} CPUs; {versions}"
-    )
-    print(f"{rounds} measured rounds per contender after 1 warm-up round; medians unless noted")
-    started = time.perf_counter()
-    for name in PARTS:
-        if name in parts:
-            PARTS[name](rounds)
-    print(f"\ntotal {time.perf_counter() - started:.0f} s")
+    print_header(("aioflows", "anyio", "aiometer", "aiolimiter"), args.rounds)
+    run_parts(PARTS, args.part, args.rounds)
     return 0
 
 

@@ -68,7 +68,6 @@ import dataclasses
 import gc
 import json
 import os
-import platform
 import shutil
 import statistics
 import sys
@@ -76,14 +75,13 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from importlib.metadata import version
 from typing import Any
 
 import aiofiles
 
 import aioflows as af
 
-from ._report import print_table, verdict
+from ._report import print_header, print_table, verdict
 
 #: Measured rounds per contender (at least 5); one warm-up round more is run and dropped.
 ROUNDS = 5
@@ -463,13 +461,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     rounds: int = args.rounds
     parent: str | None = args.dir
     where = parent if parent is not None else tempfile.gettempdir()
-    versions = ", ".join(f"{dist} {version(dist)}" for dist in ("aioflows", "anyio", "aiofiles"))
-    print(
-        f"Python {platform.python_version()} on {platform.system()} {platform.machine()}, "
-        f"{os.cpu_count()} CPUs; {versions}"
-    )
+    print_header(("aioflows", "anyio", "aiofiles"), rounds)
     print(f"files under {where} ({filesystem_of(where)})")
-    print(f"{rounds} measured rounds per contender after 1 warm-up round; medians unless noted")
     started = time.perf_counter()
     bench_stores(rounds, parent)
     print(f"\ntotal {time.perf_counter() - started:.0f} s")

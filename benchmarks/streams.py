@@ -52,18 +52,14 @@ interleaved round by round so drift in the machine's speed hits them alike, and 
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import gc
 import heapq
-import os
-import platform
 import statistics
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
-from importlib.metadata import version
 from typing import Any
 
 import anyio
@@ -73,7 +69,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 import aioflows as af
 
-from ._report import print_table, verdict
+from ._report import part_parser, print_header, print_table, run_parts, verdict
 
 #: Measured rounds per contender (at least 5); one warm-up round more is run and dropped.
 ROUNDS = 5
@@ -448,35 +444,15 @@ PARTS: dict[str, Callable[[int], None]] = {"cpu": bench_cpu, "io": bench_io}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.streams",
-        description="Benchmark of af.Pipeline against a hand-written pipeline, aiostream, pypeln.",
-    )
-    parser.add_argument(
-        "--rounds", type=int, default=ROUNDS, help=f"measured rounds (default {ROUNDS})"
-    )
-    parser.add_argument(
-        "--part",
-        choices=sorted(PARTS),
-        action="append",
-        help="run only this part (repeatable; default: all, in the order cpu, io)",
+    parser = part_parser(
+        "python -m benchmarks.streams",
+        "Benchmark of af.Pipeline against a hand-written pipeline, aiostream, pypeln.",
+        list(PARTS),
+        ROUNDS,
     )
     args = parser.parse_args(argv)
-    rounds: int = args.rounds
-    parts: list[str] = args.part or list(PARTS)
-    versions = ", ".join(
-        f"{dist} {version(dist)}" for dist in ("aioflows", "anyio", "aiostream", "pypeln")
-    )
-    print(
-        f"Python {platform.python_version()} on {platform.system()} {platform.machine()}, "
-        f"{os.cpu_count()} CPUs; {versions}"
-    )
-    print(f"{rounds} measured rounds per contender after 1 warm-up round; medians unless noted")
-    started = time.perf_counter()
-    for name in PARTS:
-        if name in parts:
-            PARTS[name](rounds)
-    print(f"\ntotal {time.perf_counter() - started:.0f} s")
+    print_header(("aioflows", "anyio", "aiostream", "pypeln"), args.rounds)
+    run_parts(PARTS, args.part, args.rounds)
     return 0
 
 
