@@ -837,3 +837,25 @@ async def test_a_deep_chain_is_recorded_with_bounded_nesting(tmp_path: Path) -> 
     assert 1 <= depth <= 10
     again = await flow.run(store=store)
     assert set(again.states.values()) == {af.TaskState.CACHED}
+
+
+async def test_an_instance_waiting_for_its_tasks_concurrency_holds_no_global_slot() -> None:
+    quick_done = anyio.Event()
+    quick = 0
+
+    @af.task(concurrency=1)
+    async def slow(i: int) -> None:
+        await quick_done.wait()  # released only once every quick instance has run
+
+    async def fast(j: int) -> None:
+        nonlocal quick
+        quick += 1
+        if quick == 3:
+            quick_done.set()
+
+    flow = af.Flow()
+    flow.add(slow, {"i": [1, 2, 3]})
+    flow.add(fast, {"j": [1, 2, 3]})
+    with anyio.fail_after(10):  # a slow instance parked on a worker would deadlock this
+        run = await flow.run(concurrency=2)
+    assert run.ok

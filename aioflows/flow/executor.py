@@ -14,6 +14,7 @@ cancellation from outside does the same marking and then propagates. Nothing out
 
 from __future__ import annotations
 
+import collections
 import functools
 import logging
 import math
@@ -277,10 +278,15 @@ class _Executor:
             )
             for name, spec in graph.specs.items()
         }
-        self.limiters = {
-            name: anyio.CapacityLimiter(spec.options.concurrency)
+        # Per-task concurrency: free slots, and the instances parked until one frees. A parked
+        # instance holds no worker, so other tasks run on while it waits.
+        self.task_slots = {
+            name: spec.options.concurrency
             for name, spec in graph.specs.items()
             if spec.options.concurrency is not None
+        }
+        self.parked: dict[str, collections.deque[TaskNode]] = {
+            name: collections.deque() for name in self.task_slots
         }
 
     # --- the loop -------------------------------------------------------------------------
@@ -458,19 +464,33 @@ class _Executor:
                 self._set(node, TaskState.CACHED)
                 self._done(node)
                 return
+        limited = node.task in self.task_slots
+        if limited:
+            if not self.task_slots[node.task]:
+                self.parked[node.task].append(node)  # stays SCHEDULED; its worker moves on
+                return
+            self.task_slots[node.task] -= 1
         resource = None
-        if self.resources is not None:
-            resource = await self.resource_receive.receive()
         try:
-            limiter = self.limiters.get(node.task)
-            if limiter is None:
-                await self._execute(node, slot, resource)
-            else:
-                async with limiter:
-                    await self._execute(node, slot, resource)
-        finally:
             if self.resources is not None:
-                self.resource_send.send_nowait(resource)
+                resource = await self.resource_receive.receive()
+            try:
+                await self._execute(node, slot, resource)
+            finally:
+                if self.resources is not None:
+                    self.resource_send.send_nowait(resource)
+        finally:
+            if limited:
+                self._free_task_slot(node.task)
+
+    def _free_task_slot(self, task: str) -> None:
+        self.task_slots[task] += 1
+        parked = self.parked[task]
+        if parked:  # the longest-parked instance of the task goes back in the queue
+            self.send.send_nowait(parked.popleft())
+            self.queued += 1
+            if not self.idle:
+                self._spawn()
 
     async def _load_cached(self, node: TaskNode) -> bool:
         assert self.store is not None
