@@ -1,4 +1,5 @@
-"""What every benchmark shares: its command line, its header, aligned tables and verdicts."""
+"""What every benchmark shares: its command line, its header, aligned tables, verdicts, and
+the no-over-grant check of a limiter (the largest excess over ``burst + T * rate``)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from argparse import ArgumentParser
 from collections.abc import Callable, Mapping, Sequence
 from importlib.metadata import version
 
-__all__ = ["part_parser", "print_header", "print_table", "run_parts", "verdict"]
+__all__ = ["max_excess", "part_parser", "print_header", "print_table", "run_parts", "verdict"]
 
 
 def verdict(ok: bool) -> str:
@@ -68,3 +69,18 @@ def run_parts(
         if not chosen or name in chosen:
             part(rounds)
     print(f"\ntotal {time.perf_counter() - started:.0f} s")
+
+
+def max_excess(times: list[float], rate: float, burst: float) -> float:
+    """Max over windows [t_i, t_j] of (j - i + 1) - (burst + (t_j - t_i) * rate), in O(n).
+
+    With a_k = k - t_k * rate the excess of window (i, j) is a_j - a_i + 1 - burst, so it is
+    enough to track the smallest a_i seen so far.
+    """
+    worst = -float("inf")
+    lowest = float("inf")
+    for k, t in enumerate(times):
+        a = k - t * rate
+        lowest = min(lowest, a)
+        worst = max(worst, a - lowest)
+    return worst + 1 - burst

@@ -90,7 +90,7 @@ import httpx
 
 import aioflows as af
 
-from ._report import print_header, print_table, verdict
+from ._report import max_excess, print_header, print_table, verdict
 
 #: Measured rounds per contender; one shorter warm-up round more is run and dropped. Three,
 #: not five: a round takes about 40 s of wall time (two paced runs and the stock part).
@@ -461,17 +461,6 @@ def max_window(times: list[float], width: float, after: float = -float("inf")) -
     for i in range(bisect.bisect_left(times, after), len(times)):
         best = max(best, bisect.bisect_left(times, times[i] + width, lo=i) - i)
     return best
-
-
-def max_excess(times: list[float], rate: float, burst: float) -> float:
-    """Max over windows [t_i, t_j] of (j - i + 1) - (burst + (t_j - t_i) * rate), in O(n)."""
-    worst = -float("inf")
-    lowest = float("inf")
-    for k, t in enumerate(times):
-        a = k - t * rate
-        lowest = min(lowest, a)
-        worst = max(worst, a - lowest)
-    return worst + 1 - burst
 
 
 def burst_spent(sent: list[float]) -> float:

@@ -42,7 +42,7 @@ import anyio.abc
 import aioflows as af
 import aioflows.limits
 
-from ._report import part_parser, print_header, print_table, run_parts, verdict
+from ._report import max_excess, part_parser, print_header, print_table, run_parts, verdict
 
 #: Seconds a late timer wake-up may be accounted back in time, in versions of aioflows that do
 #: so (``aioflows.limits.CATCH_UP``); ``None`` when grants are accounted when released.
@@ -276,21 +276,6 @@ def steady_rate(times: list[float]) -> float:
     """Grants per second after the first ``SKIP_GRANTS`` (intervals / span)."""
     steady = times[SKIP_GRANTS:]
     return (len(steady) - 1) / (steady[-1] - steady[0])
-
-
-def max_excess(times: list[float], rate: float, burst: float) -> float:
-    """Max over windows [t_i, t_j] of (j - i + 1) - (burst + (t_j - t_i) * rate), in O(n).
-
-    With a_k = k - t_k * rate the excess of window (i, j) is a_j - a_i + 1 - burst, so it is
-    enough to track the smallest a_i seen so far.
-    """
-    worst = -float("inf")
-    lowest = float("inf")
-    for k, t in enumerate(times):
-        a = k - t * rate
-        lowest = min(lowest, a)
-        worst = max(worst, a - lowest)
-    return worst + 1 - burst
 
 
 @dataclass

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import anyio
 import pytest
+from tasks import other_tasks, settle
 
 import aioflows as af
 
@@ -18,16 +19,6 @@ VIRTUAL_TIME = True
 
 def now() -> float:
     return asyncio.get_running_loop().time()
-
-
-def other_tasks() -> set[asyncio.Task[object]]:
-    return asyncio.all_tasks() - {asyncio.current_task()}  # type: ignore[operator]
-
-
-async def settle() -> None:
-    """Let cancelled tasks finish unwinding (a few loop iterations, no time passes)."""
-    for _ in range(5):
-        await asyncio.sleep(0)
 
 
 class Hang:

@@ -274,42 +274,38 @@ def test_outputs_share_no_mutable_container_with_the_input_or_each_other() -> No
     assert out[0]["alt"] is not out[1]["alt"]
 
 
-def test_a_large_zip_group_expands_in_linear_time(monkeypatch: pytest.MonkeyPatch) -> None:
-    # 30 lists of 10 values in one group: 10 configs. The product-then-filter method would walk
-    # 10**30 points; count the dicts actually built instead of trusting a clock alone.
-    built = 0
+@pytest.fixture
+def renders(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts the dicts expansion builds (one element, incremented per dict)."""
+    count = [0]
     render = config_module._render
 
     def counting(*args: Any) -> dict[str, Any]:
-        nonlocal built
-        built += 1
+        count[0] += 1
         return render(*args)
 
     monkeypatch.setattr(config_module, "_render", counting)
+    return count
+
+
+def test_a_large_zip_group_expands_in_linear_time(renders: list[int]) -> None:
+    # 30 lists of 10 values in one group: 10 configs. The product-then-filter method would walk
+    # 10**30 points; count the dicts actually built instead of trusting a clock alone.
     config = {f"k{i}": [*range(i, i + 10), "@g"] for i in range(30)}
     started = time.perf_counter()
     out = expand_config(config)
     assert time.perf_counter() - started < 5
     assert out == [{f"k{i}": i + j for i in range(30)} for j in range(10)]
-    assert built == 10
+    assert renders[0] == 10
 
 
-def test_dict_alternatives_are_built_only_when_chosen(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_dict_alternatives_are_built_only_when_chosen(renders: list[int]) -> None:
     # "b" has 10**8 alternatives (one dict element), cut to 2 by its group: 2 outer dicts and
     # 2 inner ones are built, not 10**8.
-    built = 0
-    render = config_module._render
-
-    def counting(*args: Any) -> dict[str, Any]:
-        nonlocal built
-        built += 1
-        return render(*args)
-
-    monkeypatch.setattr(config_module, "_render", counting)
     big = list(range(10_000))
     out = expand_config({"a": [1, 2, "@g"], "b": [{"x": big, "y": big}, "@g"]})
     assert out == [{"a": 1, "b": {"x": 0, "y": 0}}, {"a": 2, "b": {"x": 0, "y": 1}}]
-    assert built == 4
+    assert renders[0] == 4
 
 
 def test_a_large_product_is_fast() -> None:

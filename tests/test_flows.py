@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import threading
 from collections import Counter
 from pathlib import Path
@@ -10,14 +9,11 @@ from typing import Any
 
 import anyio
 import pytest
+from tasks import other_tasks
 
 import aioflows as af
 
 # --- helpers ------------------------------------------------------------------------------------
-
-
-def other_tasks() -> set[asyncio.Task[Any]]:
-    return asyncio.all_tasks() - {asyncio.current_task()}  # type: ignore[operator]
 
 
 @af.task
@@ -308,8 +304,9 @@ def test_the_hash_depends_on_config_and_predecessors() -> None:
 
 
 HASH_SCRIPT = """
-import aioflows as af
-from tests.test_flows import pipeline
+import sys
+sys.path.insert(0, "tests")  # as pytest does, for the tests' shared helpers
+from test_flows import pipeline
 flow, _ = pipeline()
 print(" ".join(n.config_hash for n in flow.graph().nodes))
 """

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import random
 import threading
 from collections.abc import AsyncIterator, Iterator
@@ -11,18 +10,9 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 import pytest
+from tasks import other_tasks, settle
 
 import aioflows as af
-
-
-def other_tasks() -> set[asyncio.Task[Any]]:
-    return asyncio.all_tasks() - {asyncio.current_task()}  # type: ignore[operator]
-
-
-async def settle() -> None:
-    """Let cancelled tasks finish unwinding."""
-    for _ in range(20):
-        await asyncio.sleep(0)
 
 
 class Counting:
