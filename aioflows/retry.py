@@ -19,7 +19,15 @@ from typing import TypeAlias
 
 from .errors import InvalidArgument, InvalidArgumentType, RateLimited
 
-__all__ = ["RateLimited", "Retry", "RetryLike", "as_retry", "parse_retry_after", "throttle_delay"]
+__all__ = [
+    "DEFAULT_MAX_WAIT",
+    "RateLimited",
+    "Retry",
+    "RetryLike",
+    "as_retry",
+    "parse_retry_after",
+    "throttle_delay",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +48,10 @@ class Retry:
         on: Exception type(s) worth retrying; anything else is raised at once.
         max_throttles: Throttles (:class:`RateLimited`, HTTP 429) tolerated per call before the
             throttle itself is raised; they do not count as attempts.
+        max_wait: The longest wait a throttle may ask for, in seconds. A remote end asking for
+            more (``Retry-After: 1000000000`` is valid delta-seconds) is not waited for: the
+            call gives up on that throttle at once, and no limiter or key is ever paused for
+            longer than this.
 
     Raises:
         ValueError: A count or duration is out of range.
@@ -53,6 +65,7 @@ class Retry:
     jitter: bool = True
     on: type[BaseException] | tuple[type[BaseException], ...] = Exception
     max_throttles: int = 10
+    max_wait: float = 300.0
 
     def __post_init__(self) -> None:
         for name, value, low in (
@@ -61,6 +74,14 @@ class Retry:
         ):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise InvalidArgument(f"Retry {name} must be an int >= {low}, got {value!r}")
+        if (
+            isinstance(self.max_wait, bool)
+            or not isinstance(self.max_wait, (int, float))
+            or not 0 < self.max_wait < math.inf
+        ):
+            raise InvalidArgument(
+                f"Retry max_wait must be a finite number > 0, got {self.max_wait!r}"
+            )
         for name, number in (("backoff", self.backoff), ("max_backoff", self.max_backoff)):
             if (
                 isinstance(number, bool)
@@ -93,6 +114,10 @@ class Retry:
         """True if ``exc`` is a kind this policy retries."""
         return isinstance(exc, self.on)
 
+
+#: The throttle wait cap where no :class:`Retry` is given (``retry=None``): the same as
+#: ``Retry().max_wait``.
+DEFAULT_MAX_WAIT: float = 300.0
 
 #: Wherever ``retry`` is accepted: a :class:`Retry`, an int meaning ``Retry(attempts=n)``, or None.
 RetryLike: TypeAlias = Retry | int | None
