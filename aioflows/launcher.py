@@ -20,6 +20,7 @@ import json
 import math
 import os
 import time
+import types
 from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -35,7 +36,7 @@ from .errors import AioflowsError, InvalidArgument, InvalidArgumentType
 from .limits import RateLike, RateLimiter, as_rate
 from .retry import Retry, RetryLike, as_retry, throttle_delay
 
-__all__ = ["Key", "LaunchSummary", "Launcher", "OutputFileError", "launch"]
+__all__ = ["Key", "LaunchFailed", "LaunchSummary", "Launcher", "OutputFileError", "launch"]
 
 #: Seconds between fsyncs of the output file (every write is flushed at once).
 FSYNC_EVERY = 1.0
@@ -45,6 +46,71 @@ WRITE_EVERY = 0.02
 
 class OutputFileError(AioflowsError, ValueError):
     """The output file exists but is not a JSONL file written by the launcher."""
+
+
+class LaunchFailed(AioflowsError):
+    """What a run with ``fault_tolerant=False`` raises when a pair fails for good.
+
+    The pair's own exception is not raised: its text, its chained ``__cause__`` and
+    ``__context__``, and the locals of its traceback may all hold the key the call was made
+    with. This error carries what can be said safely instead: ``error_type`` (the original
+    class name), ``message`` (its text, secrets replaced by ``<key-N>``), and the pair
+    (``id``, ``sample``, ``key`` label); it chains nothing. Where the original class can be
+    subclassed, the error raised is also an instance of it, so ``except ValueError`` still
+    catches a ``ValueError`` of ``fn``; its simple attributes (numbers, booleans, ``None``,
+    strings scrubbed) are copied over, nothing else of the original is.
+    """
+
+    def __init__(self, message: str, *, error_type: str, id: Any, sample: int, key: str) -> None:
+        # Not super().__init__: in the class mixed with the original type the next __init__
+        # is the original's, whose signature is anyone's guess.
+        Exception.__init__(self, message)
+        self.message = message
+        self.error_type = error_type
+        self.id = id
+        self.sample = sample
+        self.key = key
+
+    def __str__(self) -> str:
+        return (
+            f"{self.error_type}: {self.message} (id {self.id!r}, sample {self.sample}, {self.key})"
+        )
+
+    def __repr__(self) -> str:
+        return f"LaunchFailed({str(self)!r})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        mixed = type(self) is not LaunchFailed  # made by _launch_failed: (LaunchFailed, original)
+        base = type(self).__bases__[1] if mixed else None
+        fields = (self.message, self.error_type, self.id, self.sample, self.key)
+        return (_launch_failed, (base, *fields), _simple_attributes(self.__dict__))
+
+
+def _launch_failed(
+    base: type[BaseException] | None, message: str, error_type: str, id: Any, sample: int, key: str
+) -> LaunchFailed:
+    """A LaunchFailed that is also a ``base``, when such a class can be made and instantiated."""
+    fields: dict[str, Any] = {"error_type": error_type, "id": id, "sample": sample, "key": key}
+    if base is not None and base is not LaunchFailed:
+        try:
+            cls = types.new_class("LaunchFailed", (LaunchFailed, base), exec_body=_name_as_ours)
+            return cls(message, **fields)  # type: ignore[no-any-return]
+        except Exception:  # a final class, a metaclass conflict, a __new__ wanting more
+            pass
+    return LaunchFailed(message, **fields)
+
+
+def _name_as_ours(namespace: dict[str, Any]) -> None:
+    namespace["__module__"] = LaunchFailed.__module__
+    namespace["__qualname__"] = "LaunchFailed"
+
+
+def _simple_attributes(attributes: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        name: value
+        for name, value in attributes.items()
+        if value is None or isinstance(value, (str, int, float))
+    }
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,11 +263,36 @@ def _redact_value(value: Any, keys: Sequence[_KeyState]) -> Any:
     return value
 
 
-def _redact_exception(exc: BaseException, keys: Sequence[_KeyState]) -> BaseException:
-    """Scrub secrets from the text of an exception about to be raised to the caller."""
-    with contextlib.suppress(AttributeError, TypeError):  # exotic exception types
-        exc.args = tuple(_redact(a, keys) if isinstance(a, str) else a for a in exc.args)
-    return exc
+def _text(exc: BaseException) -> str:
+    """``str(exc)``, even for an exception whose own ``__str__`` fails."""
+    try:
+        return str(exc)
+    except Exception:
+        return f"<{type(exc).__name__} whose str() failed>"
+
+
+def _describe(exc: BaseException, keys: Sequence[_KeyState]) -> str:
+    """A record's ``error``: ``"Type: message"``, secrets replaced."""
+    return _redact(f"{type(exc).__name__}: {_text(exc)}", keys)
+
+
+def _clean_error(
+    exc: BaseException, keys: Sequence[_KeyState], ident: Any, sample: int, key: str
+) -> LaunchFailed:
+    """The error to raise for ``exc``: its type and scrubbed text, none of its chain or frames."""
+    error = _launch_failed(
+        type(exc),
+        _redact(_text(exc), keys),
+        type(exc).__name__,
+        ident,
+        sample,
+        key,
+    )
+    with contextlib.suppress(Exception):  # vars() of an exotic exception, a read-only name
+        for name, value in _simple_attributes(vars(exc)).items():
+            if name not in vars(error):
+                setattr(error, name, _redact(value, keys) if isinstance(value, str) else value)
+    return error
 
 
 class Launcher:
@@ -304,7 +395,7 @@ class Launcher:
             per_key=dict(run.per_key),
         )
         if run.error is not None:
-            raise _redact_exception(run.error, self._keys)
+            raise run.error from None  # a clean error: nothing chained, nothing to leak
         records = []
         if keep:
             by_pair = {(r["id"], r["sample"]): r for r in run.records}
@@ -356,7 +447,7 @@ class _Run:
         self.keep = keep
         self.records: list[dict[str, Any]] = []
         self.succeeded = self.failed = self.retried = self.finished = 0
-        self.error: BaseException | None = None
+        self.error: LaunchFailed | None = None
         self.per_key = {k.label: 0 for k in launcher._keys}  # calls made with each, this run
         self.written = anyio.Event()
         self.send: MemoryObjectSendStream[dict[str, Any]]
@@ -417,9 +508,8 @@ class _Run:
             try:
                 cost = _cost(launcher._cost, prepared)
             except Exception as exc:  # the estimate itself failed: a failure of this pair
-                output, error = None, _redact(f"{type(exc).__name__}: {exc}", launcher._keys)
-                if not launcher._fault_tolerant and self.error is None:
-                    self.error = exc
+                output, error = None, _describe(exc, launcher._keys)
+                self._failed(exc, ident, sample, key_label)
                 break
             key = await self._pick(cost)
             key_label = key.label
@@ -455,9 +545,8 @@ class _Run:
                     await anyio.sleep(retry.delay(attempts))
                     continue
                 output = None
-                error = _redact(f"{type(exc).__name__}: {exc}", launcher._keys)
-                if not launcher._fault_tolerant and self.error is None:
-                    self.error = exc
+                error = _describe(exc, launcher._keys)
+                self._failed(exc, ident, sample, key_label)
             break
         if error is None:
             output = _redact_value(output, launcher._keys)
@@ -480,6 +569,12 @@ class _Run:
         else:
             self.failed += 1
         return record
+
+    def _failed(self, exc: BaseException, ident: Any, sample: int, key: str) -> None:
+        """Keep the first failure, as a clean error, when it is to stop the run."""
+        launcher = self.launcher
+        if not launcher._fault_tolerant and self.error is None:
+            self.error = _clean_error(exc, launcher._keys, ident, sample, key)
 
     async def _writer(self, receive: MemoryObjectReceiveStream[dict[str, Any]]) -> None:
         launcher = self.launcher

@@ -435,3 +435,96 @@ async def test_progress_shows_counts_and_keys_and_leaves_nothing_running(
     assert "key-1" in err
     assert not any(secret in err for secret in SECRETS)
     assert asyncio.all_tasks() - {asyncio.current_task()} == before
+
+
+# --- issue 10: secrets never reach a raised error ---------------------------------------------
+
+
+class QuotesTheKey(Exception):
+    """An exception with its own __str__ and repr, both quoting the key it holds."""
+
+    def __init__(self, secret: str) -> None:
+        super().__init__("no secret in args")
+        self.secret = secret
+
+    def __str__(self) -> str:
+        return f"refused {self.secret}"
+
+    def __repr__(self) -> str:
+        return f"QuotesTheKey({self.secret!r})"
+
+
+def _os_error(secret: str) -> BaseException:
+    return FileNotFoundError(2, "No such file", f"/tmp/{secret}.json")
+
+
+def _custom(secret: str) -> BaseException:
+    return QuotesTheKey(secret)
+
+
+def _cause(secret: str) -> BaseException:
+    try:
+        raise ConnectionError(f"sent {secret}")
+    except ConnectionError as cause:
+        try:
+            raise RuntimeError("the call failed") from cause
+        except RuntimeError as exc:
+            return exc
+
+
+def _context(secret: str) -> BaseException:
+    try:
+        raise KeyError(f"header {secret}")
+    except KeyError:
+        try:
+            raise ValueError("while handling the reply")
+        except ValueError as exc:
+            return exc
+
+
+@pytest.mark.parametrize(
+    ("make", "kind"),
+    [
+        (_os_error, FileNotFoundError),
+        (_custom, QuotesTheKey),
+        (_cause, RuntimeError),
+        (_context, ValueError),
+    ],
+)
+async def test_issue10_a_raised_error_holds_no_secret(make: Any, kind: type[BaseException]) -> None:
+    import traceback
+
+    async def fn(sample: dict[str, Any], key: af.Key) -> int:
+        if sample["id"] == 1:
+            assert key.secret is not None
+            raise make(key.secret)
+        return 1
+
+    strict = af.Launcher(fn, keys=SECRETS[:1], retry=1, fault_tolerant=False, concurrency=1)
+    with pytest.raises(kind) as info:  # `except <the original type>` still catches it
+        await strict.run(data(3))
+    exc = info.value
+    printed = "".join(traceback.format_exception(exc))
+    for text in (str(exc), repr(exc), printed):
+        assert SECRETS[0] not in text
+    from aioflows.launcher import LaunchFailed
+
+    assert isinstance(exc, LaunchFailed)
+    assert isinstance(exc, af.AioflowsError)
+    assert (exc.error_type, exc.id, exc.sample, exc.key) == (kind.__name__, 1, 0, "key-0")
+    assert exc.__cause__ is None
+    assert exc.__suppress_context__
+    assert kind.__name__ in str(exc)
+
+
+async def test_issue10_the_clean_error_keeps_simple_attributes_scrubbed() -> None:
+    from aioflows.launcher import LaunchFailed
+
+    async def fn(sample: dict[str, Any], key: af.Key) -> int:
+        raise QuotesTheKey(f"{key.secret}")
+
+    with pytest.raises(QuotesTheKey) as info:
+        await af.launch(fn, data(1), keys=SECRETS[:1], retry=1, fault_tolerant=False)
+    assert isinstance(info.value, LaunchFailed)
+    assert info.value.secret == "<key-0>"  # type: ignore[attr-defined]
+    assert str(info.value) == "QuotesTheKey: refused <key-0> (id 0, sample 0, key-0)"
