@@ -74,6 +74,31 @@ async def test_saving_a_name_as_another_type_replaces_it(store: af.ResultStore) 
     assert await store.get_results(**KEY) == {"m": "now text"}
 
 
+# JSON holds them; UTF-8 (a lone surrogate) or Python's int-to-str limit (4300 digits) do not.
+UNUSUAL_JSON = {
+    "cut": "an emoji cut in half: \ud83d",
+    "low": ["\udc00", {"key \udfff": "x"}],
+    "long": 10**5000,
+    "negative": [-(10**4400) - 7, 1],
+}
+
+
+async def test_json_round_trips_lone_surrogates_and_long_ints(store: af.ResultStore) -> None:
+    await store.save(UNUSUAL_JSON, "m", **KEY)
+    assert await store.load("m", **KEY) == UNUSUAL_JSON
+    assert await store.get_results(**KEY) == {"m": UNUSUAL_JSON}
+    if isinstance(store, af.LocalFileStore):
+        text = (await anyio.Path(store.path("m", **KEY)).read_bytes()).decode("utf-8")
+        assert '"an emoji cut in half: \\ud83d"' in text  # escaped: JSON as any reader reads it
+
+
+async def test_json_refuses_a_surrogate_pair_it_cannot_hold(local: af.LocalFileStore) -> None:
+    # Two surrogate characters in a row come back from any JSON reader as one character.
+    with pytest.raises(TypeError, match="surrogate pair"):
+        await local.save("\ud83d\ude00", "m", **KEY)
+    assert not await local.exists("m", **KEY)
+
+
 async def test_keys_are_independent(store: af.ResultStore) -> None:
     await store.save(1, "m", task="a", config_hash="h1")
     await store.save(2, "m", task="a", config_hash="h2")
@@ -195,6 +220,24 @@ async def test_list_infos_all_or_one_task_sorted(store: af.ResultStore) -> None:
     ]
     assert [i.config_hash for i in await store.list_infos("train")] == ["a1", "b2"]
     assert await store.list_infos("unknown") == []
+
+
+async def test_a_record_whose_config_json_cannot_write_plainly_round_trips(
+    store: af.ResultStore,
+) -> None:
+    info = make_info()
+    info.config = UNUSUAL_JSON
+    info.unique_config = {"lr": "0.1\ud800", "n": 10**5000}
+    info.error = "ValueError: bad reply '\udc9f'"
+    await store.save_info(info)
+    assert await store.load_info(**KEY) == info
+    assert await store.list_infos() == [info]
+
+
+def test_a_record_with_a_surrogate_pair_is_written_joined() -> None:
+    info = make_info()
+    info.config = {"emoji": "\ud83d\ude00"}
+    assert af.TaskInfo.from_json(info.to_json().encode()).config == {"emoji": "\U0001f600"}
 
 
 async def test_save_info_needs_a_task_info(store: af.ResultStore) -> None:
@@ -608,3 +651,20 @@ async def test_symlinked_task_directories_are_listed(
     await local.save_info(make_info())
     assert [i.task for i in await local.list_infos()] == ["train"]
     assert (elsewhere / "c0ffee" / "_taskinfo.json").exists()
+
+
+async def test_a_flow_result_and_config_json_cannot_write_plainly_resume(tmp_path: Path) -> None:
+    calls = []
+
+    async def echo(text: str) -> dict[str, Any]:
+        calls.append(text)
+        return {"text": text, "long": 10**5000}
+
+    flow = af.Flow()
+    flow.add(echo, {"text": ["cut \ud83d", "low \udc00 too"]})
+    store = af.LocalFileStore(tmp_path / "store")
+    first = (await flow.run(store=store)).values("echo")
+    again = (await flow.run(store=store)).values("echo")
+    assert len(calls) == 2  # the second run loaded both results
+    assert first == again == [{"text": t, "long": 10**5000} for t in calls]
+    assert sorted(i.config["text"] for i in await store.list_infos("echo")) == sorted(calls)

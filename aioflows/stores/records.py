@@ -10,7 +10,11 @@ from __future__ import annotations
 import enum
 from typing import Any
 
+import pydantic
+import pydantic_core
 from pydantic import AwareDatetime, BaseModel, ConfigDict, NonNegativeInt
+
+from . import jsontext
 
 __all__ = ["TaskInfo", "TaskState"]
 
@@ -81,11 +85,37 @@ class TaskInfo(BaseModel):
     @classmethod
     def from_json(cls, data: str | bytes) -> TaskInfo:
         """Parse a record produced by :meth:`to_json` (raises pydantic's ValidationError)."""
-        return cls.model_validate_json(data)
+        try:
+            return cls.model_validate_json(data)
+        except pydantic.ValidationError as exc:
+            # pydantic's parser refuses ints it cannot hold (a config holding 10**5000),
+            # which its serialiser writes; jsontext reads them.
+            if exc.errors()[0]["type"] != "json_invalid":
+                raise
+            try:
+                parsed = jsontext.loads(data)
+            except ValueError:
+                raise exc from None
+            return cls.model_validate(parsed)
 
     def to_json(self) -> str:
-        """The record as JSON text, as stores write it."""
-        return self.model_dump_json(indent=2)
+        """The record as JSON text, as stores write it (valid UTF-8 whatever the config holds)."""
+        try:
+            return self.model_dump_json(indent=2)
+        except pydantic_core.PydanticSerializationError:
+            # A string with a surrogate has no UTF-8 form: jsontext escapes it (a pair of them
+            # reads back joined: the record describes the config, its hash identifies it). A
+            # value pydantic cannot serialise at all raises again in model_dump.
+            # The configs go as they are: pydantic's JSON mode mangles or refuses surrogates in
+            # their keys, and the default hook serialises what json does not know as it would.
+            configs = {"config", "unique_config"}
+            data = self.model_dump(mode="json", exclude=configs)
+            data = {
+                f: getattr(self, f) if f in configs else data[f] for f in type(self).model_fields
+            }
+            return jsontext.dumps(
+                data, indent=2, join_pairs=True, default=pydantic_core.to_jsonable_python
+            )
 
     @property
     def duration(self) -> float | None:

@@ -8,13 +8,13 @@ told apart from ``a.gz.json``).
 
 from __future__ import annotations
 
-import json
 import pickle
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from ..errors import CorruptObject, InvalidArgument, InvalidArgumentType
+from . import jsontext
 
 __all__ = ["StoreType", "TypeRegistry"]
 
@@ -42,7 +42,12 @@ class StoreType:
                 f"cannot save {name!r} as {self.name!r}: {type(exc).__name__}: {exc}"
             ) from exc
         if isinstance(data, str):
-            return data.encode()
+            try:
+                return data.encode()
+            except UnicodeEncodeError as exc:  # a lone surrogate has no UTF-8 form
+                raise InvalidArgumentType(
+                    f"cannot save {name!r} as {self.name!r}: its text is not valid UTF-8 ({exc})"
+                ) from exc
         if isinstance(data, (bytes, bytearray, memoryview)):
             return bytes(data)
         raise InvalidArgumentType(
@@ -61,7 +66,8 @@ class StoreType:
 
 
 def _save_json(obj: Any) -> str:
-    return json.dumps(obj, ensure_ascii=False)
+    # Lone surrogates escaped, ints past Python's str-conversion limit kept: see jsontext.
+    return jsontext.dumps(obj)
 
 
 def _save_text(obj: Any) -> str:
@@ -85,7 +91,7 @@ def _identity(data: Any) -> Any:
 
 
 _BUILTIN = (
-    StoreType("json", _save_json, json.loads, "json", binary=False),
+    StoreType("json", _save_json, jsontext.loads, "json", binary=False),
     StoreType("text", _save_text, _identity, "txt", binary=False),
     StoreType("bytes", _save_bytes, _identity, "bin", binary=True),
     # Unpickling runs arbitrary code: only for files this application wrote itself.
