@@ -16,7 +16,7 @@ import anyio
 
 from .errors import InvalidArgument, InvalidArgumentType
 from .limits import KeyedRateLimiter, RateLike, RateLimiter
-from .retry import Retry, RetryLike, as_retry, throttle_delay
+from .retry import DEFAULT_MAX_WAIT, Retry, RetryLike, as_retry, throttle_delay
 
 __all__ = ["LimiterLike", "KeyedLimiterLike", "as_keyed_limiter", "as_limiter", "guard"]
 
@@ -63,7 +63,11 @@ def guard(
 ) -> Callable[[T], Awaitable[R]]:
     """Wrap ``fn`` so that each call passes the limiters, the timeout and the retry policy.
 
-    Every argument is validated here, before any call starts.
+    ``timeout`` is one budget for the whole call (attempts, backoffs and throttle waits; not
+    the queueing for a limiter's tokens): a wait that would not fit in what is left fails the
+    call at once with ``TimeoutError``. A throttle asking for more than ``Retry.max_wait``
+    (``DEFAULT_MAX_WAIT`` without a policy) is raised at once, and no limiter or key is paused
+    for longer than that. Every argument is validated here, before any call starts.
 
     Raises:
         TypeError: ``fn`` or ``key`` is not callable.
@@ -112,18 +116,28 @@ class _Guarded(Generic[T, R]):
     async def __call__(self, item: T) -> R:
         limiter, keyed, retry, timeout = self._limiter, self._keyed, self._retry, self._timeout
         bucket = self._key(item) if self._key is not None else None
+        cap = retry.max_wait if retry is not None else DEFAULT_MAX_WAIT
         failures = throttles = 0
+        # ``timeout`` is one budget for the whole call: its attempts, its backoffs and its
+        # throttle waits all spend it; queueing for a limiter's tokens does not (that wait is
+        # other callers' doing). Clocks are read only when there is a timeout.
+        left = timeout
+        started = 0.0
         while True:
             if limiter is not None:
                 await limiter.acquire()
             if keyed is not None:
                 await keyed.acquire(bucket)
+            scope: anyio.CancelScope | None = None
             try:
-                if timeout is None:
+                if left is None:
                     return await self._fn(item)
-                with anyio.fail_after(timeout):
+                started = anyio.current_time()
+                with anyio.fail_after(left) as scope:
                     return await self._fn(item)
             except Exception as exc:
+                if scope is not None and scope.cancelled_caught:
+                    raise  # the budget ran out during this attempt: nothing left to retry with
                 throttled, after = throttle_delay(exc)
                 if throttled:
                     # Back-pressure, not failure: everyone behind these limiters should wait.
@@ -133,16 +147,24 @@ class _Guarded(Generic[T, R]):
                         wait = retry.delay(throttles) if retry is not None else 0.0
                     # The throttle is the key's (one host said 429) when there is a key;
                     # pausing the overall limiter then would stall every other host too.
+                    # Never longer than the cap: `Retry-After: 1000000000` is valid HTTP.
                     if keyed is not None:
-                        keyed.pause(bucket, wait)
+                        keyed.pause(bucket, min(wait, cap))
                     elif limiter is not None:
-                        limiter.pause(wait)
-                    if retry is None or throttles > retry.max_throttles:
+                        limiter.pause(min(wait, cap))
+                    if retry is None or throttles > retry.max_throttles or wait > cap:
                         raise
-                    if limiter is None and keyed is None:
-                        await anyio.sleep(wait)
-                    continue
-                failures += 1
-                if retry is None or failures >= retry.attempts or not retry.retries(exc):
-                    raise
-                await anyio.sleep(retry.delay(failures))
+                else:
+                    failures += 1
+                    if retry is None or failures >= retry.attempts or not retry.retries(exc):
+                        raise
+                    wait = retry.delay(failures)
+                if left is not None:
+                    left -= anyio.current_time() - started + wait
+                    if left <= 0:
+                        raise TimeoutError(
+                            f"timeout of {timeout:g} s: no time left to wait {wait:.3g} s "
+                            f"and call again after {type(exc).__name__}"
+                        ) from exc
+                if not throttled or (limiter is None and keyed is None):
+                    await anyio.sleep(wait)

@@ -4,7 +4,8 @@ Two kinds of trouble are told apart. A *failure* (any exception matching ``Retry
 attempt and waits an exponential backoff. A *throttle* — the remote end saying "too many
 requests" — is not the call's fault: it pauses the limiters the call went through, waits the
 time the remote end asked for, and does not count an attempt; it is bounded separately by
-``max_throttles`` so a call throttled forever still ends.
+``max_throttles`` so a call throttled forever still ends, and by ``max_wait`` so that no single
+throttle makes anything wait longer than that (``Retry-After: 1000000000`` is valid HTTP).
 """
 
 from __future__ import annotations

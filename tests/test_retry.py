@@ -47,6 +47,8 @@ def test_defaults_match_the_contract() -> None:
         {"multiplier": 0.5},
         {"max_backoff": float("inf")},
         {"max_throttles": -1},
+        {"max_wait": 0},
+        {"max_wait": float("inf")},
     ],
 )
 def test_bad_retry_values_are_rejected(kwargs: dict[str, object]) -> None:
@@ -220,3 +222,118 @@ def test_rate_limited_is_an_aioflows_error_with_its_delay() -> None:
         af.RateLimited(-1)
     with pytest.raises(ValueError, match="retry_after"):
         af.RateLimited("5")  # type: ignore[arg-type]
+
+
+# --- issue 10: pauses are bounded by Retry.max_wait; timeout bounds the whole call ------------
+
+
+async def far_away(x: object) -> None:
+    raise af.RateLimited(retry_after=1e9)  # valid, and 31 years
+
+
+async def test_a_throttle_asking_more_than_max_wait_is_raised_at_once_issue10() -> None:
+    limiter = af.RateLimiter(100)
+    with pytest.raises(af.RateLimited):
+        await af.map(far_away, [1], rate=limiter, retry=af.Retry(3, max_wait=60))
+    assert now() == 0  # not waited for
+    assert limiter.delay() == pytest.approx(60)  # the limiter rests for the cap, not 31 years
+
+    limiter = af.RateLimiter(100)
+    with pytest.raises(af.RateLimited):
+        await af.map(far_away, [1], rate=limiter)  # retry=None: the default cap, 300 s
+    assert now() == 0
+    assert limiter.delay() == pytest.approx(300)
+
+
+async def test_a_keys_pause_never_exceeds_max_wait_issue10() -> None:
+    keyed = af.KeyedRateLimiter(100)
+    with pytest.raises(af.RateLimited):
+        await af.map(far_away, ["a"], key=str, per_key_rate=keyed, retry=af.Retry(3))
+    assert now() == 0
+    assert not keyed.try_acquire("a")  # the key rests...
+    await asyncio.sleep(300)
+    assert keyed.try_acquire("a")  # ...for Retry().max_wait at most
+
+
+async def test_an_httpx_429_asking_more_than_max_wait_is_raised_as_itself_issue10() -> None:
+    calls = 0
+
+    async def call(x: int) -> int:
+        nonlocal calls
+        calls += 1
+        raise status_error(429, "1000000000")
+
+    with pytest.raises(httpx.HTTPStatusError) as info:
+        await af.map(call, [1], retry=af.Retry(3))
+    assert info.value.response.status_code == 429
+    assert (calls, now()) == (1, 0)
+
+
+async def test_a_throttle_within_max_wait_is_still_waited_for_issue10() -> None:
+    calls: list[float] = []
+
+    async def once(x: int) -> int:
+        calls.append(now())
+        if len(calls) == 1:
+            raise af.RateLimited(retry_after=60)
+        return x
+
+    assert await af.map(once, [1], retry=af.Retry(1, max_wait=60)) == [1]
+    assert calls == [0, pytest.approx(60)]
+
+
+async def test_timeout_bounds_the_throttle_waits_of_a_call_issue10() -> None:
+    calls: list[float] = []
+
+    async def throttled(x: int) -> int:
+        calls.append(now())
+        raise af.RateLimited(retry_after=4)
+
+    with pytest.raises(TimeoutError) as info:
+        await af.map(throttled, [1], retry=af.Retry(1, max_throttles=10), timeout=10)
+    # The waits to 4 and 8 fit in 10 s; the one to 12 does not, so the call fails at once at 8.
+    assert calls == [0, pytest.approx(4), pytest.approx(8)]
+    assert now() == pytest.approx(8)
+    assert isinstance(info.value.__cause__, af.RateLimited)
+
+
+async def test_timeout_bounds_the_backoffs_and_attempts_of_a_call_issue10() -> None:
+    calls: list[float] = []
+
+    async def fails_then_hangs(x: int) -> int:
+        calls.append(now())
+        await asyncio.sleep(1)
+        if len(calls) == 1:
+            raise Transient(x)
+        await asyncio.sleep(100)
+        return x
+
+    policy = af.Retry(5, backoff=1, jitter=False)
+    with pytest.raises(TimeoutError):
+        await af.map(fails_then_hangs, [1], retry=policy, timeout=3)
+    # First attempt 0-1, backoff 1-2, the second attempt gets what is left: cut at 3, not retried.
+    assert calls == [0, pytest.approx(2)]
+    assert now() == pytest.approx(3)
+
+    calls.clear()
+
+    async def always(x: int) -> int:
+        calls.append(now())
+        raise Transient(x)
+
+    steady = af.Retry(10, backoff=3, multiplier=1, jitter=False)
+    with pytest.raises(TimeoutError) as info:
+        await af.map(always, [1], retry=steady, timeout=7)
+    start = calls[0]
+    assert [t - start for t in calls] == [0, pytest.approx(3), pytest.approx(6)]
+    assert now() - start == pytest.approx(6)  # the backoff to 9 would pass 7: no waiting for it
+    assert isinstance(info.value.__cause__, Transient)
+
+
+async def test_waiting_for_a_limiters_tokens_does_not_count_against_timeout_issue10() -> None:
+    async def quick(x: int) -> int:
+        return x
+
+    limiter = af.RateLimiter(1, burst=1)
+    assert await af.map(quick, [1, 2, 3], rate=limiter, timeout=0.5, concurrency=3) == [1, 2, 3]
+    assert now() == pytest.approx(2)
