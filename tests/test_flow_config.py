@@ -1,7 +1,8 @@
 """Config expansion and node identity: every rule of API.md section 3 "Expansion" and "Identity".
 
-Expansion is checked on hand-written cases and, with hypothesis, against a naive reference
-(product of every axis, then keep the points where each zip group's members agree): the obvious
+Expansion is checked on hand-written cases, on fluidml's published cases, and, with hypothesis,
+against a naive reference that implements the rule literally (product of every list's index at
+every depth, then drop the points where two present lists of one group disagree): the obvious
 but exponential method, which must give the same configs in the same order.
 """
 
@@ -107,14 +108,58 @@ def test_dict_alternatives_are_crossed_with_other_axes() -> None:
     ]
 
 
-def test_groups_inside_dict_alternatives_are_local() -> None:
-    # Inside the element, lr and m are zipped (2 alternatives); outside, bs is alone in its
-    # group "g" (3 values): 2 * 3. Had the groups joined, there would be 2.
+def test_groups_span_dict_alternatives() -> None:
+    # lr and m inside the only alternative and bs outside are one group "g": 2 configs. Before,
+    # a group inside an alternative was local to it, and this gave 2 * 3.
     out = expand_config({"opt": [{"lr": [1, 2, "@g"], "m": [3, 4, "@g"]}], "bs": [8, 16, 32, "@g"]})
+    assert out == [{"opt": {"lr": 1, "m": 3}, "bs": 8}, {"opt": {"lr": 2, "m": 4}, "bs": 16}]
+
+
+def test_a_list_of_dict_alternatives_takes_the_index_of_the_chosen_element() -> None:
+    # The list "a" is in group x: its index is the position of the dict chosen (0 or 1), not
+    # the number of expansions before it. So a.a = 2 (inner index 1, outer index 0) is no config.
+    out = expand_config({"a": [{"a": [1, 2, "@x"]}, {"a": 4}, "@x"], "b": {"c": [1, 2, "@x"]}})
+    assert out == [{"a": {"a": 1}, "b": {"c": 1}}, {"a": {"a": 4}, "b": {"c": 2}}]
+
+
+def test_a_list_inside_one_alternative_constrains_only_the_configs_that_chose_it() -> None:
+    # lr is present only when opt chose its first dict: then bs must take lr's index. With
+    # "none" chosen, bs is free. The order is that of the product of opt, opt[0].lr, bs (the
+    # first slowest, an absent list counting as index 0).
+    out = expand_config({"opt": [{"lr": [1, 2, "@g"]}, "none"], "bs": [8, 16, "@g"]})
     assert out == [
-        {"opt": opt, "bs": bs}
-        for opt, bs in itertools.product([{"lr": 1, "m": 3}, {"lr": 2, "m": 4}], [8, 16, 32])
+        {"opt": {"lr": 1}, "bs": 8},
+        {"opt": {"lr": 2}, "bs": 16},
+        {"opt": "none", "bs": 8},
+        {"opt": "none", "bs": 16},
     ]
+
+
+def test_an_alternative_whose_list_of_the_group_is_too_short_is_dropped_at_that_index() -> None:
+    # At index 2 of group g, the first alternative's lr (2 values) cannot follow: only the
+    # other alternative is left. Lists of one group cut to the shortest only where present.
+    out = expand_config({"seed": [0, 1, 2, "@g"], "opt": [{"lr": [1, 2, "@g"]}, {"fixed": 1}]})
+    assert out == [
+        {"seed": 0, "opt": {"lr": 1}},
+        {"seed": 0, "opt": {"fixed": 1}},
+        {"seed": 1, "opt": {"lr": 2}},
+        {"seed": 1, "opt": {"fixed": 1}},
+        {"seed": 2, "opt": {"fixed": 1}},
+    ]
+
+
+def test_a_group_is_met_at_every_depth_of_nested_alternatives() -> None:
+    # fluidml's cfg_9: four lists of group x, three of them inside alternatives of the others.
+    out = expand_config(
+        {
+            "a": [
+                {"b": [{"c": [{"d": [1, 2, "@x"]}, {"f": 3}, "@x"]}, {"g": 3}, "@x"]},
+                {"e": 4},
+                "@x",
+            ]
+        }
+    )
+    assert out == [{"a": {"b": {"c": {"d": 1}}}}, {"a": {"e": 4}}]
 
 
 # -- expansion: zip groups ----------------------------------------------------------------------
@@ -180,6 +225,203 @@ def test_zip_method_leaves_single_alternatives_as_constants() -> None:
 def test_zip_method_applies_inside_dict_alternatives() -> None:
     out = expand_config({"opt": [{"lr": [1, 2], "m": [3, 4]}]}, expand="zip")
     assert out == [{"opt": {"lr": 1, "m": 3}}, {"opt": {"lr": 2, "m": 4}}]
+
+
+def test_zip_method_is_one_group_across_alternatives_and_nested_dicts() -> None:
+    # opt (2 alternatives), its lr, and bs are all in the one zip group; m (one value) is not.
+    out = expand_config(
+        {"opt": [{"lr": [1, 2, 3], "m": [0]}, {"name": "adam"}], "bs": [8, 16, 32]}, expand="zip"
+    )
+    assert out == [{"opt": {"lr": 1, "m": 0}, "bs": 8}, {"opt": {"name": "adam"}, "bs": 16}]
+
+
+def test_zip_method_zips_two_lists_of_a_nested_dict() -> None:
+    # The rule zips lists, not dicts: 2 configs. (fluidml's code also zips the index of the
+    # nested dict's own expansions, 0..3 here, with the lists', and returns only the first.)
+    out = expand_config({"m": {"p": [1, 2], "q": [3, 4]}}, expand="zip")
+    assert out == [{"m": {"p": 1, "q": 3}}, {"m": {"p": 2, "q": 4}}]
+
+
+# -- expansion: fluidml's published cases --------------------------------------------------------
+#
+# The 15 cases of fluidml's tests/unit/fluidml/flow/test_config_expansion.py, in our API. Its
+# conventions, mapped: a group marker is the whole string "@x" there (the identifier keeps the
+# prefix) and the name after the prefix here, the same lists either way. That file calls
+# ``expand_config(config, expand=...)`` with fluidml's default ``group_prefix=None``, under which
+# "@x" would be a plain value (cfg_3 would give 588 configs); its counts are those of
+# ``group_prefix="@"``, which its later copy of the file (tests/unit/fluidml/
+# test_config_expansion.py) passes, so every case here passes ``group_prefix="@"``. fluidml's
+# "zip" also drops the markers and zips every list of more than one value, as ours. Its unknown
+# method raises GridSearchExpansionError, ours FlowError. Every published count agrees with
+# the rule (API.md section 3 "Expansion").
+
+_FLUIDML: dict[str, dict[str, Any]] = {
+    "cfg_1": {},
+    "cfg_2": {
+        "a": [{"a": [1, 2]}, {"a": 4}],
+        "b": {"c": [1, 2, 3], "d": "hallo", "e": {}},
+        "c": {"test": True, "funny": {"x": [[1, 2, 3, 4]], "y": False}},
+    },
+    "cfg_3": {
+        "param_1": [{"a": [1, 2, "@b"]}, {"a": [1, 2, "@b"]}, "@x"],
+        "param_3": [
+            {
+                "param_3_2": [3, 4, "@abc"],
+                "param_3_3": {"a": 99, "b": [[5, 6]]},
+                "bla": [1, 2, "@b"],
+                "blub": {"c": [1, 2, "@abc"], "d": [3, 4, "@abc"]},
+            },
+            {"param_3_4": 99, "bla": [1, 2]},
+            "@x",
+        ],
+    },
+    "cfg_4": {
+        "param_1": [{"a": [1, 2, "@b"]}, {"a": [1, 2, "@b"]}, "@x"],
+        "param_3": [
+            {
+                "param_3_2": [3, 4, "@b"],
+                "param_3_3": {"a": 99, "b": [[5, 6]]},
+                "bla": [1, 2, "@b"],
+                "blub": {"c": [1, 2, "@b"], "d": [3, 4, "@b"]},
+            },
+            {"param_3_4": 99, "bla": [1, 2, "@b"]},
+            "@x",
+        ],
+    },
+    "cfg_5": {
+        "param_1": [{"a": [1, 2]}, {"a": [1, 2]}],
+        "param_3": [
+            {
+                "param_3_2": [3, 4],
+                "param_3_3": {"a": 99, "b": [[5, 6]]},
+                "bla": [1, 2],
+                "blub": {"c": [1, 2], "d": [3, 4]},
+            },
+            {"param_3_4": 99, "bla": [1, 2]},
+        ],
+    },
+    "cfg_6": {
+        "a": [{"a": [1, 2, "@x"]}, {"a": 4}],
+        "b": {"c": [1, 2, 3, "@x"]},
+        "c": {"test": [True, False], "funny": {"y": [True, False, "@x"]}},
+    },
+    "cfg_7": {
+        "a": [{"a": [1, 2, "@x"]}, {"a": 4}, "@x"],
+        "b": {"c": [1, 2, "@x"]},
+        "c": {"test": True, "funny": {"x": [[[1, 2, 3, 4]]], "y": False}},
+    },
+    "cfg_8": {
+        "a": [{"a": [1, 2, "@x"]}, {"a": 4}, "@z"],
+        "b": {"c": [1, 2, 3, "@x"], "e": {}},
+        "c": {
+            "test": [True, False, "@z"],
+            "funny": {"x": [[[1, 2, 3, 4]]], "y": [True, False, "@x"]},
+        },
+    },
+    "cfg_9": {
+        "a": [{"b": [{"c": [{"d": [1, 2, "@x"]}, {"f": 3}, "@x"]}, {"g": 3}, "@x"]}, {"e": 4}, "@x"]
+    },
+    "cfg_10": {"a": [{"b": [{"d": [1, 2, "@x"]}, {"e": 3}, "@x"]}, {"c": 4}, "@x"]},
+}
+
+
+@pytest.mark.parametrize(
+    ("name", "method", "count"),
+    [
+        ("cfg_1", "product", 1),
+        ("cfg_2", "product", 9),
+        ("cfg_2", "zip", 2),
+        ("cfg_3", "product", 8),
+        ("cfg_4", "product", 4),
+        ("cfg_5", "product", 72),
+        ("cfg_5", "zip", 2),
+        ("cfg_6", "product", 8),
+        ("cfg_7", "product", 2),
+        ("cfg_8", "product", 4),
+        ("cfg_9", "product", 2),
+        ("cfg_9", "zip", 2),
+        ("cfg_10", "product", 2),
+        ("cfg_10", "zip", 2),
+        ("cfg_10", "undefined", 2),
+    ],
+)
+def test_fluidml_published_cases_by_count(name: str, method: str, count: int) -> None:
+    config = copy.deepcopy(_FLUIDML[name])
+    if method == "undefined":
+        with pytest.raises(FlowError, match="unknown expand method"):
+            expand_config(config, expand=method, group_prefix="@")
+        return
+    out = expand_config(config, expand=method, group_prefix="@")
+    assert len(out) == count
+    assert config == _FLUIDML[name]  # the input is left as it was
+    assert out == _reference(config, method)
+
+
+def test_fluidml_cfg_2_zip_by_content() -> None:
+    # a (2 dicts) and b.c (3 values) zip, cut to 2; inside the first dict, a.a zips too.
+    constant = {"test": True, "funny": {"x": [1, 2, 3, 4], "y": False}}
+    assert expand_config(_FLUIDML["cfg_2"], expand="zip") == [
+        {"a": {"a": 1}, "b": {"c": 1, "d": "hallo", "e": {}}, "c": constant},
+        {"a": {"a": 4}, "b": {"c": 2, "d": "hallo", "e": {}}, "c": constant},
+    ]
+
+
+def test_fluidml_cfg_4_by_content() -> None:
+    # Group x picks the dict alternatives of param_1 and param_3 together; group b then runs
+    # through every list of b present in that choice, at every depth.
+    out = expand_config(_FLUIDML["cfg_4"])
+    first = {"param_3_3": {"a": 99, "b": [5, 6]}}
+    assert out == [
+        {
+            "param_1": {"a": i},
+            "param_3": {
+                "param_3_2": i + 2,
+                **first,
+                "bla": i,
+                "blub": {"c": i, "d": i + 2},
+            },
+        }
+        for i in (1, 2)
+    ] + [{"param_1": {"a": i}, "param_3": {"param_3_4": 99, "bla": i}} for i in (1, 2)]
+
+
+def test_fluidml_cfg_6_by_content() -> None:
+    # a (2 dicts, no group) crossed with c.test; a.a, b.c and c.funny.y are group x, b.c's 3
+    # cut to 2 where a.a is present, and to 2 by c.funny.y where it is not.
+    out = expand_config(_FLUIDML["cfg_6"])
+    assert out == [
+        {"a": {"a": i}, "b": {"c": i}, "c": {"test": test, "funny": {"y": y}}}
+        for i, y in ((1, True), (2, False))
+        for test in (True, False)
+    ] + [
+        {"a": {"a": 4}, "b": {"c": i}, "c": {"test": test, "funny": {"y": y}}}
+        for i, y in ((1, True), (2, False))
+        for test in (True, False)
+    ]
+
+
+def test_fluidml_cfg_7_by_content() -> None:
+    # The issue's example: the first 2 of a.a is no config (inner index 1, outer index 0).
+    constant = {"test": True, "funny": {"x": [[1, 2, 3, 4]], "y": False}}
+    assert expand_config(_FLUIDML["cfg_7"]) == [
+        {"a": {"a": 1}, "b": {"c": 1}, "c": constant},
+        {"a": {"a": 4}, "b": {"c": 2}, "c": constant},
+    ]
+
+
+def test_fluidml_cfg_8_by_content() -> None:
+    # Two groups: z picks a's alternative with c.test, x ties a.a, b.c and c.funny.y.
+    out = expand_config(_FLUIDML["cfg_8"])
+    x = [[1, 2, 3, 4]]
+    assert out == [
+        {"a": {"a": a}, "b": {"c": c, "e": {}}, "c": {"test": test, "funny": {"x": x, "y": y}}}
+        for a, c, test, y in (
+            (1, 1, True, True),
+            (2, 2, True, False),
+            (4, 1, False, True),
+            (4, 2, False, False),
+        )
+    ]
 
 
 # -- expansion: errors ------------------------------------------------------------------------
@@ -300,12 +542,41 @@ def test_a_large_zip_group_expands_in_linear_time(renders: list[int]) -> None:
 
 
 def test_dict_alternatives_are_built_only_when_chosen(renders: list[int]) -> None:
-    # "b" has 10**8 alternatives (one dict element), cut to 2 by its group: 2 outer dicts and
-    # 2 inner ones are built, not 10**8.
+    # The only alternative of "b" holds 10**8 points, cut to 2 by group g with "a": 2 outer
+    # dicts and 2 inner ones are built, where product-then-filter walks 2 * 10**8 points.
     big = list(range(10_000))
-    out = expand_config({"a": [1, 2, "@g"], "b": [{"x": big, "y": big}, "@g"]})
-    assert out == [{"a": 1, "b": {"x": 0, "y": 0}}, {"a": 2, "b": {"x": 0, "y": 1}}]
+    out = expand_config({"a": [1, 2, "@g"], "b": [{"x": [*big, "@g"], "y": [*big, "@g"]}]})
+    assert out == [{"a": 1, "b": {"x": 0, "y": 0}}, {"a": 2, "b": {"x": 1, "y": 1}}]
     assert renders[0] == 4
+
+
+def test_an_index_no_later_list_can_meet_is_cut_before_walking_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Group g is fixed by "a" (1000 values) first and met only at the end, by "z" (2 values)
+    # inside an alternative. In between, 10**3 points of ungrouped lists. Walking them for each
+    # of the 1000 indices before finding that "z" cannot follow is 10**6 steps; the walk
+    # visits each list once per config it yields instead.
+    frames = [0]
+    frame = config_module._frame
+
+    def counting(*args: Any) -> Any:
+        frames[0] += 1
+        return frame(*args)
+
+    monkeypatch.setattr(config_module, "_frame", counting)
+    config = {
+        "a": [*range(1000), "@g"],
+        "b": [0, 1, 2, 3, 4, 5, 6, 7, 8, 9],
+        "c": [0, 1, 2, 3, 4, 5, 6, 7, 8, 9],
+        "d": [{"e": [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]}],
+        "y": [{"z": [1, 2, "@g"]}],
+    }
+    out = expand_config(config)
+    assert len(out) == 2 * 10**3
+    assert {(c["a"], c["y"]["z"]) for c in out} == {(0, 1), (1, 2)}
+    # One frame per list per config at most (5 lists), plus the first.
+    assert frames[0] <= 5 * len(out) + 1
 
 
 def test_a_large_product_is_fast() -> None:
@@ -319,76 +590,104 @@ def test_a_large_product_is_fast() -> None:
 
 
 def _reference(config: dict[str, Any], expand: str = "product") -> list[dict[str, Any]]:
-    """Product of every axis, then keep the points where each group's members agree."""
-    axes: list[tuple[tuple[str, ...], list[Any], str | None]] = []
+    """The rule of API.md section 3, literally, at the cost of the full product.
 
-    def collect(node: dict[str, Any], path: tuple[str, ...]) -> None:
+    Every list of the config, at every depth and inside every alternative, is numbered depth
+    first (a list before the lists inside its alternatives). Each point of the product of all
+    their indices (the first list varying slowest) gives the config reached by following its
+    indices from the top; the lists followed are the ones present. A point where two present
+    lists of one group took different indices is dropped. Points that differ only in lists
+    absent from their config are one config, kept where it first appears: configs are
+    identified by the indices of their present lists, never by value, so ``[1, 1]`` stands
+    for two configs, as in the real one.
+    """
+    lists: list[tuple[list[tuple[bool, Any]], str | None]] = []
+
+    def parse(node: dict[str, Any]) -> list[tuple[str, str, Any]]:
+        entries: list[tuple[str, str, Any]] = []
         for key, value in node.items():
             if isinstance(value, list):
                 group = None
                 if isinstance(value[-1], str) and value[-1].startswith("@"):
                     group, value = value[-1], value[:-1]
-                alternatives = [
-                    alt
-                    for item in value
-                    for alt in (_reference(item, expand) if isinstance(item, dict) else [item])
-                ]
                 if expand == "zip":
-                    group = "zip" if len(alternatives) > 1 else None
-                axes.append(((*path, key), alternatives, group))
+                    group = "zip" if len(value) > 1 else None
+                number = len(lists)
+                lists.append(([], group))
+                lists[number][0].extend(
+                    (True, parse(item)) if isinstance(item, dict) else (False, item)
+                    for item in value
+                )
+                entries.append((key, "list", number))
             elif isinstance(value, dict):
-                collect(value, (*path, key))
+                entries.append((key, "dict", parse(value)))
+            else:
+                entries.append((key, "const", value))
+        return entries
 
-    collect(config, ())
-    out = []
-    for point in itertools.product(*(range(len(alts)) for _, alts, _ in axes)):
-        chosen: dict[str, set[int]] = {}
-        for (_, _, group), index in zip(axes, point, strict=True):
+    def build(
+        entries: list[tuple[str, str, Any]], point: tuple[int, ...], present: list[int]
+    ) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, kind, payload in entries:
+            if kind == "const":
+                out[key] = copy.deepcopy(payload)
+            elif kind == "dict":
+                out[key] = build(payload, point, present)
+            else:
+                present.append(payload)
+                is_dict, item = lists[payload][0][point[payload]]
+                out[key] = build(item, point, present) if is_dict else copy.deepcopy(item)
+        return out
+
+    root = parse(config)
+    out: list[dict[str, Any]] = []
+    seen: set[tuple[tuple[int, int], ...]] = set()
+    for point in itertools.product(*(range(len(items)) for items, _ in lists)):
+        present: list[int] = []
+        result = build(root, point, present)
+        taken: dict[str, set[int]] = {}
+        for number in present:
+            group = lists[number][1]
             if group is not None:
-                chosen.setdefault(group, set()).add(index)
-        if any(len(indices) > 1 for indices in chosen.values()):
+                taken.setdefault(group, set()).add(point[number])
+        if any(len(indices) > 1 for indices in taken.values()):
             continue
-        result = copy.deepcopy(config)
-        for (path, alts, _), index in zip(axes, point, strict=True):
-            target = result
-            for key in path[:-1]:
-                target = target[key]
-            target[path[-1]] = copy.deepcopy(alts[index])
-        out.append(result)
+        identity = tuple((number, point[number]) for number in present)
+        if identity not in seen:
+            seen.add(identity)
+            out.append(result)
     return out
 
 
-_scalars = st.one_of(st.integers(-5, 5), st.text("abc@", max_size=2), st.none(), st.booleans())
+# Plain values; "b@" is no marker, since a marker starts with the prefix.
+_scalars = st.sampled_from([0, 1, 2, -1, "a", "b@", None, True, False])
 
 
 def _lists(children: st.SearchStrategy[Any]) -> st.SearchStrategy[list[Any]]:
-    """Lists of alternatives: scalars (none that looks like a marker), literal lists and dicts,
-    optionally ending with a group marker."""
+    """Lists of alternatives: scalars, literal lists and (twice as likely) dicts, most ending
+    with a group marker, so that groups often span alternatives and depths."""
     alternatives = st.lists(
-        st.one_of(
-            _scalars.filter(lambda v: not (isinstance(v, str) and v.startswith("@"))),
-            st.lists(_scalars, max_size=2),
-            children,
-        ),
+        st.one_of(_scalars, st.lists(_scalars, max_size=2), children, children),
         min_size=1,
         max_size=3,
     )
-    marker = st.one_of(st.none(), st.sampled_from(["@x", "@y"]))
+    marker = st.sampled_from([None, "@x", "@x", "@y"])
     return st.tuples(alternatives, marker).map(lambda t: t[0] if t[1] is None else [*t[0], t[1]])
 
 
 _configs = st.recursive(
-    st.dictionaries(st.sampled_from("abcd"), _scalars, max_size=2),
+    st.dictionaries(st.sampled_from("ab"), _scalars, max_size=2),
     lambda children: st.dictionaries(
-        st.sampled_from("abcdef"),
-        st.one_of(_scalars, children, _lists(children)),
-        max_size=4,
+        st.sampled_from("abcd"),
+        st.one_of(_scalars, children, _lists(children), _lists(children)),
+        max_size=3,
     ),
     max_leaves=8,
 )
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=120, deadline=None)
 @given(_configs, st.sampled_from(["product", "zip"]))
 def test_expansion_matches_the_naive_reference(config: dict[str, Any], expand: str) -> None:
     assert expand_config(config, expand) == _reference(config, expand)

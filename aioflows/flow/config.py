@@ -1,20 +1,29 @@
 """Config grids: :func:`expand_config` turns one declared config into the configs it stands for.
 
-The rules are fluidml's (API.md section 3), so configs written for fluidml keep their meaning,
-but not its method: fluidml builds the full product of every list and then drops the points where
-the members of a zip group disagree, which costs ``k ** n`` for ``n`` zipped lists of ``k``
-values. Here a config is compiled once into a template plus a list of axes; a zip group is one
-dimension walked index by index, and a point is built from its mixed-radix index. Even the
-expansions of dicts inside a list of alternatives are built only when chosen, so a zip group cut
-to its shortest member never builds what it drops: the cost is linear in the size of the output.
+The rules are fluidml's (API.md section 3), so configs written for fluidml keep their meaning.
+Every list in the config, at any depth and inside any dict alternative, takes an index; the
+lists present in a config are those reached from the top through dicts and the alternatives
+chosen. A config exists for each choice of indices of its present lists in which all present
+lists of one zip group took the same index. fluidml finds them by building the product of every
+list and dropping the points where a group disagrees, which costs ``k ** n`` for ``n`` lists of
+``k`` values. Here the lists are walked depth first, and a group's index is chosen once, by its
+first list present; the lists after it take that index. Each list knows, for every group found
+in or below it, the indices of that group it can still meet (:data:`_Allowed`), so a choice that
+some list still to come cannot meet (a list of the group too short, at any depth of the
+alternatives it might choose) is cut at once rather than explored. The cost is then linear in
+the size of the output. A dead end is still possible where two groups constrain one list's
+alternatives together (the sets are kept per group), and backtracking leaves it at once.
+
+The order is that of the product fluidml filters: lists in depth-first order of the config as
+written (a list before the lists inside its alternatives), the first list varying slowest; a
+list absent from a config counts as index 0, so a config sits where its first point would.
 """
 
 from __future__ import annotations
 
-import bisect
-import math
-from collections.abc import Mapping
-from typing import Any
+import functools
+from collections.abc import Iterator, Mapping
+from typing import Any, TypeAlias
 
 from ..errors import FlowError
 
@@ -22,8 +31,13 @@ __all__ = ["expand_config"]
 
 _METHODS = ("product", "zip")
 
-# Kinds of template entries: a constant, the value chosen on an axis, a nested template.
+# Kinds of template entries: a constant, the value chosen on a list, a nested template.
 _CONST, _AXIS, _DICT = 0, 1, 2
+
+# The indices of a group a list (or dict) can meet: ``n`` for ``range(n)``, else the set itself.
+# A group absent from a list's map is not constrained by it.
+_Allowed: TypeAlias = int | frozenset[int]
+_Template: TypeAlias = list[tuple[str, int, Any]]
 
 
 def expand_config(
@@ -32,11 +46,14 @@ def expand_config(
     """Every config a grid ``config`` stands for, in a deterministic order.
 
     A list value holds alternatives (an element that is a list is one literal list value, so
-    ``[[1, 2]]`` is the single value ``[1, 2]``; an element that is a dict contributes each of
-    its own expansions); a dict value is expanded recursively and its lists are axes of the whole
-    config. Lists ending with ``"<group_prefix><name>"`` vary together index by index, cut to the
-    shortest; everything else is crossed by product, the first axis varying slowest.
-    ``expand="zip"`` zips every list that has more than one alternative.
+    ``[[1, 2]]`` is the single value ``[1, 2]``; an element that is a dict is expanded when
+    chosen); a dict value is expanded recursively. A list ending with
+    ``"<group_prefix><name>"`` belongs to zip group ``name``: in every config, the lists of one
+    group that are present took the same index, whatever their depth, so lengths that differ
+    are cut to the shortest and a list inside an alternative constrains only the configs that
+    chose it. Everything else is crossed by product, the first list varying slowest (see the
+    module docstring for the exact order). ``expand="zip"`` puts every list of more than one
+    alternative, at every depth, in one group.
 
     Output dicts are built afresh: dicts, lists, tuples and sets are copied, so mutating one
     output changes neither the input nor another output. Other objects are shared, since copying
@@ -51,95 +68,94 @@ def expand_config(
     if not isinstance(config, Mapping):
         raise FlowError(f"a config must be a mapping of str keys, got {type(config).__name__}")
     try:
-        grid = _Grid(config, "", expand, group_prefix)
-        return [grid.build(index) for index in range(grid.size)]
+        axes: list[_Axis] = []
+        root = _Node(config, "", axes, expand, group_prefix)
+        return [_render(root.template, choice) for choice in _choices(root, len(axes))]
     except RecursionError:
         raise FlowError("the config contains itself or is nested too deeply") from None
 
 
-class _Grid:
-    """A compiled config: ``size`` points, any one of which :meth:`build` makes on demand."""
+class _Node:
+    """A dict of the config: its template, and the lists present whenever it is."""
 
-    __slots__ = ("_axes", "_dims", "_template", "size")
+    __slots__ = ("allowed", "axes", "template")
 
-    def __init__(self, config: Mapping[Any, Any], path: str, expand: str, prefix: str) -> None:
-        self._axes: list[_Axis] = []
-        self._template = _compile(config, path, self._axes, expand, prefix)
-        # One dimension per ungrouped axis and one per zip group, placed at its first member.
-        dims: list[list[int]] = []
-        groups: dict[str, list[int]] = {}
-        for index, axis in enumerate(self._axes):
-            group = axis.group
-            if expand == "zip":
-                # A single alternative is a constant; zipping it would cut the rest to one.
-                group = None if axis.size == 1 else ""
-            if group is None:
-                dims.append([index])
-            elif group in groups:
-                groups[group].append(index)
-            else:
-                groups[group] = [index]
-                dims.append(groups[group])
-        self._dims = [(members, min(self._axes[i].size for i in members)) for members in dims]
-        self.size = math.prod(n for _, n in self._dims)
-
-    def build(self, index: int) -> dict[str, Any]:
-        choice = [0] * len(self._axes)
-        for members, n in reversed(self._dims):  # the last dimension varies fastest
-            index, position = divmod(index, n)
-            for member in members:
-                choice[member] = position
-        return _render(self._template, self._axes, choice)
+    def __init__(
+        self, config: Mapping[Any, Any], path: str, axes: list[_Axis], expand: str, prefix: str
+    ) -> None:
+        self.axes: list[_Axis] = []
+        self.template = _compile(config, path, axes, self.axes, expand, prefix)
+        # A dict meets a group's index only if each of its lists does.
+        allowed: dict[str, _Allowed] = {}
+        for axis in self.axes:
+            for group, indices in axis.allowed.items():
+                allowed[group] = _meet(allowed[group], indices) if group in allowed else indices
+        self.allowed = allowed
 
 
 class _Axis:
-    """One list of alternatives, of which a dict element stands for all its own expansions."""
+    """One list of alternatives; ``index`` is its place in depth-first order."""
 
-    __slots__ = ("_items", "_starts", "group", "size")
+    __slots__ = ("allowed", "group", "index", "items")
 
-    def __init__(self, items: list[Any], group: str | None) -> None:
-        self._items = items
+    def __init__(self, index: int, group: str | None) -> None:
+        self.index = index
         self.group = group
-        self._starts: list[int] | None = None
-        self.size = len(items)
-        if any(isinstance(item, _Grid) for item in items):
-            self._starts = []
-            self.size = 0
-            for item in items:
-                self._starts.append(self.size)
-                self.size += item.size if isinstance(item, _Grid) else 1
+        self.items: list[Any] = []  # constants and _Node alternatives
+        self.allowed: dict[str, _Allowed] = {}
 
-    def pick(self, index: int) -> Any:
-        if self._starts is None:
-            return _fresh(self._items[index])
-        at = bisect.bisect_right(self._starts, index) - 1
-        item = self._items[at]
-        if isinstance(item, _Grid):
-            return item.build(index - self._starts[at])
-        return _fresh(item)
+    def finish(self) -> None:
+        """Compute :attr:`allowed` once the alternatives are compiled.
+
+        The list's own group can take index ``i`` only if alternative ``i`` meets ``i``. Any
+        other group is met if some alternative meets it (an alternative without that group's
+        lists meets every index, and then the list does not constrain the group).
+        """
+        others: dict[str, _Allowed] = {}
+        nodes = [item for item in self.items if isinstance(item, _Node)]
+        if len(nodes) == len(self.items):  # else a constant alternative meets every index
+            shared = set.intersection(*(set(node.allowed) for node in nodes)) - {self.group}
+            for group in sorted(shared):
+                others[group] = functools.reduce(_join, [node.allowed[group] for node in nodes])
+        if self.group is not None:
+            own = self.group
+            met = [
+                i
+                for i, item in enumerate(self.items)
+                if not isinstance(item, _Node) or _within(i, item.allowed.get(own))
+            ]
+            others[own] = len(self.items) if len(met) == len(self.items) else frozenset(met)
+        self.allowed = others
 
 
 def _compile(
-    config: Mapping[Any, Any], path: str, axes: list[_Axis], expand: str, prefix: str
-) -> list[tuple[str, int, Any]]:
-    """The template of ``config``; appends the axes its lists (nested dicts' too) stand for."""
-    template: list[tuple[str, int, Any]] = []
+    config: Mapping[Any, Any],
+    path: str,
+    axes: list[_Axis],
+    present: list[_Axis],
+    expand: str,
+    prefix: str,
+) -> _Template:
+    """The template of ``config``; appends its lists (nested dicts' too) to ``present`` and,
+    with those inside its alternatives, to ``axes`` in depth-first order."""
+    template: _Template = []
     for key, value in config.items():
         if not isinstance(key, str):
             where = f" in {path!r}" if path else ""
             raise FlowError(f"config key {key!r}{where} must be a str, not {type(key).__name__}")
         here = f"{path}.{key}" if path else key
         if isinstance(value, list):
-            template.append((key, _AXIS, len(axes)))
-            axes.append(_axis(value, here, expand, prefix))
+            axis = _axis(value, here, axes, expand, prefix)
+            present.append(axis)
+            template.append((key, _AXIS, axis))
         elif isinstance(value, Mapping):
-            template.append((key, _DICT, _compile(value, here, axes, expand, prefix)))
+            template.append((key, _DICT, _compile(value, here, axes, present, expand, prefix)))
         else:
             template.append((key, _CONST, value))
     return template
 
 
-def _axis(values: list[Any], path: str, expand: str, prefix: str) -> _Axis:
+def _axis(values: list[Any], path: str, axes: list[_Axis], expand: str, prefix: str) -> _Axis:
     """The axis of a list value. Only the last element can be a group marker: in
     ``["@home", 1]`` the string ``"@home"`` is an alternative like any other."""
     group = None
@@ -158,24 +174,138 @@ def _axis(values: list[Any], path: str, expand: str, prefix: str) -> _Axis:
             f"config key {path!r} lists no alternatives{only}; for a value that is an empty "
             "list, write [[]]"
         )
-    items = [
-        _Grid(value, f"{path}[{i}]", expand, prefix) if isinstance(value, Mapping) else value
+    if expand == "zip":
+        # fluidml: markers are dropped and every list of more than one alternative is zipped;
+        # a single alternative is a constant, else it would cut the whole zip to one config.
+        group = "" if len(values) > 1 else None
+    axis = _Axis(len(axes), group)
+    axes.append(axis)  # before the lists inside its alternatives: depth-first order
+    axis.items = [
+        _Node(value, f"{path}[{i}]", axes, expand, prefix) if isinstance(value, Mapping) else value
         for i, value in enumerate(values)
     ]
-    return _Axis(items, group)
+    axis.finish()
+    return axis
 
 
-def _render(
-    template: list[tuple[str, int, Any]], axes: list[_Axis], choice: list[int]
-) -> dict[str, Any]:
+def _choices(root: _Node, count: int) -> Iterator[list[int]]:
+    """The index of every present list, for each config in order (one list, updated in place).
+
+    A depth-first walk over the present lists, a list's chosen alternative's lists coming
+    right after it: ``pending`` is a linked list ``(axis, rest)``. ``bound`` holds each group's
+    index, set by the first list of the group present. Invariant: every pending list can meet
+    the index of every bound group (:attr:`_Axis.allowed`); a choice that would break it is
+    skipped, so a walk that goes on usually ends in a config.
+    """
+    choice = [0] * count
+    pending: tuple[_Axis, Any] | None = None
+    for axis in reversed(root.axes):
+        pending = (axis, pending)
+    if pending is None:
+        yield choice
+        return
+    bound: dict[str, int] = {}
+    # Frames: [axis, rest, candidate indices, whether this frame bound the axis's group].
+    stack: list[list[Any]] = [_frame(pending, bound)]
+    while stack:
+        frame = stack[-1]
+        axis, rest, candidates, binds = frame
+        group = axis.group
+        if binds:
+            del bound[group]
+            frame[3] = False
+        index = next(candidates, None)
+        if index is None:
+            stack.pop()
+            continue
+        item = axis.items[index]
+        if group is not None and group not in bound:
+            bound[group] = index
+            frame[3] = True
+            if not _meets(rest, group, index):
+                continue
+        after = rest
+        if isinstance(item, _Node):
+            if not all(_fits(sub, bound) for sub in item.axes):
+                continue
+            for sub in reversed(item.axes):
+                after = (sub, after)
+        choice[axis.index] = index
+        if after is None:
+            yield choice
+        else:
+            stack.append(_frame(after, bound))
+
+
+def _frame(pending: tuple[_Axis, Any], bound: dict[str, int]) -> list[Any]:
+    axis, rest = pending
+    group = axis.group
+    if group is not None and group in bound:
+        index = bound[group]
+        candidates: Iterator[int] = iter([index] if _within(index, axis.allowed[group]) else [])
+    else:
+        candidates = iter(range(len(axis.items)))
+    return [axis, rest, candidates, False]
+
+
+def _meets(pending: tuple[_Axis, Any] | None, group: str, index: int) -> bool:
+    """Whether every list in ``pending`` can meet ``index`` for ``group``."""
+    while pending is not None:
+        axis, pending = pending
+        indices = axis.allowed.get(group)
+        if indices is not None and not _within(index, indices):
+            return False
+    return True
+
+
+def _fits(axis: _Axis, bound: dict[str, int]) -> bool:
+    """Whether ``axis`` can meet the index of every bound group."""
+    for group, indices in axis.allowed.items():
+        if group in bound and not _within(bound[group], indices):
+            return False
+    return True
+
+
+def _within(index: int, indices: _Allowed | None) -> bool:
+    if indices is None:
+        return True
+    if isinstance(indices, int):
+        return index < indices
+    return index in indices
+
+
+def _meet(one: _Allowed, two: _Allowed) -> _Allowed:
+    if isinstance(one, int) and isinstance(two, int):
+        return min(one, two)
+    if isinstance(one, int):
+        one, two = two, one
+    assert isinstance(one, frozenset)
+    return frozenset(i for i in one if _within(i, two))
+
+
+def _join(one: _Allowed, two: _Allowed) -> _Allowed:
+    if isinstance(one, int) and isinstance(two, int):
+        return max(one, two)
+    joined = frozenset(_members(one)) | frozenset(_members(two))
+    limit = len(joined)
+    return limit if max(joined, default=-1) == limit - 1 else joined
+
+
+def _members(indices: _Allowed) -> Iterator[int]:
+    return iter(range(indices)) if isinstance(indices, int) else iter(indices)
+
+
+def _render(template: _Template, choice: list[int]) -> dict[str, Any]:
+    """One output dict (nested dicts by further calls), from each present list's index."""
     out: dict[str, Any] = {}
     for key, kind, payload in template:
         if kind == _CONST:
             out[key] = _fresh(payload)
         elif kind == _AXIS:
-            out[key] = axes[payload].pick(choice[payload])
+            item = payload.items[choice[payload.index]]
+            out[key] = _render(item.template, choice) if isinstance(item, _Node) else _fresh(item)
         else:
-            out[key] = _render(payload, axes, choice)
+            out[key] = _render(payload, choice)
     return out
 
 
