@@ -571,7 +571,12 @@ async def _drive(pool: _Pool, send: MemoryObjectSendStream[Any]) -> None:
 
 
 class _Sink(Protocol):
-    """Where a pool's workers hand results: without waiting if possible, else awaited."""
+    """Where a pool's workers hand results: without waiting if possible, else awaited.
+
+    When ``deliver_nowait`` returns False the worker awaits ``sink(index, result)``, which
+    finishes that delivery whatever part of it the attempt did: an ordered sink may already
+    have stored the result, or emitted it, before it met a result that had to wait.
+    """
 
     def deliver_nowait(self, index: int, result: Any) -> bool: ...
 
@@ -642,7 +647,8 @@ class _OrderedSink:
 
     def deliver_nowait(self, index: int, result: Any) -> bool:
         """Store the result and emit what the prefix allows without waiting; False if an
-        emit would have to wait (the caller then awaits ``self(index, result)``)."""
+        emit would have to wait (the caller then awaits ``self(index, result)``, which goes
+        on from there: the result may be stored, or out already)."""
         pending = self._pending
         if index == self._next and not pending and not self._flushing:
             # The common case: this result is next and nothing waits behind it.
@@ -669,7 +675,10 @@ class _OrderedSink:
 
     async def __call__(self, index: int, result: Any) -> None:
         pending = self._pending
-        pending[index] = result
+        if index >= self._next:
+            pending[index] = result
+        # else a ``deliver_nowait`` that then had to stop has emitted it already: storing it
+        # again would keep it below ``_next``, where no flush ever looks, for good.
         if self._flushing:
             return  # the worker already flushing will see it
         self._flushing = True

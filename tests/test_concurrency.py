@@ -6,6 +6,7 @@ import asyncio
 import gc
 import itertools
 import random
+import weakref
 from collections.abc import AsyncIterator, Iterator
 
 import anyio
@@ -173,6 +174,53 @@ async def test_ordered_imap_bounds_admission_behind_a_slow_item() -> None:
             async for _ in results:
                 pass
     assert pulled.count <= 2 * 4 + 1  # the head holds admission; nothing piles up
+
+
+class Census:
+    """Result objects that count themselves: how many a stream keeps alive at a time."""
+
+    def __init__(self) -> None:
+        self.created = self.freed = 0
+
+    def make(self, value: int) -> Result:
+        result = Result(value)
+        self.created += 1
+        weakref.finalize(result, self._free)
+        return result
+
+    def _free(self) -> None:
+        self.freed += 1
+
+    @property
+    def live(self) -> int:
+        return self.created - self.freed
+
+
+class Result:
+    __slots__ = ("__weakref__", "value")
+
+    def __init__(self, value: int) -> None:
+        self.value = value
+
+
+async def test_ordered_imap_holds_a_bounded_number_of_results_issue_10() -> None:
+    """An index the ordered sink had already emitted was put back in its pending map (and kept
+    there for good) when a flush emitted the worker's own result, then had to wait."""
+    census = Census()
+
+    async def call(x: int) -> Result:
+        if x % 5 == 0:  # every fifth item finishes late: the ones after it wait for it
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)
+        return census.make(x)
+
+    concurrency, seen = 4, 0
+    async for result in af.imap(call, range(3_000), ordered=True, concurrency=concurrency):
+        assert result.value == seen
+        seen += 1
+        # the stream's buffer, the re-ordering window, and the result the loop holds
+        assert census.live <= concurrency + 2 * concurrency + 1
+    assert seen == 3_000
 
 
 # -- errors ------------------------------------------------------------------------------------
