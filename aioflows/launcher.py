@@ -25,7 +25,7 @@ from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Mappin
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import anyio
 import anyio.lowlevel
@@ -427,10 +427,16 @@ class Launcher:
                 duplicate = ident in seen
             except TypeError:
                 raise InvalidArgument(
-                    f"input item #{index}: id {ident!r} is not hashable"
+                    f"input item #{index}: id {_show(ident)} is not hashable"
                 ) from None
             if duplicate:
-                raise InvalidArgument(f"duplicate id {ident!r} in the input (item #{index})")
+                raise InvalidArgument(f"duplicate id {_show(ident)} in the input (item #{index})")
+            if not _faithful(ident):  # the file is the resume state: an id must come back as is
+                raise InvalidArgument(
+                    f"input item #{index}: id {_show(ident)} cannot be written to the output and "
+                    "read back as the same value; an id is a str, an int, a finite float, a "
+                    "bool, None, or a tuple of these"
+                )
             seen.add(ident)
         return items
 
@@ -450,11 +456,11 @@ class _Run:
         self.error: LaunchFailed | None = None
         self.per_key = {k.label: 0 for k in launcher._keys}  # calls made with each, this run
         self.written = anyio.Event()
-        self.send: MemoryObjectSendStream[dict[str, Any]]
+        self.send: MemoryObjectSendStream[_Finished]
 
     async def go(self) -> None:
         launcher = self.launcher
-        send, receive = anyio.create_memory_object_stream[dict[str, Any]](math.inf)
+        send, receive = anyio.create_memory_object_stream[_Finished](math.inf)
         self.send = send
         workers = min(launcher._concurrency, max(1, self.total))
         async with anyio.create_task_group() as outer:
@@ -469,8 +475,8 @@ class _Run:
 
     async def _worker(self) -> None:
         for item, sample in self.work:
-            record = await self._call(item, sample)
-            self.send.send_nowait(record)
+            record, line = await self._call(item, sample)
+            self.send.send_nowait((record, line))
             if record["error"] is not None and not self.launcher._fault_tolerant:
                 self.task_group.cancel_scope.cancel()  # admit nothing more, stop the rest
                 return
@@ -492,7 +498,7 @@ class _Run:
             await key.tokens.acquire(min(cost, key.tokens.burst))
         return key
 
-    async def _call(self, item: dict[str, Any], sample: int) -> dict[str, Any]:
+    async def _call(self, item: dict[str, Any], sample: int) -> _Finished:
         launcher = self.launcher
         retry = launcher._retry
         ident = item[launcher._id_key]
@@ -548,12 +554,6 @@ class _Run:
                 error = _describe(exc, launcher._keys)
                 self._failed(exc, ident, sample, key_label)
             break
-        if error is None:
-            output = _redact_value(output, launcher._keys)
-            try:
-                json.dumps(output)
-            except (TypeError, ValueError) as exc:
-                output, error = None, f"TypeError: the output is not JSON ({exc})"
         record = {
             "id": ident,
             "sample": sample,
@@ -564,11 +564,22 @@ class _Run:
             "started_at": started_at.isoformat(),
             "duration_s": round(time.monotonic() - started, 6),
         }
+        try:
+            if error is None:
+                record["output"] = _redact_value(output, launcher._keys)
+            line = _line(record)
+        except Exception as exc:  # a tuple as a dict key, a cycle, NaN, an object, 10**5000
+            # The pair fails here, in its worker: the writer only ever gets lines it can write.
+            record["output"] = None
+            record["error"] = error = _redact(
+                f"TypeError: the output is not JSON ({_text(exc)})", launcher._keys
+            )
+            line = _line(record)  # the id was checked, the rest is ours: this one always goes
         if error is None:
             self.succeeded += 1
         else:
             self.failed += 1
-        return record
+        return record, line
 
     def _failed(self, exc: BaseException, ident: Any, sample: int, key: str) -> None:
         """Keep the first failure, as a clean error, when it is to stop the run."""
@@ -576,7 +587,7 @@ class _Run:
         if not launcher._fault_tolerant and self.error is None:
             self.error = _clean_error(exc, launcher._keys, ident, sample, key)
 
-    async def _writer(self, receive: MemoryObjectReceiveStream[dict[str, Any]]) -> None:
+    async def _writer(self, receive: MemoryObjectReceiveStream[_Finished]) -> None:
         launcher = self.launcher
         path = launcher._output
         handle = await anyio.to_thread.run_sync(_open_append, path) if path else None
@@ -590,7 +601,7 @@ class _Run:
                 batch += _take_ready(receive)  # everything already finished: one write
                 self._written(batch)
                 if handle is not None:
-                    text = "".join(_line(r) for r in batch)
+                    text = "".join(line for _, line in batch)
                     sync = time.monotonic() - last_sync >= FSYNC_EVERY
                     with anyio.CancelScope(shield=True):
                         await anyio.to_thread.run_sync(_append, handle, text, sync)
@@ -605,15 +616,15 @@ class _Run:
             self._written(rest)
             try:
                 if handle is not None:
-                    text = "".join(_line(r) for r in rest)
+                    text = "".join(line for _, line in rest)
                     with anyio.CancelScope(shield=True):
                         await anyio.to_thread.run_sync(_close, handle, text)
             finally:
                 self.written.set()
 
-    def _written(self, batch: list[dict[str, Any]]) -> None:
+    def _written(self, batch: list[_Finished]) -> None:
         if self.keep:
-            self.records.extend(batch)
+            self.records.extend(record for record, _ in batch)
         self.finished += len(batch)
 
     async def _show_progress(self) -> None:
@@ -653,7 +664,7 @@ class _Run:
         progress.refresh()
 
 
-def _take_ready(receive: MemoryObjectReceiveStream[dict[str, Any]]) -> list[dict[str, Any]]:
+def _take_ready(receive: MemoryObjectReceiveStream[_Finished]) -> list[_Finished]:
     taken = []
     while True:
         try:
@@ -676,8 +687,52 @@ def _backoff(retry: Retry | None, count: int) -> float:
 
 
 def _line(record: dict[str, Any]) -> str:
-    # Outputs and errors were checked and scrubbed when the record was made.
-    return json.dumps(record, ensure_ascii=False) + "\n"
+    """One strict JSON line (no NaN), readable UTF-8 where it can be.
+
+    A string with a lone surrogate (an API reply cut mid-emoji) has no UTF-8 form; such a line
+    is written with ``\\uXXXX`` escapes instead, which read back as the same string.
+    """
+    text = json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(record, ensure_ascii=True, allow_nan=False) + "\n"
+    return text
+
+
+def _faithful(ident: Any) -> bool:
+    """Whether ``ident`` written as JSON reads back as the same value, of the same types."""
+    if type(ident) is str or (type(ident) is int and ident.bit_length() < 4000):
+        return True  # the usual ids, without a round trip (an int of 1,200 digits reads back)
+    try:
+        back = _decode_id(json.loads(json.dumps(ident, ensure_ascii=True, allow_nan=False)))
+    except (TypeError, ValueError, RecursionError):  # not JSON; NaN; more digits than int() reads
+        return False
+    return _same(ident, back)
+
+
+def _same(a: Any, b: Any) -> bool:
+    if type(a) is not type(b):  # an Enum or a str subclass comes back as the plain value
+        return False
+    if isinstance(a, tuple):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    return bool(a == b)
+
+
+def _decode_id(value: Any) -> Any:
+    """An id as read from the file: JSON lists were tuples (a list cannot be an id)."""
+    if isinstance(value, list):
+        return tuple(_decode_id(v) for v in value)
+    return value
+
+
+def _show(value: Any) -> str:
+    """A short repr, even of a value whose repr fails (an int of 5,000 digits)."""
+    try:
+        text = repr(value)
+    except Exception:
+        return f"<a {type(value).__name__}>"
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 # --- the output file, in worker threads -----------------------------------------------------------
@@ -732,6 +787,10 @@ def _truncate_torn_tail(path: Path) -> None:
         return
 
 
+#: What a worker hands the writer: the record and its line, made in the worker, so that a
+#: record that cannot be written fails its own pair and never the writer.
+_Finished: TypeAlias = "tuple[dict[str, Any], str]"
+
 _FIELDS = frozenset({"id", "sample", "key", "attempts", "output", "error"})
 
 
@@ -762,9 +821,14 @@ def _read_done(path: Path) -> dict[tuple[Any, int], dict[str, Any]]:
                 f"{path} line {number} is not a launcher record (fields {sorted(_FIELDS)})"
             )
         if record["error"] is None:
-            ident = record["id"]
-            key = (tuple(ident) if isinstance(ident, list) else ident, record["sample"])
-            done[key] = record
+            ident = _decode_id(record["id"])
+            record["id"] = ident
+            try:
+                done[(ident, record["sample"])] = record
+            except TypeError:  # a dict as id: not ours
+                raise OutputFileError(
+                    f"{path} line {number} has an id the launcher does not write: {_show(ident)}"
+                ) from None
     return done
 
 

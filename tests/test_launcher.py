@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import enum
 import json
 import signal
 import subprocess
 import sys
 import textwrap
 import time
+import uuid
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -271,12 +273,19 @@ async def test_bad_input_fails_before_any_call(tmp_path: Path) -> None:
 
 
 async def test_cancellation_leaves_the_file_consistent(tmp_path: Path) -> None:
+    finished = 0
+    stop = anyio.CancelScope()
+
     async def fn(sample: dict[str, Any], key: af.Key) -> int:
+        nonlocal finished
         await anyio.sleep(0.002 * (sample["id"] % 5))
+        finished += 1
+        if finished == 50:  # stopped part way, from outside the run, as Ctrl-C would
+            stop.cancel()
         return sample["id"]
 
     output = tmp_path / "out.jsonl"
-    with anyio.move_on_after(0.05):
+    with stop:
         await af.Launcher(fn, output=output, concurrency=4).run(data(1000))
     first = read_records(output)  # every line is whole
     assert 0 < len(first) < 1000
@@ -528,3 +537,130 @@ async def test_issue10_the_clean_error_keeps_simple_attributes_scrubbed() -> Non
     assert isinstance(info.value, LaunchFailed)
     assert info.value.secret == "<key-0>"  # type: ignore[attr-defined]
     assert str(info.value) == "QuotesTheKey: refused <key-0> (id 0, sample 0, key-0)"
+
+
+# --- issue 10: the writer never dies on a record ----------------------------------------------
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def strict_records(path: Path) -> list[dict[str, Any]]:
+    """Every line of ``path``: strict UTF-8 and strict JSON (no NaN or Infinity)."""
+    text = path.read_bytes().decode("utf-8")
+    assert text.endswith("\n")
+    return [json.loads(line, parse_constant=_no_constant) for line in text.splitlines()]
+
+
+async def test_issue10_lone_surrogates_are_written_escaped_and_read_back(tmp_path: Path) -> None:
+    cut = "a reply cut mid-emoji \ud83d"
+
+    async def fn(sample: dict[str, Any], key: af.Key) -> Any:
+        if sample["id"] == 1:
+            raise ValueError(f"bad reply {cut}")
+        return {"text": cut, "n": sample["id"]}
+
+    output = tmp_path / "out.jsonl"
+    summary = await af.Launcher(fn, output=output, retry=1).run(data(3))
+    assert (summary.succeeded, summary.failed) == (2, 1)
+    records = strict_records(output)
+    assert sorted(r["id"] for r in records) == [0, 1, 2]
+    assert [r["output"]["text"] for r in records if r["error"] is None] == [cut, cut]
+    assert [r["error"] for r in records if r["error"]] == [f"ValueError: bad reply {cut}"]
+    again = await af.Launcher(fn, output=output, retry=1).run(data(3))
+    assert (again.skipped, again.failed) == (2, 1)
+    assert [r["output"] for r in await af.launch(fn, data(3), output=output, retry=1)][::2] == [
+        {"text": cut, "n": 0},
+        {"text": cut, "n": 2},
+    ]
+
+
+async def test_issue10_non_ascii_outputs_stay_readable(tmp_path: Path) -> None:
+    async def fn(sample: dict[str, Any], key: af.Key) -> str:
+        return "天気 ☀ é"
+
+    output = tmp_path / "out.jsonl"
+    await af.Launcher(fn, output=output).run(data(1))
+    assert "天気 ☀ é" in output.read_text(encoding="utf-8")  # not \\uXXXX escapes
+    assert strict_records(output)[0]["output"] == "天気 ☀ é"
+
+
+class Colour(str, enum.Enum):
+    RED = "red"
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        uuid.UUID(int=7),
+        (1, uuid.UUID(int=7)),
+        float("nan"),
+        float("inf"),
+        frozenset({1}),
+        Colour.RED,  # written as "red", read back as a str
+        10**5000,  # more digits than int() reads back
+    ],
+    ids=["uuid", "tuple-with-uuid", "nan", "inf", "frozenset", "str-enum", "huge-int"],
+)
+async def test_issue10_ids_that_cannot_be_written_faithfully_fail_before_any_call(
+    tmp_path: Path, bad: Any
+) -> None:
+    calls: list[Any] = []
+
+    async def fn(sample: dict[str, Any], key: af.Key) -> int:
+        calls.append(sample)
+        return 1
+
+    with pytest.raises(ValueError, match=r"item #1: id .* cannot be written") as info:
+        await af.launch(fn, [{"id": "fine"}, {"id": bad}], output=tmp_path / "out.jsonl")
+    assert isinstance(info.value, af.AioflowsError)
+    assert calls == []
+
+
+async def test_issue10_tuple_and_other_json_ids_round_trip_through_resume(tmp_path: Path) -> None:
+    ids: list[Any] = ["plain", 7, 2.5, None, (1, "a"), ((1, 2), ("x", None)), "lone \udc80"]
+
+    async def fn(sample: dict[str, Any], key: af.Key) -> str:
+        return "ok"
+
+    output = tmp_path / "out.jsonl"
+    items = [{"id": i} for i in ids]
+    first = await af.Launcher(fn, output=output, samples=2).run(items)
+    assert first.succeeded == 14
+    assert len(strict_records(output)) == 14
+    again = await af.Launcher(fn, output=output, samples=2).run(items)
+    assert (again.skipped, again.succeeded) == (14, 0)
+    records = await af.launch(fn, items, output=output, samples=2)
+    assert [r["id"] for r in records[::2]] == ids  # the same values, tuples as tuples
+    assert [type(r["id"]) for r in records[::2]] == [type(i) for i in ids]
+
+
+async def test_issue10_an_output_that_cannot_be_written_is_an_error_record(tmp_path: Path) -> None:
+    cyclic: list[Any] = []
+    cyclic.append(cyclic)
+    outputs: dict[int, Any] = {
+        0: {(1, 2): "a tuple key"},
+        1: cyclic,
+        2: 10**5000,
+        3: {"score": float("nan")},
+        4: object(),
+        5: "fine",
+    }
+
+    async def fn(sample: dict[str, Any], key: af.Key) -> Any:
+        return outputs[sample["id"]]
+
+    output = tmp_path / "out.jsonl"
+    summary = await af.Launcher(fn, output=output).run(data(6))
+    assert (summary.succeeded, summary.failed) == (1, 5)
+    records = strict_records(output)
+    assert Counter(r["id"] for r in records) == {i: 1 for i in range(6)}
+    for r in records:
+        if r["id"] == 5:
+            assert (r["output"], r["error"]) == ("fine", None)
+        else:
+            assert r["output"] is None
+            assert r["error"].startswith("TypeError: the output is not JSON")
+    again = await af.Launcher(fn, output=output).run(data(6))  # resume reads it back
+    assert (again.skipped, again.failed) == (1, 5)
