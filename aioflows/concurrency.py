@@ -252,7 +252,9 @@ class _Pool:
                 pulled = pull_nowait()
                 if pulled is _BLOCKED:
                     pulled = await source.pull()
-            except Exception as exc:  # the input itself failed
+            except BaseException as exc:  # the input itself failed
+                if _is_cancellation(exc):
+                    raise
                 self.fail(tg, exc)
                 return
             if pulled is _DONE:
@@ -267,8 +269,22 @@ class _Pool:
                     self.fail(tg, exc)
                     return
                 result = exc
-            if not deliver_nowait(index, result):
-                await sink(index, result)
+            except BaseException as exc:
+                # Not an Exception (KeyboardInterrupt, a test framework's failure): never a
+                # result, and raised by run() as itself rather than leaving the worker, where
+                # the task group would wrap it (and asyncio end the loop for some).
+                if _is_cancellation(exc):
+                    raise
+                self.fail(tg, exc)
+                return
+            try:
+                if not deliver_nowait(index, result):
+                    await sink(index, result)
+            except BaseException as exc:  # a flat stage makes its outputs as they go out
+                if _is_cancellation(exc):
+                    raise
+                self.fail(tg, exc)
+                return
 
 
 def _pool_size(items: object, concurrency: int) -> int:
@@ -300,7 +316,8 @@ async def map(
     ``items`` is consumed lazily, no further ahead than the calls in flight. On the first
     exception (after retries) the calls still in flight are cancelled and that exception is
     raised as itself — not wrapped in an ExceptionGroup — unless ``return_exceptions`` puts it
-    in the result list instead. Cancelling the caller cancels every call in flight.
+    in the result list instead; a BaseException that is not an Exception (KeyboardInterrupt)
+    is always raised, as itself. Cancelling the caller cancels every call in flight.
 
     Args:
         fn: Async callable of one item.
@@ -352,7 +369,7 @@ async def _map_sync(
                 item = next(iterator)
             except StopIteration:
                 return
-            except Exception as exc:  # the input itself failed
+            except BaseException as exc:  # the input itself failed
                 _fail(tg, failure, exc)
                 return
             index = len(results)
@@ -364,6 +381,11 @@ async def _map_sync(
                     _fail(tg, failure, exc)
                     return
                 results[index] = exc
+            except BaseException as exc:  # as in _Pool._worker
+                if _is_cancellation(exc):
+                    raise
+                _fail(tg, failure, exc)
+                return
 
     async with anyio.create_task_group() as tg:
         for _ in range(workers):
@@ -371,6 +393,11 @@ async def _map_sync(
     if failure:
         raise failure[0]
     return results
+
+
+def _is_cancellation(exc: BaseException) -> bool:
+    """Whether ``exc`` cancels the task it reached: that one must propagate, not be recorded."""
+    return isinstance(exc, anyio.get_cancelled_exc_class())
 
 
 def _fail(tg: TaskGroup, failure: list[BaseException], exc: BaseException) -> None:
@@ -406,7 +433,8 @@ def imap(
     Memory stays bounded whatever the input: at most ``concurrency`` results wait for the
     consumer, and with ``ordered=True`` at most ``2 * concurrency`` items are pulled ahead of
     the next one to emit, so one slow item holds back admission instead of letting finished
-    results pile up. The first exception stops the workers and is raised by the iterator.
+    results pile up. The first exception stops the workers and is raised by the iterator, as
+    itself (a BaseException too).
 
     Raises:
         ValueError, TypeError: Bad arguments, before any call starts.

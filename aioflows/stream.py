@@ -36,6 +36,7 @@ from .concurrency import (
     Driven,
     _Admit,
     _emit,
+    _is_cancellation,
     _OrderedSink,
     _Pool,
     _Source,
@@ -334,12 +335,14 @@ class Union:
 
         async def fan_out(item: Any) -> tuple[Any, ...]:
             outs: list[Any] = [None] * len(calls)
-            errors: list[Exception] = []
+            errors: list[BaseException] = []
 
             async def branch(i: int, tg: anyio.abc.TaskGroup) -> None:
                 try:
                     outs[i] = await calls[i](item)
-                except Exception as exc:
+                except BaseException as exc:
+                    if _is_cancellation(exc):
+                        raise
                     errors.append(exc)
                     tg.cancel_scope.cancel()  # the other branches' work is moot
 
@@ -347,7 +350,7 @@ class Union:
                 for i in range(len(calls)):
                     tg.start_soon(branch, i, tg)
             if errors:
-                raise errors[0]  # the branch's own exception, not a group of one
+                raise errors[0]  # the branch's own exception (a BaseException too), not a group
             return tuple(outs)
 
         return fan_out
@@ -595,30 +598,42 @@ async def _batch(
             await anyio.sleep_until(deadline)
             await flush(generation)
 
+    async def fill() -> None:
+        while True:
+            pulled = await source.pull()
+            if pulled is _DONE:
+                break
+            item = pulled[1]
+            if type(item) is Failed:
+                async with state.lock:
+                    await emit.one(send, item)  # failures bypass batching
+                continue
+            if not state.items and step.timeout is not None:
+                state.deadline = anyio.current_time() + step.timeout
+                state.started.set()
+            state.items.append(item)
+            if len(state.items) >= step.size:
+                await flush()
+        await flush()
+
+    failure: list[BaseException] = []
     with send:
         try:
             async with anyio.create_task_group() as tg:
                 if step.timeout is not None:
                     tg.start_soon(timer, step.timeout)
-                while True:
-                    pulled = await source.pull()
-                    if pulled is _DONE:
-                        break
-                    item = pulled[1]
-                    if type(item) is Failed:
-                        async with state.lock:
-                            await emit.one(send, item)  # failures bypass batching
-                        continue
-                    if not state.items and step.timeout is not None:
-                        state.deadline = anyio.current_time() + step.timeout
-                        state.started.set()
-                    state.items.append(item)
-                    if len(state.items) >= step.size:
-                        await flush()
-                await flush()
+                try:
+                    await fill()
+                except BaseException as exc:
+                    # A failing source is raised as itself, not in the task group's group.
+                    if _is_cancellation(exc):
+                        raise
+                    failure.append(exc)
                 tg.cancel_scope.cancel()  # the timer has nothing left to time
         finally:
             await source.aclose()
+    if failure:
+        raise failure[0]
 
 
 async def _drive(runners: list[Callable[[], Awaitable[None]]], error: list[BaseException]) -> None:
@@ -628,8 +643,12 @@ async def _drive(runners: list[Callable[[], Awaitable[None]]], error: list[BaseE
         async def guard_stage(run: Callable[[], Awaitable[None]]) -> None:
             try:
                 await run()
-            except Exception as exc:
-                # The first failure wins and stops everything; it is raised as itself.
+            except BaseException as exc:
+                # The first failure wins and stops everything; it is raised as itself, a
+                # BaseException too (left to the task group, it would end the stream as if
+                # the input had, and the reader would never see it).
+                if _is_cancellation(exc):
+                    raise
                 if not error:
                     error.append(exc)
                 tg.cancel_scope.cancel()

@@ -7,7 +7,7 @@ import gc
 import itertools
 import random
 import weakref
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import anyio
 import pytest
@@ -305,6 +305,87 @@ async def test_imap_raises_the_first_error_and_stops() -> None:
             pass
     await settle()
     assert other_tasks() == before
+
+
+class Halt(BaseException):
+    """Not an Exception: a custom stop signal, or a test framework's failure."""
+
+
+#: BaseExceptions that are not Exceptions; ``pytest.fail`` raises one too.
+STOPS = [Halt, pytest.fail.Exception]
+FORMS = ["map", "map async input", "map return_exceptions", "imap for", "imap with", "ordered"]
+
+
+async def through(form: str, fn: Callable[[int], Awaitable[int]], n: int) -> list[int]:
+    """Every result of ``fn`` over ``range(n)``, by one of the ways map and imap are used."""
+
+    async def numbers() -> AsyncIterator[int]:
+        for i in range(n):
+            yield i
+
+    if form == "map":
+        return await af.map(fn, range(n), concurrency=4)
+    if form == "map async input":
+        return await af.map(fn, numbers(), concurrency=4)
+    if form == "map return_exceptions":
+        return await af.map(fn, range(n), concurrency=4, return_exceptions=True)
+    if form == "imap with":
+        async with af.imap(fn, range(n), concurrency=4) as results:
+            return [r async for r in results]
+    ordered = form == "ordered"
+    return [r async for r in af.imap(fn, range(n), concurrency=4, ordered=ordered)]
+
+
+@pytest.mark.parametrize("stop", STOPS)
+@pytest.mark.parametrize("form", FORMS)
+async def test_a_base_exception_from_fn_is_raised_as_itself_issue_10(
+    form: str, stop: type[BaseException]
+) -> None:
+    hang = Hang()
+
+    async def call(x: int) -> int:
+        if x == 6:
+            await asyncio.sleep(1)
+            raise stop("stop")
+        if x > 6:
+            await hang.forever()
+        return x
+
+    before = other_tasks()
+    with pytest.raises(stop) as info:  # a BaseExceptionGroup is not one
+        await through(form, call, 100)
+    assert type(info.value) is stop
+    await settle()
+    assert hang.cancelled == hang.started  # the calls in flight were stopped
+    assert other_tasks() == before
+
+
+@pytest.mark.parametrize("stop", [KeyboardInterrupt, SystemExit])
+@pytest.mark.parametrize("form", FORMS)
+def test_keyboard_interrupt_from_fn_reaches_the_caller_issue_10(
+    form: str, stop: type[BaseException]
+) -> None:
+    """asyncio re-raises these out of the event loop when they leave a task, so one that
+    escaped a worker would end the loop instead of reaching the code awaiting the results."""
+
+    async def call(x: int) -> int:
+        await asyncio.sleep(0)
+        if x == 3:
+            raise stop()
+        return x
+
+    async def main() -> str:
+        try:
+            await through(form, call, 10)
+        except stop:
+            return "raised to the caller"
+        return "not raised"
+
+    try:
+        outcome = asyncio.run(main())
+    except BaseException as exc:  # what escaped the loop is the finding
+        outcome = f"escaped the event loop: {exc!r}"
+    assert outcome == "raised to the caller"
 
 
 async def test_an_async_generator_source_is_closed_when_map_fails() -> None:

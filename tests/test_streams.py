@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 import threading
 import weakref
@@ -282,13 +283,107 @@ async def test_collect_emits_failed_in_place_and_later_stages_pass_it_through() 
     assert [i for batch in batches for i in batch] == [0, 1, 3, 4]
 
 
-async def test_a_failing_source_is_raised() -> None:
+class Halt(BaseException):
+    """Not an Exception: a custom stop signal, or a test framework's failure."""
+
+
+@pytest.mark.parametrize("first", [af.Stage(double), af.Batch(2), af.Batch(2, timeout=1)])
+@pytest.mark.parametrize("error", [OSError, Halt])
+async def test_a_failing_source_is_raised_as_itself(first: Any, error: type[BaseException]) -> None:
     def source() -> Iterator[int]:
         yield 1
-        raise OSError("disk gone")
+        raise error("disk gone")
 
-    with pytest.raises(OSError, match="disk gone"):
-        await af.Pipeline(af.Stage(double)).run(source())
+    with pytest.raises(error, match="disk gone") as info:
+        await af.Pipeline(first).run(source())
+    assert type(info.value) is error  # not in an ExceptionGroup
+
+
+async def outputs_of(pipe: af.Pipeline, source: Any, form: str) -> list[Any]:
+    """Every output of ``pipe``, read in one of the three ways a stream is read."""
+    if form == "run":
+        return await pipe.run(source)
+    if form == "with":
+        async with pipe.stream(source) as stream:
+            return [x async for x in stream]
+    return [x async for x in pipe.stream(source)]
+
+
+def halting_at(n: int, stop: type[BaseException]) -> Any:
+    async def step(x: int) -> int:
+        await anyio.lowlevel.checkpoint()
+        if x == n:
+            raise stop("stop")
+        return x
+
+    return step
+
+
+def raise_at(n: int, stop: type[BaseException]) -> Any:
+    def step(x: int) -> int:
+        if x == n:
+            raise stop("stop")
+        return x
+
+    return step
+
+
+def halting_steps(stop: type[BaseException]) -> dict[str, Any]:
+    """One pipeline step of each kind, each raising ``stop`` for item 5."""
+    halt = halting_at(5, stop)
+
+    async def keep(x: int) -> bool:
+        return await halt(x) >= 0
+
+    async def spread(x: int) -> AsyncIterator[int]:
+        yield await halt(x)
+
+    return {
+        "stage": af.Stage(halt, workers=3),
+        "sync stage": af.Stage(raise_at(5, stop), workers=2),  # in a worker thread
+        "flat stage": af.Stage(spread, workers=3, flat=True),
+        "filter": af.Filter(keep, workers=2),
+        "union": af.Union(af.Stage(double), af.Stage(halt, workers=2)),
+    }
+
+
+@pytest.mark.parametrize("step", ["stage", "sync stage", "flat stage", "filter", "union"])
+@pytest.mark.parametrize("on_error", ["raise", "skip", "collect"])
+@pytest.mark.parametrize("form", ["run", "for", "with"])
+async def test_a_base_exception_from_a_stage_is_raised_as_itself_issue_10(
+    step: str, on_error: str, form: str
+) -> None:
+    """It is not an item's failure, whatever on_error says, and the stream must never end
+    as if the input had (run() used to return the items before it)."""
+    before = other_tasks()
+    pipe = af.Pipeline(halting_steps(Halt)[step], af.Stage(double, 2), on_error=on_error)
+    with anyio.fail_after(10), pytest.raises(Halt) as info:  # a BaseExceptionGroup is not one
+        await outputs_of(pipe, range(20), form)
+    assert type(info.value) is Halt
+    await settle()
+    assert other_tasks() == before
+
+
+@pytest.mark.parametrize("stop", [KeyboardInterrupt, SystemExit])
+@pytest.mark.parametrize("form", ["run", "for", "with"])
+def test_keyboard_interrupt_from_a_stage_reaches_the_reader_issue_10(
+    form: str, stop: type[BaseException]
+) -> None:
+    """asyncio re-raises these out of the event loop when they leave a task."""
+
+    async def main() -> str:
+        pipe = af.Pipeline(af.Stage(halting_at(3, stop), workers=3), ordered=False)
+        try:
+            await outputs_of(pipe, range(10), form)
+        except stop:
+            return "raised to the reader"
+        return "not raised"
+
+    try:
+        outcome = asyncio.run(main())
+    except BaseException as exc:  # what escaped the loop is the finding
+        outcome = f"escaped the event loop: {exc!r}"
+    assert outcome == "raised to the reader"
 
 
 # --- lifecycle ----------------------------------------------------------------------------------
