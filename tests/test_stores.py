@@ -411,6 +411,46 @@ async def test_many_concurrent_saves_of_different_names_all_land(store: af.Resul
         assert await store.load(f"obj-{i}", task=f"t{i % 4}", config_hash=f"h{i % 7}") == {"i": i}
 
 
+async def test_a_name_changing_type_is_never_reported_missing(local: af.LocalFileStore) -> None:
+    # Each save of the other type publishes its file and then removes the old one; a reader
+    # looking at the types one by one must not miss both.
+    await local.save(0, "m", **KEY)
+    misses: list[str] = []
+    reads = 0
+    writing = True
+
+    async def writer() -> None:
+        nonlocal writing
+        for i in range(1, 61):
+            await local.save(i, "m", **KEY, type_="json" if i % 2 else "pickle")
+        writing = False
+
+    async def reader() -> None:
+        nonlocal reads
+        while writing:
+            reads += 1
+            try:
+                await local.load("m", **KEY)
+            except MissingObject:
+                misses.append("load")
+            if not await local.exists("m", **KEY):
+                misses.append("exists")
+            if "m" not in await local.get_results(**KEY):
+                misses.append("get_results")
+            try:
+                async with local.open("m", "rb", **KEY):
+                    pass
+            except MissingObject:
+                misses.append("open")
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(writer)
+        for _ in range(4):
+            tg.start_soon(reader)
+    assert reads > 100
+    assert misses == [], f"{len(misses)} misses in {reads} reads"
+
+
 # --- MemoryStore specifics ----------------------------------------------------------------------
 
 
@@ -641,16 +681,83 @@ async def test_a_save_in_a_cancelled_scope_does_nothing(local: af.LocalFileStore
     assert not await local.exists("m", **KEY)
 
 
-async def test_symlinked_task_directories_are_listed(
-    local: af.LocalFileStore, tmp_path: Path
+def snapshot(root: Path) -> dict[str, bytes | None]:
+    return {str(p): p.read_bytes() if p.is_file() else None for p in sorted(root.rglob("*"))}
+
+
+@pytest.fixture(params=["at", "paths"])
+def any_platform(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both ways files.py reaches a file: relative to open directories (POSIX) or by paths."""
+    from aioflows.stores import files
+
+    at = request.param == "at" and getattr(files, "_AT", False)
+    monkeypatch.setattr(files, "_AT", at, raising=False)
+
+
+@pytest.mark.usefixtures("any_platform")
+@pytest.mark.parametrize("level", ["task", "run", "file"])
+async def test_a_link_below_base_dir_never_makes_the_store_act_outside(
+    local: af.LocalFileStore, tmp_path: Path, level: str
 ) -> None:
-    elsewhere = tmp_path / "bigdisk"
-    elsewhere.mkdir()
-    os.mkdir(local.base_dir)
-    (Path(local.base_dir) / "train").symlink_to(elsewhere, target_is_directory=True)
-    await local.save_info(make_info())
-    assert [i.task for i in await local.list_infos()] == ["train"]
-    assert (elsewhere / "c0ffee" / "_taskinfo.json").exists()
+    # Outside base_dir: a run of its own (objects, a record, an old temporary), and a file.
+    outside = tmp_path / "outside"
+    (outside / "c0ffee").mkdir(parents=True)
+    (outside / "c0ffee" / "m.json").write_text('"outside"')
+    (outside / "c0ffee" / "_taskinfo.json").write_text(make_info().to_json())
+    (outside / "c0ffee" / ".old.tmp").write_text("")
+    os.utime(outside / "c0ffee" / ".old.tmp", (0, 0))
+    (outside / "secret.json").write_text('"secret"')
+    before = snapshot(outside)
+    run = Path(local.base_dir) / "train" / "c0ffee"
+    if level == "task":
+        run.parent.parent.mkdir(parents=True)
+        run.parent.symlink_to(outside, target_is_directory=True)
+    elif level == "run":
+        run.parent.mkdir(parents=True)
+        run.symlink_to(outside / "c0ffee", target_is_directory=True)
+    else:
+        run.mkdir(parents=True)
+        (run / "m.json").symlink_to(outside / "secret.json")
+    refused = pytest.raises(ValueError, match="symbolic link")
+    with refused:
+        await local.load("m", **KEY)
+    with refused:
+        await local.exists("m", **KEY)
+    with refused:
+        await local.get_results(**KEY)
+    with refused:
+        async with local.open("m", "r", **KEY):
+            pass
+    if level != "file":  # a link to a file is replaced or removed itself, never followed
+        for call in (
+            local.save(1, "m", **KEY),
+            local.save(1, "new", **KEY),
+            local.save_info(make_info()),
+            local.load_info(**KEY),
+            local.delete("m", **KEY),
+        ):
+            with refused:
+                await call
+        with refused:
+            async with local.open("new", "w", **KEY) as f:
+                await f.write("x")
+        with refused:
+            await local.delete_run(**KEY)
+    assert await local.list_infos() == []  # a listing passes links over
+    if level != "task":
+        assert await local.list_infos("train") == []
+    else:
+        with refused:
+            await local.list_infos("train")
+    assert await local.cleanup() == 0
+    assert snapshot(outside) == before
+    if level == "file":
+        await local.delete("other", **KEY)
+        await local.save("mine", "m", **KEY)  # replaces the link itself
+        assert await local.load("m", **KEY) == "mine"
+        await local.delete_run(**KEY)
+        assert not run.exists()
+    assert snapshot(outside) == before
 
 
 async def test_a_flow_result_and_config_json_cannot_write_plainly_resume(tmp_path: Path) -> None:

@@ -13,8 +13,9 @@ process killed with SIGKILL mid-write only ever leaves, the old version or the n
 coroutines and several processes may write the same base_dir; the last rename wins.
 
 Keys are validated before any path is built (no separators, no leading dot, no drive), so
-every path is exactly three levels below base_dir. Symlinks someone places inside the store
-(say, a task directory moved to a bigger disk) are followed like any directory.
+every path is exactly three levels below base_dir. No symlink below base_dir is followed (one
+could lead outside it): a call whose task directory, run directory or file is a link raises
+``ValueError``; listings pass links over. base_dir itself may be a link.
 """
 
 from __future__ import annotations
@@ -92,82 +93,80 @@ class LocalFileStore(ResultStore):
             )
         return os.path.join(run_dir, filename)
 
-    def _candidates(self, name: str, task: str, config_hash: str) -> list[tuple[StoreType, str]]:
-        """Every path the name could have: one per registered type whose filename fits."""
-        run_dir = self._run_dir(task, config_hash)
+    def _run(self, task: str, config_hash: str) -> files.Run:
+        self._run_dir(task, config_hash)  # checks the lengths
+        return files.Run(self._base, task, config_hash)
+
+    def _candidates(self, name: str) -> list[tuple[StoreType, str]]:
+        """Every file name the name could have: one per registered type whose name fits."""
         return [
-            (stype, os.path.join(run_dir, filename))
+            (stype, filename)
             for stype in self._types
             if len(os.fsencode(filename := f"{name}.{stype.extension}")) <= _MAX_FILENAME
         ]
 
-    async def _write(self, final: str, data: bytes, siblings: Sequence[str] = ()) -> None:
+    async def _write(
+        self, run: files.Run, filename: str, data: bytes, siblings: Sequence[str] = ()
+    ) -> None:
         # A cancelled caller writes nothing; once started, the write runs to its end in
         # aiofiles' worker threads (shielded, as anyio's to_thread is), so no step outlives
         # the call, and a cancellation that arrived meanwhile is raised right after.
         await anyio.lowlevel.checkpoint_if_cancelled()
-        await files.off_loop(files.write_atomic, final, data, siblings)
+        await files.off_loop(files.write_atomic, run, filename, data, siblings)
         await anyio.lowlevel.checkpoint_if_cancelled()
-
-    async def _open_temp(self, temp: str, mode: str, **kwargs: Any) -> Any:
-        """Open a new temporary file, creating its run directory on first use."""
-        try:
-            return await _aio_open(temp, mode, **kwargs)
-        except FileNotFoundError:
-            await files.off_loop(files.make_dirs, os.path.dirname(temp))
-            return await _aio_open(temp, mode, **kwargs)
 
     async def _save(
         self, obj: Any, name: str, task: str, config_hash: str, type_: StoreType
     ) -> None:
-        final = self._file(self._run_dir(task, config_hash), name, type_)
+        run = self._run(task, config_hash)
+        filename = os.path.basename(self._file(run.path(), name, type_))
         data = type_.encode(obj, name)
-        siblings = [p for t, p in self._candidates(name, task, config_hash) if t is not type_]
-        await self._write(final, data, siblings)
+        siblings = [f for t, f in self._candidates(name) if t is not type_]
+        await self._write(run, filename, data, siblings)
 
     async def _load(self, name: str, task: str, config_hash: str) -> Any:
-        candidates = self._candidates(name, task, config_hash)
-        found = await files.off_loop(files.read_newest, [p for _, p in candidates])
+        run = self._run(task, config_hash)
+        candidates = self._candidates(name)
+        found = await files.off_loop(files.read_newest, run, [f for _, f in candidates])
         if found is None:
             return MISSING
-        index, path, data = found
-        return candidates[index][0].decode(data, path)
+        index, data = found
+        stype, filename = candidates[index]
+        return stype.decode(data, run.path(filename))
 
     async def _exists(self, name: str, task: str, config_hash: str) -> bool:
-        paths = [p for _, p in self._candidates(name, task, config_hash)]
-        return await files.off_loop(files.newest_existing, paths) is not None
+        run = self._run(task, config_hash)
+        filenames = [f for _, f in self._candidates(name)]
+        return await files.off_loop(files.newest_existing, run, filenames) is not None
 
     async def _delete(self, name: str, task: str, config_hash: str) -> None:
-        paths = [p for _, p in self._candidates(name, task, config_hash)]
-        await files.off_loop(files.remove_files, paths)
+        filenames = [f for _, f in self._candidates(name)]
+        await files.off_loop(files.remove_files, self._run(task, config_hash), filenames)
 
     async def _delete_run(self, task: str, config_hash: str) -> None:
-        await files.off_loop(files.remove_run, self._run_dir(task, config_hash))
+        await files.off_loop(files.remove_run, self._run(task, config_hash))
 
     async def _get_results(self, task: str, config_hash: str) -> dict[str, Any]:
+        run = self._run(task, config_hash)
         found = await files.off_loop(
-            files.scan_run,
-            self._run_dir(task, config_hash),
-            self._types.split,
-            INFO_NAME,
-            self._stale_after,
+            files.scan_run, run, self._types.split, INFO_NAME, self._stale_after, self._candidates
         )
-        return {name: stype.decode(data, path) for name, stype, path, data in found}
+        return {name: stype.decode(data, run.path(f)) for name, stype, f, data in found}
 
     async def _save_info(self, info: TaskInfo) -> None:
-        run_dir = self._run_dir(info.task, info.config_hash)
+        run = self._run(info.task, info.config_hash)
         try:
             data = info.to_json().encode()
         except pydantic_core.PydanticSerializationError as exc:
             raise InvalidArgumentType(
                 f"cannot save the TaskInfo of {info.unique_name!r} as JSON: {exc}"
             ) from exc
-        await self._write(os.path.join(run_dir, _INFO_FILE), data)
+        await self._write(run, _INFO_FILE, data)
 
     async def _load_info(self, task: str, config_hash: str) -> TaskInfo | None:
-        path = os.path.join(self._run_dir(task, config_hash), _INFO_FILE)
-        found = await files.off_loop(files.read_newest, [path])
-        return None if found is None else _parse_info(path, found[2])
+        run = self._run(task, config_hash)
+        found = await files.off_loop(files.read_newest, run, [_INFO_FILE])
+        return None if found is None else _parse_info(run.path(_INFO_FILE), found[1])
 
     async def _list_infos(self, task: str | None) -> list[TaskInfo]:
         found = await files.off_loop(files.read_infos, self._base, task, _INFO_FILE)
@@ -215,21 +214,16 @@ class LocalFileStore(ResultStore):
     async def _open_read(
         self, name: str, mode: str, task: str, config_hash: str, type_: str | None
     ) -> AsyncIterator[Any]:
-        candidates = self._candidates(name, task, config_hash)
+        run = self._run(task, config_hash)
+        candidates = self._candidates(name)
         if type_ is not None:
             wanted = self._types[type_]
-            candidates = [(t, p) for t, p in candidates if t is wanted]
-        paths = [p for _, p in candidates]
-        # Pick the newest existing file the way load() does, then open it for streaming.
-        newest = await files.off_loop(files.newest_existing, paths)
-        encoding = None if "b" in mode else "utf-8"
-        try:
-            if newest is None:
-                raise FileNotFoundError(name)
-            with anyio.CancelScope(shield=True):
-                file = await _aio_open(newest, mode, encoding=encoding)
-        except FileNotFoundError:  # absent, or deleted since we looked
-            raise MissingObject(name, task=task, config_hash=config_hash) from None
+            candidates = [(t, f) for t, f in candidates if t is wanted]
+        # Open the newest existing file the way load() does, then stream from it.
+        found = await files.off_loop(files.open_newest, run, [f for _, f in candidates])
+        if found is None:
+            raise MissingObject(name, task=task, config_hash=config_hash)
+        file = await _wrap_fd(found[1], mode)
         try:
             yield file
         finally:
@@ -239,12 +233,15 @@ class LocalFileStore(ResultStore):
     async def _open_write(
         self, name: str, mode: str, task: str, config_hash: str, stype: StoreType
     ) -> AsyncIterator[Any]:
-        final = self._file(self._run_dir(task, config_hash), name, stype)
-        siblings = [p for t, p in self._candidates(name, task, config_hash) if t is not stype]
-        temp = files.temp_path(os.path.dirname(final))
-        encoding = None if "b" in mode else "utf-8"
-        with anyio.CancelScope(shield=True):
-            file = await self._open_temp(temp, mode.replace("w", "x"), encoding=encoding)
+        run = self._run(task, config_hash)
+        filename = os.path.basename(self._file(run.path(), name, stype))
+        siblings = [f for t, f in self._candidates(name) if t is not stype]
+        fd, temp = await files.off_loop(files.create_temp, run)
+        try:
+            file = await _wrap_fd(fd, mode)
+        except BaseException:
+            await files.off_loop(files.remove_temp, run, temp)
+            raise
         try:
             try:
                 yield file
@@ -253,10 +250,20 @@ class LocalFileStore(ResultStore):
                     await files.off_loop(files.fsync, file.fileno())
             finally:
                 await _close(file)
-            await files.off_loop(files.commit, temp, final, siblings)
+            await files.off_loop(files.commit, run, temp, filename, siblings)
         except BaseException:
-            await files.off_loop(files.remove_files, [temp])
+            await files.off_loop(files.remove_temp, run, temp)
             raise
+
+
+async def _wrap_fd(fd: int, mode: str) -> Any:
+    """An aiofiles file over a descriptor opened (safely) in a worker thread; it owns the fd."""
+    try:
+        with anyio.CancelScope(shield=True):
+            return await _aio_open(fd, mode, encoding=None if "b" in mode else "utf-8")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 async def _close(file: Any) -> None:
