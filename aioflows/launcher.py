@@ -9,7 +9,9 @@ Every finished (id, sample) pair is one JSON line, written by a single writer ta
 come in and fsynced periodically. The file is the resume state: on start, pairs already in it
 without an error are skipped, a torn last line (a crash mid-write) is cut off, and failed pairs
 run again; so after any number of ``kill -9`` and restarts, each pair has exactly one line
-without an error. Secrets appear nowhere but in the calls: records, logs, reprs and error texts
+without an error. A run holds an exclusive lock on the file (``flock``) from that first read to
+its end, so a second launcher on the same file is refused at once instead of running every pair
+again. Secrets appear nowhere but in the calls: records, logs, reprs and error texts
 carry the key's label.
 """
 
@@ -19,13 +21,14 @@ import contextlib
 import json
 import math
 import os
+import sys
 import time
 import types
 from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, TypeAlias
+from typing import Any, BinaryIO, TypeAlias
 
 import anyio
 import anyio.lowlevel
@@ -36,6 +39,9 @@ from .errors import AioflowsError, InvalidArgument, InvalidArgumentType
 from .limits import RateLike, RateLimiter, as_rate
 from .retry import Retry, RetryLike, as_retry, throttle_delay
 
+if sys.platform != "win32":
+    import fcntl
+
 __all__ = ["Key", "LaunchFailed", "LaunchSummary", "Launcher", "OutputFileError", "launch"]
 
 #: Seconds between fsyncs of the output file (every write is flushed at once).
@@ -45,7 +51,8 @@ WRITE_EVERY = 0.02
 
 
 class OutputFileError(AioflowsError, ValueError):
-    """The output file exists but is not a JSONL file written by the launcher."""
+    """The output file is not a JSONL file written by the launcher, or another launcher is
+    writing it (it holds the file's lock)."""
 
 
 class LaunchFailed(AioflowsError):
@@ -368,12 +375,26 @@ class Launcher:
         self, data: Iterable[dict[str, Any]] | AsyncIterable[dict[str, Any]], keep: bool
     ) -> tuple[LaunchSummary, list[dict[str, Any]]]:
         items = await self._read_input(data)
-        done: dict[tuple[Any, int], dict[str, Any]] = {}
-        if self._output is not None:
-            # Read even without resume: a file that is not ours is refused, never appended to.
-            done = await anyio.to_thread.run_sync(_read_done, self._output)
-            if not self._resume:
-                done = {}
+        if self._output is None:
+            return await self._go(items, {}, None, keep)
+        # Read even without resume: a file that is not ours is refused, never appended to.
+        # Shielded, so that a cancellation cannot drop the open, locked handle on its way here.
+        with anyio.CancelScope(shield=True):
+            handle, done = await anyio.to_thread.run_sync(_open_output, self._output)
+        try:
+            return await self._go(items, done if self._resume else {}, handle, keep)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(handle.close)  # and the lock goes with it
+
+    async def _go(
+        self,
+        items: list[dict[str, Any]],
+        done: dict[tuple[Any, int], dict[str, Any]],
+        handle: BinaryIO | None,
+        keep: bool,
+    ) -> tuple[LaunchSummary, list[dict[str, Any]]]:
+        """Run what ``done`` does not hold, appending to ``handle``; the summary and records."""
         ids = {item[self._id_key] for item in items}
         skipped = sum(1 for (i, s) in done if i in ids and s < self._samples)
         work = [
@@ -382,7 +403,7 @@ class Launcher:
             for sample in range(self._samples)
             if (item[self._id_key], sample) not in done
         ]
-        run = _Run(self, work, keep)
+        run = _Run(self, work, handle, keep)
         started = time.monotonic()
         await run.go()
         summary = LaunchSummary(
@@ -445,9 +466,14 @@ class _Run:
     """The state of one :meth:`Launcher.run`: workers, the writer, counters."""
 
     def __init__(
-        self, launcher: Launcher, work: list[tuple[dict[str, Any], int]], keep: bool
+        self,
+        launcher: Launcher,
+        work: list[tuple[dict[str, Any], int]],
+        handle: BinaryIO | None,
+        keep: bool,
     ) -> None:
         self.launcher = launcher
+        self.handle = handle
         self.work = iter(work)
         self.total = len(work)
         self.keep = keep
@@ -463,15 +489,17 @@ class _Run:
         send, receive = anyio.create_memory_object_stream[_Finished](math.inf)
         self.send = send
         workers = min(launcher._concurrency, max(1, self.total))
-        async with anyio.create_task_group() as outer:
-            outer.start_soon(self._writer, receive)
-            if launcher._progress:
-                outer.start_soon(self._show_progress)
-            with send:
-                async with anyio.create_task_group() as tg:
-                    self.task_group = tg
-                    for _ in range(workers):
-                        tg.start_soon(self._worker)
+        # Closed here too: a writer cancelled before its first step has no finally to run.
+        with receive:
+            async with anyio.create_task_group() as outer:
+                outer.start_soon(self._writer, receive)
+                if launcher._progress:
+                    outer.start_soon(self._show_progress)
+                with send:
+                    async with anyio.create_task_group() as tg:
+                        self.task_group = tg
+                        for _ in range(workers):
+                            tg.start_soon(self._worker)
 
     async def _worker(self) -> None:
         for item, sample in self.work:
@@ -588,9 +616,7 @@ class _Run:
             self.error = _clean_error(exc, launcher._keys, ident, sample, key)
 
     async def _writer(self, receive: MemoryObjectReceiveStream[_Finished]) -> None:
-        launcher = self.launcher
-        path = launcher._output
-        handle = await anyio.to_thread.run_sync(_open_append, path) if path else None
+        handle = self.handle
         last_sync = time.monotonic()
         try:
             while True:
@@ -618,7 +644,7 @@ class _Run:
                 if handle is not None:
                     text = "".join(line for _, line in rest)
                     with anyio.CancelScope(shield=True):
-                        await anyio.to_thread.run_sync(_close, handle, text)
+                        await anyio.to_thread.run_sync(_finish, handle, text)
             finally:
                 self.written.set()
 
@@ -738,53 +764,55 @@ def _show(value: Any) -> str:
 # --- the output file, in worker threads -----------------------------------------------------------
 
 
-def _open_append(path: Path) -> Any:
-    _truncate_torn_tail(path)
-    return open(path, "a", encoding="utf-8")
+def _open_output(path: Path) -> tuple[BinaryIO, dict[tuple[Any, int], dict[str, Any]]]:
+    """Open the output for a run: locked, read, a torn last line cut; the handle and the pairs
+    done. Anything refused (the lock held, a file not ours) leaves the file as it was."""
+    handle = open(path, "a+b")  # noqa: SIM115 - the run closes it, and so drops the lock
+    try:
+        _lock(handle, path)
+        handle.seek(0)
+        raw = handle.read()
+        done = _read_done(raw, path)
+        end = raw.rfind(b"\n") + 1
+        if end < len(raw):  # a line left unfinished by a crash: the next line starts clean
+            handle.truncate(end)
+    except BaseException:
+        handle.close()
+        raise
+    return handle, done
 
 
-def _append(handle: Any, text: str, sync: bool) -> None:
-    handle.write(text)
+def _lock(handle: BinaryIO, path: Path) -> None:
+    """Take the output's exclusive lock for the run, or refuse at once.
+
+    Two launchers appending to one file would each run every pair. ``flock`` rather than
+    ``lockf``: its lock belongs to this open file, so a second launcher in the same process is
+    refused too, and closing some other descriptor of the file does not drop it. The kernel
+    drops it when the handle is closed, also when the process dies (``kill -9``).
+    """
+    if sys.platform == "win32":  # no flock: one launcher per file is then the user's to keep
+        return
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise OutputFileError(
+            f"{path} is in use by another launcher, which holds its lock: two runs appending "
+            "to one file would write every pair twice; wait for it to end, or use another file"
+        ) from None
+
+
+def _append(handle: BinaryIO, text: str, sync: bool) -> None:
+    handle.write(text.encode("utf-8"))  # every line was made encodable (see _line)
     handle.flush()
     if sync:
         os.fsync(handle.fileno())
 
 
-def _close(handle: Any, text: str) -> None:
-    try:
-        if text:
-            handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    finally:
-        handle.close()
-
-
-def _truncate_torn_tail(path: Path) -> None:
-    """Cut a last line left unfinished by a crash, so the next line starts clean."""
-    try:
-        with open(path, "rb+") as f:
-            size = f.seek(0, os.SEEK_END)
-            if size == 0:
-                return
-            f.seek(size - 1)
-            if f.read(1) == b"\n":
-                return
-            data_end = size
-            chunk = 4096
-            position = size
-            while position > 0:  # find the last newline
-                position = max(0, position - chunk)
-                f.seek(position)
-                block = f.read(data_end - position)
-                cut = block.rfind(b"\n")
-                if cut >= 0:
-                    f.truncate(position + cut + 1)
-                    return
-                data_end = position
-            f.truncate(0)
-    except FileNotFoundError:
-        return
+def _finish(handle: BinaryIO, text: str) -> None:
+    if text:
+        handle.write(text.encode("utf-8"))
+    handle.flush()
+    os.fsync(handle.fileno())
 
 
 #: What a worker hands the writer: the record and its line, made in the worker, so that a
@@ -794,17 +822,12 @@ _Finished: TypeAlias = "tuple[dict[str, Any], str]"
 _FIELDS = frozenset({"id", "sample", "key", "attempts", "output", "error"})
 
 
-def _read_done(path: Path) -> dict[tuple[Any, int], dict[str, Any]]:
-    """Pairs already done without error, from an existing output (a torn last line ignored).
+def _read_done(raw: bytes, path: Path) -> dict[tuple[Any, int], dict[str, Any]]:
+    """Pairs already done without error, from the output's bytes (a torn last line ignored).
 
-    Anything else that does not parse as one of our records is an OutputFileError and the
-    file is left untouched.
+    Anything else that does not parse as one of our records is an OutputFileError.
     """
     done: dict[tuple[Any, int], dict[str, Any]] = {}
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        return done
     lines = raw.split(b"\n")
     complete = lines[:-1]  # the part after the last newline is a torn line (or empty)
     for number, line in enumerate(complete, start=1):

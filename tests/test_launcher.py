@@ -664,3 +664,101 @@ async def test_issue10_an_output_that_cannot_be_written_is_an_error_record(tmp_p
             assert r["error"].startswith("TypeError: the output is not JSON")
     again = await af.Launcher(fn, output=output).run(data(6))  # resume reads it back
     assert (again.skipped, again.failed) == (1, 5)
+
+
+# --- issue 10: one output file, one launcher --------------------------------------------------
+
+
+async def test_issue10_a_second_launcher_on_the_same_output_fails_at_once(tmp_path: Path) -> None:
+    started, release = anyio.Event(), anyio.Event()
+
+    async def slow(sample: dict[str, Any], key: af.Key) -> int:
+        started.set()
+        await release.wait()
+        return 1
+
+    async def must_not_run(sample: dict[str, Any], key: af.Key) -> int:
+        raise AssertionError("must not run")
+
+    output = tmp_path / "out.jsonl"
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(af.Launcher(slow, output=output).run, data(3))
+        await started.wait()
+        with anyio.fail_after(10), pytest.raises(OutputFileError, match="in use") as info:
+            await af.Launcher(must_not_run, output=output).run(data(3))
+        assert str(output) in str(info.value)
+        release.set()
+    records = read_records(output)
+    assert Counter((r["id"], r["sample"], r["error"]) for r in records) == {
+        (i, 0, None): 1 for i in range(3)
+    }
+    summary = await af.Launcher(must_not_run, output=output).run(data(3))  # the lock went
+    assert summary.skipped == 3
+
+
+async def test_issue10_the_lock_goes_with_a_run_that_fails_or_is_cancelled(tmp_path: Path) -> None:
+    stop = anyio.CancelScope()
+
+    async def fails(sample: dict[str, Any], key: af.Key) -> int:
+        raise RuntimeError("down")
+
+    async def cancelled(sample: dict[str, Any], key: af.Key) -> int:
+        stop.cancel()
+        await anyio.sleep(1)
+        return 1
+
+    async def works(sample: dict[str, Any], key: af.Key) -> int:
+        return 1
+
+    output = tmp_path / "out.jsonl"
+    with pytest.raises(RuntimeError):
+        await af.Launcher(fails, output=output, retry=1, fault_tolerant=False).run(data(2))
+    with stop:
+        await af.Launcher(cancelled, output=output).run(data(2))
+    assert stop.cancelled_caught
+    output.write_text("not ours\n")
+    with pytest.raises(OutputFileError, match="not JSON"):
+        await af.Launcher(works, output=output).run(data(2))
+    output.unlink()
+    assert (await af.Launcher(works, output=output).run(data(2))).succeeded == 2
+
+
+HOLD_LOCK = textwrap.dedent(
+    """
+    import fcntl, sys
+    with open(sys.argv[1], "ab") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        print("locked", flush=True)
+        sys.stdin.read()  # until the test closes our stdin
+    """
+)
+
+
+async def test_issue10_a_lock_held_by_another_process_refuses_the_run(tmp_path: Path) -> None:
+    calls: list[Any] = []
+
+    async def fn(sample: dict[str, Any], key: af.Key) -> int:
+        calls.append(sample)
+        return 1
+
+    output = tmp_path / "out.jsonl"
+    await af.Launcher(fn, output=output).run(data(1))
+    content = output.read_bytes() + b'{"id": 1, "sam'  # a torn line, left as it is
+    output.write_bytes(content)
+    calls.clear()
+    async with await anyio.open_process([sys.executable, "-c", HOLD_LOCK, str(output)]) as holder:
+        assert holder.stdin is not None
+        assert holder.stdout is not None
+        said = b""
+        while not said.endswith(b"\n"):
+            said += await holder.stdout.receive()
+        assert said == b"locked\n"
+        with pytest.raises(OutputFileError, match="in use by another launcher") as info:
+            await af.Launcher(fn, output=output).run(data(3))
+        assert str(output) in str(info.value)
+        assert calls == []
+        assert output.read_bytes() == content  # not cut, not appended to
+        await holder.stdin.aclose()  # the holder ends, and its lock with it
+        assert await holder.wait() == 0
+    summary = await af.Launcher(fn, output=output).run(data(3))  # that process is gone
+    assert (summary.skipped, summary.succeeded) == (1, 2)
