@@ -775,3 +775,12 @@ async def test_a_flow_result_and_config_json_cannot_write_plainly_resume(tmp_pat
     assert len(calls) == 2  # the second run loaded both results
     assert first == again == [{"text": t, "long": 10**5000} for t in calls]
     assert sorted(i.config["text"] for i in await store.list_infos("echo")) == sorted(calls)
+
+
+def test_jsontext_says_which_text_it_holds_faithfully() -> None:
+    from aioflows.stores import jsontext
+
+    for text in ("plain", "ünïcode ✓ 😀", "lone \ud83d", "\udc00 low first \ud800"):
+        assert jsontext.holds_text(text)
+        assert jsontext.loads(jsontext.dumps(text)) == text
+    assert not jsontext.holds_text("a pair as two: \ud83d\ude00")

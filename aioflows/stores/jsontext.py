@@ -27,7 +27,7 @@ import secrets
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["dumps", "loads"]
+__all__ = ["dumps", "holds_text", "loads"]
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _SURROGATE_PAIR = re.compile("[\ud800-\udbff][\udc00-\udfff]")
@@ -64,6 +64,12 @@ def dumps(
             )
         text = _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
     return text
+
+
+def holds_text(text: str) -> bool:
+    """Whether :func:`dumps` writes ``text`` so that it reads back unchanged (no surrogate pair
+    kept as two characters): for a caller choosing JSON only when it is faithful."""
+    return text.isascii() or _SURROGATE_PAIR.search(text) is None
 
 
 def loads(text: str | bytes) -> Any:
