@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pytest
 from tasks import other_tasks
 
@@ -557,6 +558,171 @@ async def test_cancelling_the_run_from_outside_kills_and_propagates() -> None:
     [info] = await store.list_infos()
     assert info.state is af.TaskState.KILLED
     assert other_tasks() == before
+
+
+class Abort(BaseException):
+    """Not an Exception, as a test framework's failure or a custom stop signal is not."""
+
+
+def aborting_flow(abort_exc: BaseException, *, sync: bool) -> af.Flow:
+    """``abort`` raises ``abort_exc`` once ``slow`` runs; ``after_abort`` needs abort."""
+    slow_started = threading.Event()  # set from the loop, waited for from either side
+
+    async def slow() -> None:
+        slow_started.set()
+        await anyio.sleep_forever()
+
+    def abort_sync() -> None:
+        assert slow_started.wait(10)
+        raise abort_exc
+
+    async def abort_async() -> None:
+        while not slow_started.is_set():  # set by slow, on this loop, at its first step
+            await anyio.lowlevel.checkpoint()  # a threading.Event, so the sync variant can wait
+        raise abort_exc
+
+    async def after_abort(abort: None) -> None: ...
+
+    flow = af.Flow("aborting")
+    flow.add(slow)
+    flow.add(after_abort, requires=[flow.add(abort_sync if sync else abort_async, name="abort")])
+    return flow
+
+
+@pytest.mark.parametrize("fail_fast", [True, False])
+@pytest.mark.parametrize(
+    ("make", "sync"),
+    [
+        (lambda: Abort("stop here"), False),
+        (lambda: pytest.fail.Exception("a test's assertion", pytrace=False), False),
+        (lambda: Abort("stop here"), True),
+    ],
+    ids=["custom", "pytest-fail", "custom-sync"],
+)
+async def test_a_base_exception_in_a_task_ends_the_run_with_it(
+    make: Any, sync: bool, fail_fast: bool
+) -> None:
+    abort_exc = make()
+    events: list[af.TaskEvent] = []
+    store = af.MemoryStore()
+    before = other_tasks()
+    with pytest.raises(type(abort_exc)) as info:
+        await aborting_flow(abort_exc, sync=sync).run(
+            store=store, fail_fast=fail_fast, on_event=events.append
+        )
+    assert info.value is abort_exc  # itself: not wrapped in an exception group or FlowFailed
+    assert other_tasks() == before  # whatever fail_fast says, everything stopped
+    final = {e.unique_name: e.state for e in events}
+    assert final == {
+        "abort-1": af.TaskState.FAILED,
+        "slow-1": af.TaskState.KILLED,
+        "after_abort-1": af.TaskState.UPSTREAM_FAILED,
+    }
+    [failed_event] = [e for e in events if e.state is af.TaskState.FAILED]
+    assert failed_event.error is abort_exc
+    records = {i.unique_name: i for i in await store.list_infos()}
+    assert records["abort-1"].state is af.TaskState.FAILED
+    assert type(abort_exc).__name__ in str(records["abort-1"].error)
+    assert records["slow-1"].state is af.TaskState.KILLED
+
+
+def sleeping_flow(n: int, all_running: anyio.Event | None = None, *, boom: bool = True) -> af.Flow:
+    """``n`` instances of ``sleeper`` sleep for ever; ``boom`` fails once all of them run."""
+    running = 0
+    all_running = all_running if all_running is not None else anyio.Event()
+
+    async def sleeper(i: int) -> None:
+        nonlocal running
+        running += 1
+        if running == n:
+            all_running.set()
+        await anyio.sleep_forever()
+
+    async def fail() -> None:
+        await all_running.wait()
+        raise RuntimeError("boom")
+
+    flow = af.Flow("sleeping")
+    flow.add(sleeper, {"i": list(range(n))})
+    if boom:
+        flow.add(fail)
+    return flow
+
+
+async def test_fail_fast_marks_every_running_instance_killed_in_states_events_and_records(
+    store: af.ResultStore,
+) -> None:
+    n = 300
+    events: list[af.TaskEvent] = []
+    before = other_tasks()
+    with pytest.raises(af.FlowFailed) as info:
+        await sleeping_flow(n).run(store=store, on_event=events.append)
+    assert other_tasks() == before
+    states = info.value.run.states
+    assert Counter(states.values()) == {af.TaskState.KILLED: n, af.TaskState.FAILED: 1}
+    killed_events = {e.unique_name for e in events if e.state is af.TaskState.KILLED}
+    assert killed_events == {name for name, s in states.items() if s is af.TaskState.KILLED}
+    infos = await store.list_infos()
+    assert Counter(i.state for i in infos) == {af.TaskState.KILLED: n, af.TaskState.FAILED: 1}
+    for result in info.value.run.results["sleeper"][:3]:
+        record = await store.load_info(task="sleeper", config_hash=result.config_hash)
+        assert record is not None
+        assert record.state is af.TaskState.KILLED
+        assert record.unique_name == result.unique_name
+        assert record.config == result.config
+        assert record.attempts == 1
+        assert (record.started, record.ended) == (result.started, result.ended)
+    # A rerun runs every killed instance again (and stops the same way).
+    with pytest.raises(af.FlowFailed) as again:
+        await sleeping_flow(n).run(store=store)
+    assert Counter(again.value.run.states.values())[af.TaskState.KILLED] == n
+
+
+class CountingStore(af.MemoryStore):
+    """A MemoryStore that notes every record write: single, or one of a batch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.single: list[af.TaskState] = []  # written one by one, outside any batch
+        self.batches: list[list[af.TaskState]] = []
+        self._in_batch = False
+
+    async def _save_info(self, info: af.TaskInfo) -> None:
+        if not self._in_batch:
+            self.single.append(info.state)
+        await super()._save_info(info)
+
+    async def _save_advice(self, infos: Any) -> None:
+        self.batches.append([i.state for i in infos])
+        self._in_batch = True
+        try:
+            await super()._save_advice(infos)  # the default: save_info for each
+        finally:
+            self._in_batch = False
+
+
+@pytest.mark.parametrize("how", ["fail_fast", "outside"])
+async def test_killed_records_are_written_in_one_batch_after_the_cancellation(how: str) -> None:
+    n = 50
+    store = CountingStore()
+    if how == "fail_fast":
+        with pytest.raises(af.FlowFailed):
+            await sleeping_flow(n).run(store=store)
+    else:
+        all_running = anyio.Event()
+        flow = sleeping_flow(n, all_running, boom=False)
+
+        async def run() -> None:
+            await flow.run(store=store)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(run)
+            await all_running.wait()
+            tg.cancel_scope.cancel()
+    # One batch of every KILLED record, none written one by one inside the cancellation.
+    assert [Counter(b) for b in store.batches] == [{af.TaskState.KILLED: n}]
+    assert af.TaskState.KILLED not in store.single
+    assert Counter(store.single) == ({af.TaskState.FAILED: 1} if how == "fail_fast" else {})
 
 
 # --- events -------------------------------------------------------------------------------------

@@ -10,6 +10,17 @@ Failure marks the failed instance's descendants UPSTREAM_FAILED; with ``fail_fas
 group is cancelled, running instances see the cancellation and mark themselves KILLED. A
 cancellation from outside does the same marking and then propagates. Nothing outlives
 :func:`run_flow`.
+
+Marking an instance KILLED is in memory only (its state, its event): no await and no shield per
+instance, so stopping thousands of instances costs little more than the cancellation itself.
+Their KILLED records are written afterwards in one batch (``ResultStore._save_advice``), which
+a store may write without fsync: a KILLED record is advice (a lost one means the instance runs
+again, as it would anyway), a FINISHED one is a promise and is written durably as before.
+
+A task that raises a ``BaseException`` that is not an ``Exception`` (``KeyboardInterrupt``,
+``SystemExit``, a test framework's failure) is FAILED like any failure, but it stops the whole
+run whatever ``fail_fast`` says, and :func:`run_flow` raises that exception itself once
+everything has stopped: it is not an error to collect into ``FlowFailed``.
 """
 
 from __future__ import annotations
@@ -264,11 +275,16 @@ class _Executor:
         self.workers = self.idle = self.queued = 0
         self.spawning = False
         self.errors: dict[str, BaseException] = {}
+        # Instances killed by a cancellation, their records written in one batch at the end.
+        self.killed: list[TaskNode] = []
+        # The first BaseException (not an Exception) a task raised: it ends the run.
+        self.fatal: BaseException | None = None
         self.send: MemoryObjectSendStream[TaskNode]
         self.receive: MemoryObjectReceiveStream[TaskNode]
         self.task_group: anyio.abc.TaskGroup | None = None
         self.events: MemoryObjectSendStream[TaskEvent] | None = None
         self.async_events = on_event is not None and is_async_callable(on_event)
+        self.cancelled = anyio.get_cancelled_exc_class()
         self.calls = {
             name: guard(
                 self._attempt,
@@ -277,6 +293,12 @@ class _Executor:
                 timeout=spec.options.timeout,
             )
             for name, spec in graph.specs.items()
+        }
+        # Tasks whose function is awaited directly: no guard around it, one level less.
+        self.direct = {
+            name: spec.fn
+            for name, spec in graph.specs.items()
+            if self.calls[name] == self._attempt and graph.bindings[name].is_async
         }
         # Per-task concurrency: free slots, and the instances parked until one frees. A parked
         # instance holds no worker, so other tasks run on while it waits.
@@ -316,7 +338,13 @@ class _Executor:
             if self.resources is not None:
                 self.resource_send.close()
                 self.resource_receive.close()
+            if self.killed and self.store is not None:
+                # Also after a cancellation from outside, hence the shield.
+                with anyio.CancelScope(shield=True):
+                    await self._record_killed()
         run = self._flow_run()
+        if self.fatal is not None:
+            raise self.fatal
         if self.errors:
             raise FlowFailed(run, dict(self.errors))
         return run
@@ -355,32 +383,45 @@ class _Executor:
         self.task_group.start_soon(self._worker)
 
     async def _worker(self) -> None:
+        # A running instance's stack is _worker, _execute, then the task's own function
+        # (awaited directly when it has no guard): every level more is a frame and a
+        # traceback entry per instance to unwind when the run is cancelled, so the cache
+        # lookup is a step of its own (_ready), not a level around _execute.
         self.spawning = False
         receive, slots = self.receive, self.slots
         streak = 0
-        while True:
-            try:
-                node = receive.receive_nowait()
-                streak += 1
-                if streak >= _STREAK:  # instances that never wait must not starve the loop
-                    streak = 0
-                    await anyio.lowlevel.checkpoint()
-            except anyio.WouldBlock:
-                streak = 0
-                self.idle += 1
+        try:
+            while True:
                 try:
-                    node = await receive.receive()
+                    node = receive.receive_nowait()
+                    streak += 1
+                    if streak >= _STREAK:  # instances that never wait must not starve the loop
+                        streak = 0
+                        await anyio.lowlevel.checkpoint()
+                except anyio.WouldBlock:
+                    streak = 0
+                    self.idle += 1
+                    try:
+                        node = await receive.receive()
+                    except anyio.EndOfStream:
+                        return
+                    finally:
+                        self.idle -= 1
                 except anyio.EndOfStream:
                     return
-                finally:
-                    self.idle -= 1
-            except anyio.EndOfStream:
-                return
-            self.queued -= 1
-            if self.queued and not self.idle:
-                self._spawn()
-            if slots[node].state is TaskState.SCHEDULED:
-                await self._run_node(node)
+                self.queued -= 1
+                if self.queued and not self.idle:
+                    self._spawn()
+                if slots[node].state is TaskState.SCHEDULED and await self._ready(node):
+                    await self._execute(node)
+        except self.cancelled:
+            # The task group is being cancelled: fail-fast, or from outside, where the host
+            # task raises the cancellation on its own. The running instance has marked itself
+            # KILLED; the worker just ends. Letting the exception out would keep it on the
+            # finished task, and with it its traceback and every frame of the instance's
+            # stack, as a reference cycle only a full garbage collection frees: with
+            # thousands of instances that collection would cost more than the cancellation.
+            return
 
     def _settle(self, node: TaskNode) -> None:
         self.unsettled -= 1
@@ -443,7 +484,9 @@ class _Executor:
 
     # --- one instance -----------------------------------------------------------------------
 
-    async def _run_node(self, node: TaskNode) -> None:
+    async def _ready(self, node: TaskNode) -> bool:
+        """Whether ``node`` is to run now: False if it was cached, failed to read the store,
+        or is parked until its task has a free slot (then that slot is taken here)."""
         slot = self.slots[node]
         store = self.store
         if store is not None and node.task not in self.forced:
@@ -459,29 +502,17 @@ class _Executor:
                 slot.error = exc
                 self._set(node, TaskState.FAILED, exc)
                 self._failed(node, exc)
-                return
+                return False
             if cached:
                 self._set(node, TaskState.CACHED)
                 self._done(node)
-                return
-        limited = node.task in self.task_slots
-        if limited:
+                return False
+        if node.task in self.task_slots:
             if not self.task_slots[node.task]:
                 self.parked[node.task].append(node)  # stays SCHEDULED; its worker moves on
-                return
+                return False
             self.task_slots[node.task] -= 1
-        resource = None
-        try:
-            if self.resources is not None:
-                resource = await self.resource_receive.receive()
-            try:
-                await self._execute(node, slot, resource)
-            finally:
-                if self.resources is not None:
-                    self.resource_send.send_nowait(resource)
-        finally:
-            if limited:
-                self._free_task_slot(node.task)
+        return True
 
     def _free_task_slot(self, task: str) -> None:
         self.task_slots[task] += 1
@@ -527,33 +558,69 @@ class _Executor:
             kwargs[binding.ctx] = TaskContext(node, self.ctx_store, resource)
         return kwargs
 
-    async def _execute(self, node: TaskNode, slot: _Slot, resource: Any) -> None:
-        slot.started = _now()
-        self._set(node, TaskState.RUNNING)
+    async def _execute(self, node: TaskNode) -> None:
+        """Run one instance (its task slot, if limited, already taken) and settle it."""
+        slot = self.slots[node]
+        resource: Any = None
+        held = False
         try:
-            call = _Call(node, slot, self._inputs(node, resource))
-            value = await self.calls[node.task](call)
+            if self.resources is not None:
+                resource = await self.resource_receive.receive()
+                held = True
+            slot.started = _now()
+            self._set(node, TaskState.RUNNING)
+            kwargs = self._inputs(node, resource)
+            fn = self.direct.get(node.task)
+            if fn is not None:  # async, no limiter, retry or timeout: awaited right here
+                slot.attempts += 1
+                value = await fn(**kwargs)
+            else:
+                value = await self.calls[node.task](_Call(node, slot, kwargs))
             slot.value = value
             slot.ended = _now()
             if self.store is not None:
                 await self._save_result(node, slot)
-        except anyio.get_cancelled_exc_class():
-            slot.ended = _now()
-            with anyio.CancelScope(shield=True):
+        except self.cancelled:
+            if slot.state is TaskState.RUNNING:  # not while it waited for a resource
+                # In memory only, no await: the records are written all at once (run()).
+                slot.ended = _now()
                 self._set(node, TaskState.KILLED)
-                await self._save_info_quietly(node, slot, TaskState.KILLED)
-            self._settle(node)
+                self.killed.append(node)
+                self._settle(node)
             raise
-        except Exception as exc:
+        except BaseException as exc:
             slot.ended = _now()
             slot.error = exc
             self._set(node, TaskState.FAILED, exc)
             with anyio.CancelScope(shield=True):
                 await self._save_info_quietly(node, slot, TaskState.FAILED)
+            if not isinstance(exc, Exception):
+                self._fatal(node, exc)
             self._failed(node, exc)
-            return
-        self._set(node, TaskState.FINISHED)
-        self._done(node)
+        else:
+            self._set(node, TaskState.FINISHED)
+            self._done(node)
+        finally:
+            if held:
+                self.resource_send.send_nowait(resource)
+            if node.task in self.task_slots:
+                self._free_task_slot(node.task)
+
+    def _fatal(self, node: TaskNode, exc: BaseException) -> None:
+        """A BaseException that is not an Exception asks to stop, not to be collected: the
+        whole run is cancelled (whatever ``fail_fast``) and run() raises it once all stopped.
+
+        It is caught here rather than left to escape the worker, so that the instance is
+        recorded FAILED, the others KILLED, and it comes out as itself, not wrapped in the task
+        group's exception group.
+        """
+        if self.fatal is None:
+            self.fatal = exc
+            add_note = getattr(exc, "add_note", None)  # Python 3.11+
+            if add_note is not None:
+                add_note(f"raised by flow task instance {node.unique_name}; the run was stopped")
+        if self.task_group is not None:
+            self.task_group.cancel_scope.cancel()
 
     async def _attempt(self, call: _Call) -> Any:
         call.slot.attempts += 1
@@ -576,8 +643,11 @@ class _Executor:
     async def _save_info(self, node: TaskNode, slot: _Slot, state: TaskState) -> None:
         if self.store is None:
             return
+        await self.store.save_info(self._info(node, slot, state))
+
+    def _info(self, node: TaskNode, slot: _Slot, state: TaskState) -> TaskInfo:
         error = slot.error
-        info = TaskInfo(
+        return TaskInfo(
             node.task,
             node.config_hash,
             node.unique_name,
@@ -589,7 +659,21 @@ class _Executor:
             attempts=slot.attempts,
             error=None if error is None else f"{type(error).__name__}: {error}",
         )
-        await self.store.save_info(info)
+
+    async def _record_killed(self) -> None:
+        """Write the KILLED records of this run in one batch, after the cancellation.
+
+        One store call (for a LocalFileStore one worker-thread hop, no fsync), not one shielded
+        write per instance inside the cancellation: that made stopping 10,000 instances take
+        half a minute. The run already reports these states, so a store error is logged.
+        """
+        assert self.store is not None
+        killed, self.killed = self.killed, []
+        try:
+            infos = [self._info(n, self.slots[n], TaskState.KILLED) for n in killed]
+            await self.store._save_advice(infos)
+        except Exception:
+            _log.exception("could not record %d KILLED instance(s)", len(killed))
 
     async def _save_info_quietly(self, node: TaskNode, slot: _Slot, state: TaskState) -> None:
         """Record a FAILED or KILLED state; the run already reports it, so a store error here
@@ -602,21 +686,22 @@ class _Executor:
     def _flow_run(self) -> FlowRun:
         results: dict[str, list[TaskResult]] = {name: [] for name in self.graph.specs}
         states: dict[str, TaskState] = {}
-        for node in self.nodes:
-            slot = self.slots[node]
+        slots = self.slots
+        for node in self.nodes:  # positional TaskResult arguments: thousands of them
+            slot = slots[node]
             states[node.unique_name] = slot.state
             results[node.task].append(
                 TaskResult(
-                    unique_name=node.unique_name,
-                    value=slot.value,
-                    config=node.config,
-                    unique_config=node.unique_config,
-                    config_hash=node.config_hash,
-                    state=slot.state,
-                    attempts=slot.attempts,
-                    started=slot.started,
-                    ended=slot.ended,
-                    error=slot.error,
+                    node.unique_name,
+                    slot.value,
+                    node.config,
+                    node.unique_config,
+                    node.config_hash,
+                    slot.state,
+                    slot.attempts,
+                    slot.started,
+                    slot.ended,
+                    slot.error,
                 )
             )
         return FlowRun(self.graph, results, states, self.errors)

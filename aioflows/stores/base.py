@@ -9,7 +9,7 @@ messages and lazy loading for free, and a bad name can never reach a file path o
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Final
 
@@ -174,6 +174,18 @@ class ResultStore(abc.ABC):
         check_part("task", info.task)
         check_part("config_hash", info.config_hash)
         await self._save_info(info)
+
+    async def _save_advice(self, infos: Sequence[TaskInfo]) -> None:
+        """Store records that are advice, not promises: the KILLED states of a stopped flow.
+
+        Losing one in a crash only means its instance runs again, which a KILLED one would
+        anyway, so a store may write them all in one batch and without fsync (a FINISHED
+        record, a promise, always goes through :meth:`save_info`). This default saves them one
+        by one, so every store, custom ones included, keeps working; the flow executor calls
+        it once, after the cancellation, never once per instance.
+        """
+        for info in infos:
+            await self.save_info(info)
 
     async def load_info(self, *, task: str, config_hash: str) -> TaskInfo | None:
         """The run's record, or None if it has none."""

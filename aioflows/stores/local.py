@@ -20,7 +20,10 @@ could lead outside it): a call whose task directory, run directory or file is a 
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import secrets
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -33,7 +36,7 @@ import pydantic_core
 
 from ..errors import CorruptObject, InvalidArgument, InvalidArgumentType, MissingObject
 from . import files
-from .base import INFO_NAME, MISSING, ResultStore, check_key
+from .base import INFO_NAME, MISSING, ResultStore, check_key, check_part
 from .records import TaskInfo
 from .types import StoreType
 
@@ -163,6 +166,29 @@ class LocalFileStore(ResultStore):
             ) from exc
         await self._write(run, _INFO_FILE, data)
 
+    async def _save_advice(self, infos: Sequence[TaskInfo]) -> None:
+        """Write records that are advice (a stopped flow's KILLED states) in one thread hop.
+
+        Each is a ``_taskinfo.json`` like any record, written to a hidden temporary file and
+        renamed into place, so readers see the old record or the new one; but nothing is
+        fsynced. A crash of the machine may lose some of them (or, on some file systems, leave
+        one empty, which reads as a damaged record: the flow runs that instance again), and a
+        lost KILLED record only means the instance runs again, which it would anyway. A record
+        that cannot be written (its directory is a symlink, the disk is full) is logged and
+        skipped: the run already reports these states.
+        """
+        batch = []
+        for info in infos:
+            check_part("task", info.task)
+            check_part("config_hash", info.config_hash)
+            self._run_dir(info.task, info.config_hash)  # checks the lengths
+            try:
+                batch.append((info.task, info.config_hash, info.to_json().encode()))
+            except pydantic_core.PydanticSerializationError:
+                _advice_log.exception("cannot save the TaskInfo of %r as JSON", info.unique_name)
+        await anyio.lowlevel.checkpoint_if_cancelled()
+        await files.off_loop(_write_unsynced, self._base, _INFO_FILE, batch)
+
     async def _load_info(self, task: str, config_hash: str) -> TaskInfo | None:
         run = self._run(task, config_hash)
         found = await files.off_loop(files.read_newest, run, [_INFO_FILE])
@@ -269,6 +295,71 @@ async def _wrap_fd(fd: int, mode: str) -> Any:
 async def _close(file: Any) -> None:
     with anyio.CancelScope(shield=True):
         await file.close()
+
+
+_advice_log = logging.getLogger("aioflows.stores")
+
+_DIR_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0)
+_NEW_FILE_FLAGS = (
+    os.O_WRONLY
+    | os.O_CREAT
+    | os.O_EXCL
+    | getattr(os, "O_NOFOLLOW", 0)
+    | getattr(os, "O_CLOEXEC", 0)
+    | getattr(os, "O_BINARY", 0)
+)
+
+
+def _open_subdir(parent_fd: int, name: str) -> int:
+    """Open (creating it if missing) the directory ``name`` in ``parent_fd``, never a link."""
+    try:
+        return os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+    except FileNotFoundError:
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(name, dir_fd=parent_fd)
+        return os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+
+
+def _write_unsynced(base: str, filename: str, batch: Sequence[tuple[str, str, bytes]]) -> None:
+    """Write each ``(task, config_hash, data)`` as ``base/task/config_hash/filename``:
+    temporary file then rename, no fsync (see :meth:`LocalFileStore._save_advice`).
+
+    Directories are opened relative to their parent's descriptor and never through a
+    symlink, so no record lands outside ``base``. One blocking call for the whole batch.
+    """
+    if not batch:
+        return
+    os.makedirs(base, exist_ok=True)
+    failed = 0
+    base_fd = os.open(base, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    task_fds: dict[str, int] = {}
+    try:
+        for task, config_hash, data in batch:
+            try:
+                task_fd = task_fds.get(task)
+                if task_fd is None:
+                    task_fd = task_fds[task] = _open_subdir(base_fd, task)
+                run_fd = _open_subdir(task_fd, config_hash)
+                try:
+                    temp = f".{secrets.token_hex(8)}.tmp"
+                    fd = os.open(temp, _NEW_FILE_FLAGS, 0o666, dir_fd=run_fd)
+                    try:
+                        view = memoryview(data)
+                        while view:  # a write may be partial
+                            view = view[os.write(fd, view) :]
+                    finally:
+                        os.close(fd)
+                    os.replace(temp, filename, src_dir_fd=run_fd, dst_dir_fd=run_fd)
+                finally:
+                    os.close(run_fd)
+            except OSError:
+                failed += 1
+    finally:
+        for fd in task_fds.values():
+            os.close(fd)
+        os.close(base_fd)
+    if failed:
+        _advice_log.warning("%d of %d KILLED record(s) could not be written", failed, len(batch))
 
 
 def _parse_info(path: str, data: bytes) -> TaskInfo:
