@@ -3,7 +3,9 @@
 Each call takes the key whose buckets free soonest (a request bucket per key, and a token
 bucket when ``tokens_per_key`` and ``cost`` are given), so keys share the load by their limits
 rather than in turn. A throttle (``RateLimited``, HTTP 429) pauses only that key, for as long as
-the server asked, and puts the sample back without counting an attempt.
+the server asked, and puts the sample back without counting an attempt; a throttle asking for
+more than ``Retry.max_wait`` is not waited for (the pair fails with ``RateLimited``), and no key
+rests longer than that.
 
 Every finished (id, sample) pair is one JSON line, written by a single writer task as results
 come in and fsynced periodically. The file is the resume state: on start, pairs already in it
@@ -35,9 +37,9 @@ import anyio.lowlevel
 import anyio.to_thread
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from .errors import AioflowsError, InvalidArgument, InvalidArgumentType
+from .errors import AioflowsError, InvalidArgument, InvalidArgumentType, RateLimited
 from .limits import RateLike, RateLimiter, as_rate
-from .retry import Retry, RetryLike, as_retry, throttle_delay
+from .retry import DEFAULT_MAX_WAIT, Retry, RetryLike, as_retry, throttle_delay
 
 if sys.platform != "win32":
     import fcntl
@@ -562,12 +564,22 @@ class _Run:
             except Exception as exc:
                 throttled, after = throttle_delay(exc)
                 max_throttles = retry.max_throttles if retry is not None else 10
+                cap = retry.max_wait if retry is not None else DEFAULT_MAX_WAIT
+                if throttled and after is not None and after > cap:
+                    # Not waited for (`Retry-After: 1000000000` is valid HTTP, and a spent
+                    # daily quota says "tomorrow"): this pair gives up at once, and the key
+                    # rests no longer than the cap, so later pairs still run on it.
+                    key.pause(cap)
+                    given_up = _too_long(after, cap)
+                    output, error = None, _describe(given_up, launcher._keys)
+                    self._failed(given_up, ident, sample, key_label)
+                    break
                 if throttled and throttles < max_throttles:
                     # Back-pressure from this key only: it rests, the sample goes again.
                     throttles += 1
                     attempts -= 1
                     self.retried += 1
-                    key.pause(after if after is not None else _backoff(retry, throttles))
+                    key.pause(min(after if after is not None else _backoff(retry, throttles), cap))
                     continue
                 if (
                     not throttled
@@ -706,6 +718,16 @@ def _cost(estimate: Callable[[dict[str, Any]], float] | None, sample: dict[str, 
     if isinstance(cost, bool) or not isinstance(cost, (int, float)) or not 0 <= cost < math.inf:
         raise InvalidArgument(f"cost must return a number >= 0, got {cost!r}")
     return float(cost)
+
+
+def _too_long(after: float, cap: float) -> RateLimited:
+    """The throttle a pair ends with when the remote end asks for more than ``max_wait``."""
+    throttle = RateLimited(after)
+    throttle.args = (
+        f"the remote end asked to wait {after:g} s, longer than max_wait ({cap:g} s): "
+        "not waited for",
+    )
+    return throttle
 
 
 def _backoff(retry: Retry | None, count: int) -> float:

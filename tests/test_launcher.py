@@ -762,3 +762,77 @@ async def test_issue10_a_lock_held_by_another_process_refuses_the_run(tmp_path: 
         assert await holder.wait() == 0
     summary = await af.Launcher(fn, output=output).run(data(3))  # that process is gone
     assert (summary.skipped, summary.succeeded) == (1, 2)
+
+
+# --- issue 10: pauses are bounded -------------------------------------------------------------
+
+
+async def test_issue10_a_throttle_asking_too_long_is_not_waited_for(
+    server: tuple[str, ServerState], tmp_path: Path
+) -> None:
+    url, state = server
+    state.scripts["/complete"] = [(429, {"retry-after": "1000000000"})]  # valid delta-seconds
+    output = tmp_path / "out.jsonl"
+    async with httpx.AsyncClient() as client:
+        launcher = af.Launcher(
+            calling(url, client),
+            keys=SECRETS[:1],
+            concurrency=1,
+            output=output,
+            retry=af.Retry(3, max_wait=0.2),
+        )
+        with anyio.fail_after(30):  # not 31 years
+            summary = await launcher.run(data(3))
+    assert (summary.succeeded, summary.failed) == (2, 1)
+    records = read_records(output)
+    [failed] = [r for r in records if r["error"] is not None]
+    assert failed["id"] == 0
+    assert failed["error"].startswith("RateLimited: the remote end asked to wait 1e+09 s")
+    assert [r["key"] for r in records] == ["key-0"] * 3  # later pairs still ran on that key,
+    first, second = (s.time for s in state.seen[:2])
+    assert second - first >= 0.1  # after it rested (for max_wait, 0.2 s)
+
+
+async def test_issue10_a_throttle_asking_too_long_stops_a_strict_run(
+    server: tuple[str, ServerState],
+) -> None:
+    url, state = server
+    state.scripts["/complete"] = [(429, {"retry-after": "1000000000"})]
+    async with httpx.AsyncClient() as client:
+        with anyio.fail_after(30), pytest.raises(af.RateLimited) as info:  # the default max_wait
+            await af.launch(calling(url, client), data(1), keys=SECRETS, fault_tolerant=False)
+    assert info.value.retry_after == 1e9
+    assert "longer than max_wait (300 s)" in str(info.value)
+
+
+@pytest.mark.looptime
+@pytest.mark.parametrize(
+    ("retry", "throttle", "rest"),
+    [
+        (None, af.RateLimited(retry_after=1e9), 300.0),  # DEFAULT_MAX_WAIT; the pair gives up
+        (af.Retry(3, max_wait=5), af.RateLimited(retry_after=1e9), 5.0),  # the pair gives up
+        # no Retry-After: the backoff (50 s) is waited, but never longer than max_wait
+        (af.Retry(3, backoff=50, jitter=False, max_wait=2), af.RateLimited(), 2.0),
+    ],
+    ids=["no-policy", "max_wait", "backoff"],
+)
+async def test_issue10_a_key_never_rests_longer_than_max_wait(
+    retry: af.Retry | None, throttle: af.RateLimited, rest: float
+) -> None:
+    from aioflows.retry import DEFAULT_MAX_WAIT
+
+    assert DEFAULT_MAX_WAIT == 300.0
+    calls: list[float] = []
+
+    async def fn(sample: dict[str, Any], key: af.Key) -> int:
+        calls.append(anyio.current_time())
+        if len(calls) == 1:
+            raise throttle
+        return 1
+
+    t0 = anyio.current_time()
+    records = await af.launch(fn, data(2), keys=SECRETS[:1], retry=retry, concurrency=1)
+    assert [round(t - t0, 3) for t in calls] == [0.0, rest, rest][: len(calls)]
+    gave_up = throttle.retry_after is not None
+    assert [r["error"] is None for r in records] == [not gave_up, True]
+    assert len(calls) == (2 if gave_up else 3)
