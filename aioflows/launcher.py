@@ -610,10 +610,10 @@ class _Run:
             line = _line(record)
         except Exception as exc:  # a tuple as a dict key, a cycle, NaN, an object, 10**5000
             # The pair fails here, in its worker: the writer only ever gets lines it can write.
+            not_json = TypeError(f"the output is not JSON ({_text(exc)})")
             record["output"] = None
-            record["error"] = error = _redact(
-                f"TypeError: the output is not JSON ({_text(exc)})", launcher._keys
-            )
+            record["error"] = error = _describe(not_json, launcher._keys)
+            self._failed(not_json, ident, sample, key_label)
             line = _line(record)  # the id was checked, the rest is ours: this one always goes
         if error is None:
             self.succeeded += 1

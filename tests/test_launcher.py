@@ -666,6 +666,20 @@ async def test_issue10_an_output_that_cannot_be_written_is_an_error_record(tmp_p
     assert (again.skipped, again.failed) == (1, 5)
 
 
+async def test_issue10_an_output_that_cannot_be_written_stops_a_strict_run(tmp_path: Path) -> None:
+    async def fn(sample: dict[str, Any], key: af.Key) -> Any:
+        return {(1, 2): "a tuple key"} if sample["id"] == 1 else "fine"
+
+    output = tmp_path / "out.jsonl"
+    with pytest.raises(TypeError, match="the output is not JSON") as info:
+        await af.launch(fn, data(3), output=output, concurrency=1, fault_tolerant=False)
+    assert (info.value.id, info.value.sample) == (1, 0)  # type: ignore[attr-defined]
+    assert [(r["id"], r["error"] is None) for r in strict_records(output)] == [
+        (0, True),
+        (1, False),
+    ]
+
+
 # --- issue 10: one output file, one launcher --------------------------------------------------
 
 
