@@ -1,9 +1,9 @@
 """Benchmark of ``Flow.run``: the scheduling machinery per node, against hand-written executors.
 
-Run with ``python -m benchmarks.flows`` (about 1 minute on a 2-core machine; ``--part
-fanout|chain|dag|rss`` runs one part, ``--rounds N`` changes the number of measured rounds).
-Every node runs a no-op ``async def`` that returns at once, so what is measured is the cost of
-the executor itself, in CPU time (``time.process_time``). Four parts:
+Run with ``python -m benchmarks.flows`` (about 2 minutes on a 2-core machine; ``--part
+fanout|chain|dag|rss|failfast`` runs one part, ``--rounds N`` changes the number of measured
+rounds). In parts 1-4 every node runs a no-op ``async def`` that returns at once, so what is
+measured is the cost of the executor itself, in CPU time (``time.process_time``). Five parts:
 
 1. **fan-out/fan-in**: one source, a task expanded over 10,000 configs (``{"i": [0..9999]}``)
    that each require the source, and a ``reduce`` sink that requires all 10,000: 10,002 nodes.
@@ -19,6 +19,19 @@ the executor itself, in CPU time (``time.process_time``). Four parts:
    ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` is shown beside it but is not the child's own
    on Linux: ``execve`` carries the parent's high-water mark into it. CPU s there is one run's
    declaration + ``Flow.run`` (or the baseline's run), for context.
+5. **fail-fast**: how long stopping 10,000 running instances takes. A task is expanded over
+   10,000 configs whose instances all sleep for ever; a task ``boom`` waits until all 10,000 run,
+   then raises. *Stopping* is timed from ``boom``'s raise to ``flow.run`` raising ``FlowFailed``
+   (every sleeper cancelled and marked KILLED, their records written, the ``FlowRun`` built),
+   without a store and with a fresh ``LocalFileStore``. The reference is an anyio task group of
+   10,000 tasks in ``anyio.sleep_forever()``, timed from ``tg.cancel_scope.cancel()`` to the
+   ``async with`` exiting; a plain ``asyncio.TaskGroup`` (a child raising, to the group exiting)
+   is shown too. Stopping is measured in CPU time like the other parts (the records are
+   written without fsync, so with a store too it is work, not waiting: the worker thread's CPU
+   counts, kernel time included); the wall time and the GC's share of the span are shown beside.
+   ``gc.collect()`` runs just before each span starts, so that no contender pays there for a
+   full collection its start-up made due. Every round checks that all 10,000 instances are
+   KILLED in ``run.states`` and, with the store, in ``list_infos()`` (outside the span).
 
 Contenders, each given the same DAG:
 
@@ -41,8 +54,9 @@ results records. The fan-out's source, work and sink nodes all call the same kin
 
 Targets: ``Flow.run`` at most 1x the naive anyio executor's CPU per node, on every workload;
 chain cost per node at 2,000 within 1.5x of that at 500; the 100,000-node fan-out under 1 GiB
-peak RSS. Prefect 3 is not included: it brings a heavy dependency tree (a server, a database
-layer, ...) and is not in the dev extra.
+peak RSS; stopping 10,000 running instances, with or without a LocalFileStore, within 1.5x of
+the anyio task group cancelling 10,000 sleeping tasks. Prefect 3 is not included: it brings a
+heavy dependency tree (a server, a database layer, ...) and is not in the dev extra.
 
 Each round runs in a fresh event loop with only the work timed (not loop start-up or shutdown),
 after ``gc.collect()``. The garbage collector stays on during the work, as in real use, and the
@@ -65,6 +79,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -93,6 +108,8 @@ QUEUE_WORKERS = 32
 TARGET_VS_NAIVE = 1.0
 TARGET_CHAIN_GROWTH = 1.5
 TARGET_RSS_MIB = 1024.0
+N_FAILFAST = 10_000
+TARGET_FAILFAST = 1.5
 
 AIOFLOWS = "aioflows Flow.run"
 NAIVE = "naive anyio (task + Event)"
@@ -504,6 +521,190 @@ def bench_rss(rounds: int) -> None:
     )
 
 
+# -- part 5: fail-fast, stopping 10,000 running instances -----------------------------------
+
+
+@dataclass
+class Stop:
+    wall: float  # seconds from the stop's start to everything stopped
+    cpu: float  # process CPU seconds in that span (worker threads included)
+    gc: float  # of which in the cyclic garbage collector
+    killed: int  # instances (or tasks) seen stopped
+
+
+class Span:
+    """The stopping span: started by :meth:`start`, read by :meth:`end`."""
+
+    def start(self) -> None:
+        gc.collect()  # start-up's GC debt is not the stop's
+        self.gc = GC_METER.total
+        self.cpu = time.process_time()
+        self.wall = time.perf_counter()
+
+    def end(self, killed: int) -> Stop:
+        wall = time.perf_counter() - self.wall
+        cpu = time.process_time() - self.cpu
+        return Stop(wall, cpu, GC_METER.total - self.gc, killed)
+
+
+def sleeping_flow(n: int, span: Span) -> af.Flow:
+    """``n`` sleepers that run for ever, and ``boom``, which fails once all of them run."""
+    running = 0
+    all_running = anyio.Event()
+
+    async def sleeper(i: int) -> None:
+        nonlocal running
+        running += 1
+        if running == n:
+            all_running.set()
+        await anyio.sleep_forever()
+
+    async def boom() -> None:
+        await all_running.wait()
+        span.start()
+        raise RuntimeError("boom")
+
+    flow = af.Flow("failfast")
+    flow.add(sleeper, {"i": list(range(n))})
+    flow.add(boom)
+    return flow
+
+
+async def stop_flow(n: int, store_dir: str | None) -> Stop:
+    span = Span()
+    flow = sleeping_flow(n, span)
+    store = af.LocalFileStore(store_dir) if store_dir is not None else None
+    try:
+        await flow.run(store=store)
+    except af.FlowFailed as exc:
+        stop = span.end(sum(s is af.TaskState.KILLED for s in exc.run.states.values()))
+    else:
+        raise AssertionError("the flow did not fail")
+    if store is not None:  # outside the span: every killed instance has its KILLED record
+        infos = await store.list_infos("sleeper")
+        stop.killed = min(stop.killed, sum(i.state is af.TaskState.KILLED for i in infos))
+    return stop
+
+
+async def stop_anyio(n: int) -> Stop:
+    span = Span()
+    running = 0
+    all_running = anyio.Event()
+
+    async def sleeper() -> None:
+        nonlocal running
+        running += 1
+        if running == n:
+            all_running.set()
+        await anyio.sleep_forever()
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(n):
+            tg.start_soon(sleeper)
+        await all_running.wait()
+        span.start()
+        tg.cancel_scope.cancel()
+    return span.end(n)
+
+
+class _Stop(Exception):
+    pass
+
+
+async def stop_taskgroup(n: int) -> Stop:
+    span = Span()
+    running = 0
+    all_running = asyncio.Event()
+
+    async def sleeper() -> None:
+        nonlocal running
+        running += 1
+        if running == n:
+            all_running.set()
+        await asyncio.sleep(3600)
+
+    async def stopper() -> None:
+        await all_running.wait()
+        span.start()
+        raise _Stop
+
+    try:
+        async with asyncio.TaskGroup() as tg:  # type: ignore[attr-defined]  # Python 3.11+
+            for _ in range(n):
+                tg.create_task(sleeper())
+            tg.create_task(stopper())
+    except Exception as exc:  # an ExceptionGroup of the one _Stop (no except* before 3.11)
+        if not all(isinstance(e, _Stop) for e in getattr(exc, "exceptions", [exc])):
+            raise
+    return span.end(n)
+
+
+def run_stop(fn: Callable[[], Awaitable[Stop]]) -> Stop:
+    gc.callbacks.append(GC_METER)
+    try:
+        return asyncio.run(fn())
+    finally:
+        gc.callbacks.remove(GC_METER)
+
+
+FF_ANYIO = "anyio task group (reference)"
+FF_TASKGROUP = "asyncio.TaskGroup"
+FF_FLOW = "Flow.run, no store"
+FF_LOCAL = "Flow.run, LocalFileStore"
+
+
+def bench_failfast(rounds: int) -> None:
+    print("\n== 5. fail-fast ==")
+    n = N_FAILFAST
+    samples: dict[str, list[Stop]] = {k: [] for k in (FF_ANYIO, FF_TASKGROUP, FF_FLOW, FF_LOCAL)}
+    if not hasattr(asyncio, "TaskGroup"):
+        del samples[FF_TASKGROUP]
+    for round_no in range(rounds + 1):  # interleaved; round 0 is the warm-up
+        with tempfile.TemporaryDirectory(prefix="aioflows-failfast-") as store_dir:
+            contenders: dict[str, Callable[[], Awaitable[Stop]]] = {
+                FF_ANYIO: functools.partial(stop_anyio, n),
+                FF_TASKGROUP: functools.partial(stop_taskgroup, n),
+                FF_FLOW: functools.partial(stop_flow, n, None),
+                FF_LOCAL: functools.partial(stop_flow, n, store_dir),
+            }
+            if not hasattr(asyncio, "TaskGroup"):  # Python 3.10
+                del contenders[FF_TASKGROUP]
+            for name, fn in contenders.items():
+                stop = run_stop(fn)
+                assert stop.killed == n, (name, stop.killed)
+                if round_no > 0:
+                    samples[name].append(stop)
+    cpu = {name: statistics.median(s.cpu for s in runs) for name, runs in samples.items()}
+    reference = cpu[FF_ANYIO]
+    rows = [
+        [
+            name,
+            f"{cpu[name] * 1e3:.0f}",
+            f"{min(s.cpu for s in runs) * 1e3:.0f}..{max(s.cpu for s in runs) * 1e3:.0f}",
+            f"{statistics.median(s.gc for s in runs) * 1e3:.0f}",
+            f"{statistics.median(s.wall for s in runs) * 1e3:.0f}",
+            f"{cpu[name] / reference:.2f}x",
+        ]
+        for name, runs in samples.items()
+    ]
+    print_table(
+        f"stopping {n:,} running instances (sleeping tasks), from the failure (the cancel) to "
+        f"the run (the group) ending (CPU time, median of {rounds})",
+        ["contender", "CPU ms", "range", "of which GC ms", "wall ms", "vs anyio"],
+        rows,
+    )
+    print(
+        f"every round: all {n:,} instances KILLED in run.states, and in list_infos() with the "
+        "store; CPU includes the store's worker thread"
+    )
+    for name in (FF_FLOW, FF_LOCAL):
+        ratio = cpu[name] / reference
+        print(
+            f"target {name} <= {TARGET_FAILFAST:g}x the anyio task group: {ratio:.2f}x "
+            f"{verdict(ratio <= TARGET_FAILFAST)}"
+        )
+
+
 # -- main -------------------------------------------------------------------------------------
 
 
@@ -512,6 +713,7 @@ PARTS: dict[str, Callable[[int], None]] = {
     "chain": bench_chain,
     "dag": bench_dag,
     "rss": bench_rss,
+    "failfast": bench_failfast,
 }
 
 
