@@ -639,7 +639,7 @@ class _Run:
                 batch += _take_ready(receive)  # everything already finished: one write
                 self._written(batch)
                 if handle is not None:
-                    text = "".join(line for _, line in batch)
+                    text = b"".join(line for _, line in batch)
                     sync = time.monotonic() - last_sync >= FSYNC_EVERY
                     with anyio.CancelScope(shield=True):
                         await anyio.to_thread.run_sync(_append, handle, text, sync)
@@ -654,7 +654,7 @@ class _Run:
             self._written(rest)
             try:
                 if handle is not None:
-                    text = "".join(line for _, line in rest)
+                    text = b"".join(line for _, line in rest)
                     with anyio.CancelScope(shield=True):
                         await anyio.to_thread.run_sync(_finish, handle, text)
             finally:
@@ -734,18 +734,17 @@ def _backoff(retry: Retry | None, count: int) -> float:
     return retry.delay(count) if retry is not None else 1.0
 
 
-def _line(record: dict[str, Any]) -> str:
-    """One strict JSON line (no NaN), readable UTF-8 where it can be.
+def _line(record: dict[str, Any]) -> bytes:
+    """One strict JSON line (no NaN) in UTF-8, readable where it can be.
 
     A string with a lone surrogate (an API reply cut mid-emoji) has no UTF-8 form; such a line
     is written with ``\\uXXXX`` escapes instead, which read back as the same string.
     """
     text = json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n"
     try:
-        text.encode("utf-8")
+        return text.encode("utf-8")
     except UnicodeEncodeError:
-        return json.dumps(record, ensure_ascii=True, allow_nan=False) + "\n"
-    return text
+        return (json.dumps(record, ensure_ascii=True, allow_nan=False) + "\n").encode("ascii")
 
 
 def _faithful(ident: Any) -> bool:
@@ -823,23 +822,23 @@ def _lock(handle: BinaryIO, path: Path) -> None:
         ) from None
 
 
-def _append(handle: BinaryIO, text: str, sync: bool) -> None:
-    handle.write(text.encode("utf-8"))  # every line was made encodable (see _line)
+def _append(handle: BinaryIO, text: bytes, sync: bool) -> None:
+    handle.write(text)
     handle.flush()
     if sync:
         os.fsync(handle.fileno())
 
 
-def _finish(handle: BinaryIO, text: str) -> None:
+def _finish(handle: BinaryIO, text: bytes) -> None:
     if text:
-        handle.write(text.encode("utf-8"))
+        handle.write(text)
     handle.flush()
     os.fsync(handle.fileno())
 
 
 #: What a worker hands the writer: the record and its line, made in the worker, so that a
 #: record that cannot be written fails its own pair and never the writer.
-_Finished: TypeAlias = "tuple[dict[str, Any], str]"
+_Finished: TypeAlias = "tuple[dict[str, Any], bytes]"
 
 _FIELDS = frozenset({"id", "sample", "key", "attempts", "output", "error"})
 
