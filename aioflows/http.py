@@ -1,19 +1,26 @@
 """HttpClient: an ``httpx.AsyncClient`` whose requests pass limiters and retry what is transient.
 
-Every request goes through the one guarded call of :mod:`aioflows.calls`, the same that
-``map``, flows and pipelines use: the overall ``rate``, a bucket per host (``per_host_rate``),
-a ``concurrency`` cap on requests in flight, and the retry policy. A 429 (or a 503 with
-``Retry-After``) is a throttle: it pauses the host's bucket (or the overall one) for as long as
-the server asked, in seconds or as an HTTP date, and is retried without counting an attempt.
-502, 503 and 504 and connection-level errors are failures retried with backoff. When retries
-run out, the last response is returned as httpx would return it (check ``status_code`` or call
+The limits sit in a transport under the client (:class:`_LimitedTransport`), not around
+``send``: httpx sends every real request through its transport, each redirect hop included, so
+each hop takes the overall ``rate``, the bucket of *its own* host (``per_host_rate``) and a slot
+of the ``concurrency`` cap. Each request goes through the one guarded call of
+:mod:`aioflows.calls`, the same that ``map``, flows and pipelines use, so throttles, backoff,
+``Retry.max_wait`` and the retry counts mean the same everywhere.
+
+A 429 (or a 503 with ``Retry-After``) is a throttle: it pauses the host's bucket (or the overall
+one) for as long as the server asked, in seconds or as an HTTP date, never longer than
+``Retry.max_wait``, and is retried without counting an attempt; one asking for longer than
+``max_wait`` is not waited for, the 429 is returned at once. 502, 503 and 504 and
+connection-level errors are failures retried with backoff. When retries run out, the last
+response is returned as httpx would return it (check ``status_code`` or call
 ``raise_for_status``); a connection error is raised.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Hashable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from types import TracebackType
 from typing import Any
 
 import anyio
@@ -21,6 +28,7 @@ import httpx
 
 from .calls import KeyedLimiterLike, LimiterLike, as_keyed_limiter, as_limiter, guard
 from .errors import InvalidArgument
+from .limits import KeyedRateLimiter, RateLimiter
 from .retry import Retry, RetryLike, as_retry
 
 __all__ = ["HttpClient"]
@@ -41,11 +49,13 @@ RETRY_ERRORS: tuple[type[BaseException], ...] = (
 
 
 class _RetryableStatus(httpx.HTTPStatusError):
-    """A response whose status says "try again"; carries the (fully read) response."""
+    """A response whose status says "try again"; carries the response, its body already read."""
 
 
-def _host(call: _Send) -> Hashable:
-    return call.request.url.host
+def _host_key(request: httpx.Request) -> str:
+    """The ``per_host_rate`` bucket of a request: its ``Host``, the port included unless it is
+    the scheme's default (``api.example.com``, ``127.0.0.1:8080``), as servers count."""
+    return request.url.netloc.decode("ascii")
 
 
 class HttpClient(httpx.AsyncClient):
@@ -55,15 +65,21 @@ class HttpClient(httpx.AsyncClient):
         base_url: As for ``httpx.AsyncClient``.
         rate: Requests per unit of time over all hosts (a rate, or a shared ``RateLimiter``).
         per_host_rate: Requests per unit of time to each host (a rate, or a shared
-            ``KeyedRateLimiter``).
-        concurrency: At most this many requests in flight at once (None: httpx's own limits).
+            ``KeyedRateLimiter``); a host is its ``Host`` header: ``api.example.com``, or
+            ``127.0.0.1:8080`` with a port that is not the scheme's default).
+        concurrency: At most this many requests in flight at once, a request holding its slot
+            until its response is closed (None: httpx's own limits).
         retry: Retry policy (a ``Retry`` or a number of attempts). Its default ``on``
             (any exception) is narrowed to the transient kinds above; give ``on=`` to choose.
-        httpx_kwargs: Passed to ``httpx.AsyncClient`` (headers, timeout, transport...).
+        httpx_kwargs: Passed to ``httpx.AsyncClient`` (headers, timeout, transport, mounts,
+            http2, limits, verify...).
 
-    Streaming requests (``client.stream(...)``) pass the limiters and are retried on
-    connection errors, but a retryable status is returned as it is: its body is the caller's
-    to read.
+    Each real request, every redirect hop and every retry, passes the limits; event hooks see
+    each hop once, its retries being the transport's business. Streaming requests
+    (``client.stream(...)``) are limited and retried the same way.
+
+    Raises:
+        ValueError, TypeError: A bad option, at once.
     """
 
     def __init__(
@@ -86,48 +102,130 @@ class HttpClient(httpx.AsyncClient):
         limiter = as_limiter(rate)
         keyed = as_keyed_limiter(per_host_rate)
         super().__init__(base_url=base_url, **httpx_kwargs)
-        self._slots = anyio.CapacityLimiter(concurrency) if concurrency is not None else None
-        self._guarded = guard(
+        slots = anyio.Semaphore(concurrency) if concurrency is not None else None
+
+        def limited(inner: httpx.AsyncBaseTransport) -> httpx.AsyncBaseTransport:
+            return _LimitedTransport(inner, limiter, keyed, policy, slots)
+
+        # httpx has built the transports from the kwargs (transport=, http2, limits, verify,
+        # mounts=, proxies from the environment): wrap what it built rather than build it again,
+        # so that every option keeps meaning what httpx says, and every route is limited.
+        self._transport = limited(self._transport)
+        self._mounts = {
+            pattern: None if transport is None else limited(transport)
+            for pattern, transport in self._mounts.items()
+        }
+
+
+class _LimitedTransport(httpx.AsyncBaseTransport):
+    """Under the client: each request through the limiters, the slots and the retry policy.
+
+    The limiters and the slots are the client's, shared by all its transports (mounts too).
+    """
+
+    def __init__(
+        self,
+        inner: httpx.AsyncBaseTransport,
+        limiter: RateLimiter | None,
+        keyed: KeyedRateLimiter | None,
+        retry: Retry | None,
+        slots: anyio.Semaphore | None,
+    ) -> None:
+        self._inner = inner
+        self._slots = slots
+        self._send: Callable[[httpx.Request], Awaitable[httpx.Response]] = guard(
             self._attempt,
             rate=limiter,
-            key=_host if keyed is not None else None,
+            key=_host_key if keyed is not None else None,
             per_key_rate=keyed,
-            retry=policy,
+            retry=retry,
         )
 
-    async def send(
-        self, request: httpx.Request, *, stream: bool = False, **kwargs: Any
-    ) -> httpx.Response:
-        """Send ``request`` through the limiters and the retry policy."""
-        call = _Send(request, stream, kwargs)
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         try:
-            return await self._guarded(call)
+            return await self._send(request)
         except _RetryableStatus as exc:
-            return exc.response  # retries ran out: the response, as httpx returns it
+            return exc.response  # retries ran out (or were not allowed): the response itself
 
-    async def _attempt(self, call: _Send) -> httpx.Response:
-        if self._slots is None:
-            response = await super().send(call.request, stream=call.stream, **call.kwargs)
-        else:
-            async with self._slots:
-                response = await super().send(call.request, stream=call.stream, **call.kwargs)
-        if response.status_code in RETRY_STATUS and not call.stream:
-            # Read now: the response stays usable if it turns out to be the last one.
-            await response.aread()
-            raise _RetryableStatus(
-                f"{response.status_code} from {call.request.url}",
-                request=call.request,
-                response=response,
-            )
+    async def _attempt(self, request: httpx.Request) -> httpx.Response:
+        slots = self._slots
+        if slots is not None:
+            try:
+                slots.acquire_nowait()  # the uncontended path, without a checkpoint
+            except anyio.WouldBlock:
+                await slots.acquire()
+        try:
+            response = await self._inner.handle_async_request(request)
+            if response.status_code in RETRY_STATUS:
+                # Read now and release the connection: the response is either dropped for a
+                # retry or returned as the last word, and in both cases must not hold a socket.
+                raise _RetryableStatus(
+                    f"{response.status_code} from {request.url}",
+                    request=request,
+                    response=await _read(response, request),
+                )
+        except BaseException:
+            if slots is not None:
+                slots.release()
+            raise
+        if slots is not None:
+            if response.is_stream_consumed or not isinstance(
+                response.stream, httpx.AsyncByteStream
+            ):
+                slots.release()  # already in memory (a MockTransport's): nothing left in flight
+            else:
+                response.stream = _ReleasingStream(response.stream, slots)
         return response
 
+    async def __aenter__(self) -> _LimitedTransport:
+        await self._inner.__aenter__()
+        return self
 
-class _Send:
-    """One ``send`` call's arguments, handed through the guard to each attempt."""
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None = None,
+        exc_value: BaseException | None = None,
+        traceback: TracebackType | None = None,
+    ) -> None:
+        await self._inner.__aexit__(exc_type, exc_value, traceback)
 
-    __slots__ = ("kwargs", "request", "stream")
+    async def aclose(self) -> None:
+        await self._inner.aclose()
 
-    def __init__(self, request: httpx.Request, stream: bool, kwargs: dict[str, Any]) -> None:
-        self.request = request
-        self.stream = stream
-        self.kwargs = kwargs
+
+async def _read(response: httpx.Response, request: httpx.Request) -> httpx.Response:
+    """``response`` with its raw body read and its connection closed, as a fresh response that
+    the client decodes (and streams, if asked) as it would the original."""
+    if response.is_stream_consumed:
+        return response  # built in memory (a MockTransport's): it holds no connection
+    try:
+        body = b"".join([chunk async for chunk in response.aiter_raw()])
+    finally:
+        await response.aclose()
+    return httpx.Response(
+        response.status_code,
+        headers=response.headers,
+        stream=httpx.ByteStream(body),
+        extensions=response.extensions,
+        request=request,
+    )
+
+
+class _ReleasingStream(httpx.AsyncByteStream):
+    """A response body that gives its concurrency slot back when it is closed."""
+
+    def __init__(self, stream: httpx.AsyncByteStream, slots: anyio.Semaphore) -> None:
+        self._stream = stream
+        self._slots: anyio.Semaphore | None = slots
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self._stream:
+            yield chunk
+
+    async def aclose(self) -> None:
+        slots, self._slots = self._slots, None
+        try:
+            await self._stream.aclose()
+        finally:
+            if slots is not None:
+                slots.release()
