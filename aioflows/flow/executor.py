@@ -29,7 +29,7 @@ import collections
 import functools
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
@@ -273,6 +273,7 @@ class _Executor:
         self.resources = list(resources) if resources is not None else None
         self.unsettled = len(nodes)
         self.workers = self.idle = self.queued = 0
+        self.streak = 0  # instances taken from the queue since the last checkpoint
         self.spawning = False
         self.errors: dict[str, BaseException] = {}
         # Instances killed by a cancellation, their records written in one batch at the end.
@@ -383,37 +384,44 @@ class _Executor:
         self.task_group.start_soon(self._worker)
 
     async def _worker(self) -> None:
-        # A running instance's stack is _worker, _execute, then the task's own function
-        # (awaited directly when it has no guard): every level more is a frame and a
-        # traceback entry per instance to unwind when the run is cancelled, so the cache
-        # lookup is a step of its own (_ready), not a level around _execute.
+        # A running instance's stack is this worker, then the task's own function (its guard
+        # first, if it has limiters, a retry or a timeout): every level more is a frame and a
+        # traceback entry per instance to unwind when the run is cancelled, so taking a node,
+        # the cache lookup and the state changes are steps of their own, not levels around
+        # the call.
         self.spawning = False
-        receive, slots = self.receive, self.slots
-        streak = 0
+        slots = self.slots
         try:
             while True:
-                try:
-                    node = receive.receive_nowait()
-                    streak += 1
-                    if streak >= _STREAK:  # instances that never wait must not starve the loop
-                        streak = 0
-                        await anyio.lowlevel.checkpoint()
-                except anyio.WouldBlock:
-                    streak = 0
-                    self.idle += 1
-                    try:
-                        node = await receive.receive()
-                    except anyio.EndOfStream:
-                        return
-                    finally:
-                        self.idle -= 1
-                except anyio.EndOfStream:
+                node = await self._take()
+                if node is None:
                     return
-                self.queued -= 1
-                if self.queued and not self.idle:
-                    self._spawn()
-                if slots[node].state is TaskState.SCHEDULED and await self._ready(node):
-                    await self._execute(node)
+                slot = slots[node]
+                if slot.state is not TaskState.SCHEDULED or not await self._ready(node):
+                    continue
+                resource: Any = None
+                held = False
+                try:
+                    if self.resources is not None:
+                        resource = await self.resource_receive.receive()
+                        held = True
+                    slot.value = await self._begin(node, slot, resource)
+                    slot.ended = _now()
+                    if self.store is not None:
+                        await self._save_result(node, slot)
+                except self.cancelled:
+                    self._kill(node, slot)
+                    raise
+                except BaseException as exc:
+                    await self._fail(node, slot, exc)
+                else:
+                    self._set(node, TaskState.FINISHED)
+                    self._done(node)
+                finally:
+                    if held:
+                        self.resource_send.send_nowait(resource)
+                    if node.task in self.task_slots:
+                        self._free_task_slot(node.task)
         except self.cancelled:
             # The task group is being cancelled: fail-fast, or from outside, where the host
             # task raises the cancellation on its own. The running instance has marked itself
@@ -422,6 +430,31 @@ class _Executor:
             # stack, as a reference cycle only a full garbage collection frees: with
             # thousands of instances that collection would cost more than the cancellation.
             return
+
+    async def _take(self) -> TaskNode | None:
+        """The next queued instance (None once the queue is closed and empty)."""
+        receive = self.receive
+        try:
+            node = receive.receive_nowait()
+            self.streak += 1
+            if self.streak >= _STREAK:  # instances that never wait must not starve the loop
+                self.streak = 0
+                await anyio.lowlevel.checkpoint()
+        except anyio.WouldBlock:
+            self.streak = 0
+            self.idle += 1
+            try:
+                node = await receive.receive()
+            except anyio.EndOfStream:
+                return None
+            finally:
+                self.idle -= 1
+        except anyio.EndOfStream:
+            return None
+        self.queued -= 1
+        if self.queued and not self.idle:
+            self._spawn()
+        return node
 
     def _settle(self, node: TaskNode) -> None:
         self.unsettled -= 1
@@ -558,53 +591,37 @@ class _Executor:
             kwargs[binding.ctx] = TaskContext(node, self.ctx_store, resource)
         return kwargs
 
-    async def _execute(self, node: TaskNode) -> None:
-        """Run one instance (its task slot, if limited, already taken) and settle it."""
-        slot = self.slots[node]
-        resource: Any = None
-        held = False
-        try:
-            if self.resources is not None:
-                resource = await self.resource_receive.receive()
-                held = True
-            slot.started = _now()
-            self._set(node, TaskState.RUNNING)
-            kwargs = self._inputs(node, resource)
-            fn = self.direct.get(node.task)
-            if fn is not None:  # async, no limiter, retry or timeout: awaited right here
-                slot.attempts += 1
-                value = await fn(**kwargs)
-            else:
-                value = await self.calls[node.task](_Call(node, slot, kwargs))
-            slot.value = value
-            slot.ended = _now()
-            if self.store is not None:
-                await self._save_result(node, slot)
-        except self.cancelled:
-            if slot.state is TaskState.RUNNING:  # not while it waited for a resource
-                # In memory only, no await: the records are written all at once (run()).
-                slot.ended = _now()
-                self._set(node, TaskState.KILLED)
-                self.killed.append(node)
-                self._settle(node)
-            raise
-        except BaseException as exc:
-            slot.ended = _now()
-            slot.error = exc
-            self._set(node, TaskState.FAILED, exc)
-            with anyio.CancelScope(shield=True):
-                await self._save_info_quietly(node, slot, TaskState.FAILED)
-            if not isinstance(exc, Exception):
-                self._fatal(node, exc)
-            self._failed(node, exc)
-        else:
-            self._set(node, TaskState.FINISHED)
-            self._done(node)
-        finally:
-            if held:
-                self.resource_send.send_nowait(resource)
-            if node.task in self.task_slots:
-                self._free_task_slot(node.task)
+    def _begin(self, node: TaskNode, slot: _Slot, resource: Any) -> Awaitable[Any]:
+        """Mark ``node`` RUNNING and return the call of its function, for the worker to await."""
+        slot.started = _now()
+        self._set(node, TaskState.RUNNING)
+        kwargs = self._inputs(node, resource)
+        fn = self.direct.get(node.task)
+        if fn is not None:  # async, no limiter, retry or timeout: awaited by the worker itself
+            slot.attempts += 1
+            awaitable: Awaitable[Any] = fn(**kwargs)
+            return awaitable
+        return self.calls[node.task](_Call(node, slot, kwargs))
+
+    def _kill(self, node: TaskNode, slot: _Slot) -> None:
+        """A cancelled running instance: KILLED in memory only, no await (the records of all
+        of them are written at once, after the cancellation: run())."""
+        if slot.state is not TaskState.RUNNING:  # cancelled while it waited for a resource
+            return
+        slot.ended = _now()
+        self._set(node, TaskState.KILLED)
+        self.killed.append(node)
+        self._settle(node)
+
+    async def _fail(self, node: TaskNode, slot: _Slot, exc: BaseException) -> None:
+        slot.ended = _now()
+        slot.error = exc
+        self._set(node, TaskState.FAILED, exc)
+        with anyio.CancelScope(shield=True):
+            await self._save_info_quietly(node, slot, TaskState.FAILED)
+        if not isinstance(exc, Exception):
+            self._fatal(node, exc)
+        self._failed(node, exc)
 
     def _fatal(self, node: TaskNode, exc: BaseException) -> None:
         """A BaseException that is not an Exception asks to stop, not to be collected: the
