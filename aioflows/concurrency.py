@@ -185,8 +185,11 @@ class _Pool:
     """``concurrency`` workers that pull from a source, call, and hand each result to a sink.
 
     The first exception (unless ``return_exceptions``) is recorded, the pool is cancelled, and
-    :meth:`run` raises that exception as itself. The pool holds no reference to whoever consumes
-    its results, so a dropped :class:`IMap` can be collected while its driver still runs.
+    :meth:`run` raises that exception as itself; so is a BaseException that is not an Exception,
+    which is never a result. A failure to deliver a result (a flat stage's outputs are made as
+    they are delivered) fails the pool the same way. The pool holds no reference to whoever
+    consumes its results, so a dropped :class:`IMap` can be collected while its driver still
+    runs.
     """
 
     __slots__ = (

@@ -6,8 +6,9 @@ most ``buffer`` items after it, so a slow stage slows the source instead of lett
 up. ``ordered=True`` keeps each stage's outputs in input order with that pool's ordered sink:
 a finished item waits only for the ones before it (the completed prefix is emitted at once),
 and admission holds back when the stage runs ``max(buffer, 2 * workers)`` items ahead of the
-next one to emit, so one slow item can never make a stage hold the whole stream. ``Batch`` is
-a single task, which keeps order by construction.
+next one to emit, so one slow item can never make a stage hold the whole stream. A flat stage
+makes each output of an input as it is emitted (:mod:`aioflows.flat`). ``Batch`` is a single
+task, which keeps order by construction.
 
 All pools run in one task group inside a driver task owned by the stream object, as ``imap``
 does: leaving ``async for``, an exception in the consumer or a cancellation stops every worker
@@ -18,10 +19,16 @@ everything and is raised as itself; ``"skip"`` drops the item; ``"collect"`` emi
 
 from __future__ import annotations
 
-import inspect
 import math
-from collections.abc import AsyncIterable, Awaitable, Callable, Coroutine, Iterable
+from collections.abc import (
+    AsyncIterable,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Iterable,
+)
 from dataclasses import dataclass
+from inspect import isasyncgenfunction
 from typing import Any, Generic, TypeVar
 
 import anyio
@@ -43,6 +50,17 @@ from .concurrency import (
     _UnorderedSink,
 )
 from .errors import InvalidArgument, InvalidArgumentType
+from .flat import (
+    _END,
+    _SKIP,
+    _as_flat,
+    _InlineSteps,
+    _OrderedFlatSink,
+    _Outputs,
+    _outputs,
+    _overrun,
+    _Skip,
+)
 from .retry import RetryLike
 
 __all__ = ["Batch", "Failed", "Filter", "Pipeline", "PipelineStream", "Stage", "Unbatch", "Union"]
@@ -64,24 +82,6 @@ class Failed(Generic[T]):
     stage: str
 
 
-class _Skip:
-    """A stage's outcome meaning "emit nothing for this item" (filtered out, or skipped)."""
-
-    __slots__ = ()
-
-
-_SKIP = _Skip()
-
-
-class _Many:
-    """A flat stage's outcome: every output of one input, emitted one by one in order."""
-
-    __slots__ = ("items",)
-
-    def __init__(self, items: list[Any]) -> None:
-        self.items = items
-
-
 class _Emitter:
     """How a stage hands its outcomes on: drops skips, spreads flat outputs and, between
     stages, numbers each item as it is sent.
@@ -98,11 +98,15 @@ class _Emitter:
         self._count = 0
 
     async def __call__(self, send: MemoryObjectSendStream[Any], outcome: Any) -> None:
-        if type(outcome) is _Skip:
+        kind = type(outcome)
+        if kind is _Skip:
             return
-        if type(outcome) is _Many:
-            for item in outcome.items:
-                await self.one(send, item)
+        if kind is _Outputs:
+            try:
+                while (out := await outcome.next()) is not _END:
+                    await self.one(send, out)
+            finally:
+                await outcome.aclose()
             return
         await self.one(send, outcome)
 
@@ -117,8 +121,8 @@ class _Emitter:
         kind = type(outcome)
         if kind is _Skip:
             return True
-        if kind is _Many:
-            return False  # several sends, any of which may wait: the awaiting path
+        if kind is _Outputs:
+            return False  # outputs still to make: the awaiting path
         item = (self._count, outcome) if self._stamp else outcome
         try:
             send.send_nowait(item)
@@ -144,29 +148,13 @@ def _name_of(fn: Callable[..., Any], name: str | None) -> str:
     return name or getattr(fn, "__name__", None) or type(fn).__name__
 
 
-def _as_async(fn: Callable[..., Any], flat: bool) -> Callable[[Any], Awaitable[Any]]:
+def _as_async(fn: Callable[..., Any]) -> Callable[[Any], Awaitable[Any]]:
     """One awaitable call per item, whatever ``fn`` is; sync functions go to a worker thread."""
-    if flat and inspect.isasyncgenfunction(fn):
-
-        async def collect(item: Any) -> Any:
-            return _Many([out async for out in fn(item)])
-
-        return collect
     if is_async_callable(fn):
-        if not flat:
-            return fn
-
-        async def expand(item: Any) -> Any:
-            return _Many(list(await fn(item)))
-
-        return expand
-
-    def run(item: Any) -> Any:
-        out = fn(item)
-        return _Many(list(out)) if flat else out
+        return fn
 
     async def in_thread(item: Any) -> Any:
-        return await anyio.to_thread.run_sync(run, item)
+        return await anyio.to_thread.run_sync(fn, item)
 
     return in_thread
 
@@ -181,7 +169,9 @@ def _late_is_timeout(
         started = anyio.current_time()
         result = await call(item)
         if anyio.current_time() - started > timeout:
-            raise TimeoutError(f"the call took longer than its timeout of {timeout:g} s")
+            if type(result) is _Outputs:
+                await result.aclose()
+            raise _overrun(timeout)
         return result
 
     return timed
@@ -191,8 +181,10 @@ class Stage:
     """Apply ``fn`` to every item with ``workers`` concurrent calls.
 
     ``fn`` may be async or sync (sync runs in a worker thread). With ``flat=True`` it returns
-    an iterable (or is an async generator) whose items are emitted one by one. ``rate``,
-    ``retry`` and ``timeout`` work as in :func:`aioflows.map`.
+    an iterable (or is an async generator) whose items are emitted one by one, each as soon as
+    it is made (see :class:`_Outputs`). ``rate``, ``retry`` and ``timeout`` work as in
+    :func:`aioflows.map`; for a flat stage they apply to the call and its first output, and
+    ``timeout`` bounds each later output too.
     """
 
     __slots__ = ("_options", "flat", "fn", "name", "workers")
@@ -213,9 +205,10 @@ class Stage:
         self.workers = _check_workers(workers)
         self.flat = bool(flat)
         self.name = _name_of(fn, name)
-        call = _as_async(fn, self.flat)
-        if timeout is not None and not is_async_callable(fn):
-            call = _late_is_timeout(call, check_timeout(timeout) or 0.0)
+        limit = check_timeout(timeout)
+        call = _as_flat(fn, limit) if self.flat else _as_async(fn)
+        if limit is not None and not is_async_callable(fn) and not isasyncgenfunction(fn):
+            call = _late_is_timeout(call, limit)  # fn runs in a worker thread
         guard(call, rate=rate, retry=retry, timeout=timeout)  # validates now, before any run
         self._options = (call, rate, retry, timeout)
 
@@ -303,7 +296,7 @@ class Unbatch:
 
     def _callable(self) -> Callable[[Any], Awaitable[Any]]:
         async def spread(items: Any) -> Any:
-            return _Many(list(items))
+            return await _outputs(_InlineSteps(items), None)
 
         return spread
 
@@ -465,9 +458,16 @@ def _guarded(call: Callable[[Any], Awaitable[Any]], name: str, on_error: str) ->
         if type(item) is Failed:
             return item  # failed upstream: carried through to the output as it is
         try:
-            return await call(item)
+            outcome = await call(item)
         except Exception as exc:
             return Failed(item, exc, name) if collect else _SKIP
+        if type(outcome) is _Outputs:
+
+            def instead(exc: Exception) -> Any:  # and so is a failure part way
+                return Failed(item, exc, name) if collect else _END
+
+            outcome.tolerate = instead
+        return outcome
 
     return tolerant
 
@@ -549,7 +549,10 @@ def _runner(
     admit: _Admit | None = None
     if pipeline.ordered and step.workers > 1:
         admit = _Admit(max(pipeline.buffer, 2 * step.workers))
-        sink: Any = _OrderedSink(send, admit, emit, emit.nowait)
+        if isinstance(step, Stage) and step.flat:
+            sink: Any = _OrderedFlatSink(send, admit, emit, emit.one, pipeline.buffer)
+        else:
+            sink = _OrderedSink(send, admit, emit, emit.nowait)
     else:  # one worker emits in order anyway
         sink = _UnorderedSink(send, emit, emit.nowait)
     pool = _Pool(call, source, step.workers, False, sink, admit, call_sync)

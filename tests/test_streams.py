@@ -99,6 +99,269 @@ async def test_flat_stages_emit_each_output_in_order() -> None:
     assert out == expected
 
 
+# --- flat stages stream (issue 10) ----------------------------------------------------------------
+
+
+def now() -> float:
+    return anyio.current_time()
+
+
+async def timed_outputs(pipe: af.Pipeline, source: Any) -> list[tuple[Any, float]]:
+    """Every output with the (virtual) time it reached the reader."""
+    async with pipe.stream(source) as stream:
+        return [(out, round(now())) async for out in stream]
+
+
+@pytest.mark.looptime
+@pytest.mark.parametrize("ordered", [True, False])
+@pytest.mark.parametrize("workers", [1, 3])
+async def test_a_flat_stage_emits_each_output_as_it_is_made(ordered: bool, workers: int) -> None:
+    async def one_a_second(n: int) -> AsyncIterator[int]:
+        for i in range(n):
+            await anyio.sleep(1)
+            yield i
+
+    pipe = af.Pipeline(af.Stage(one_a_second, workers, flat=True), ordered=ordered)
+    assert await timed_outputs(pipe, [4]) == [(0, 1), (1, 2), (2, 3), (3, 4)]
+
+
+@pytest.mark.looptime
+async def test_ordered_flat_outputs_go_out_as_made_once_earlier_inputs_are_done() -> None:
+    async def pages(spec: tuple[str, int]) -> AsyncIterator[str]:
+        name, count = spec
+        for i in range(count):
+            await anyio.sleep(1)
+            yield f"{name}{i}"
+
+    pipe = af.Pipeline(af.Stage(pages, workers=3, flat=True), buffer=8)
+    assert await timed_outputs(pipe, [("a", 3), ("b", 5), ("c", 2)]) == [
+        ("a0", 1), ("a1", 2), ("a2", 3),  # a streams
+        ("b0", 3), ("b1", 3), ("b2", 3),  # b's first three waited for a, then go at once
+        ("b3", 4), ("b4", 5),  # and b streams on
+        ("c0", 5), ("c1", 5),  # c was done at 2 and waited for b
+    ]  # fmt: skip
+
+
+@pytest.mark.looptime
+async def test_unordered_flat_outputs_of_several_inputs_interleave() -> None:
+    async def ticks(spec: tuple[str, float]) -> AsyncIterator[str]:
+        name, offset = spec
+        await anyio.sleep(offset)
+        for i in range(3):
+            yield f"{name}{i}"
+            await anyio.sleep(2)
+
+    pipe = af.Pipeline(af.Stage(ticks, workers=2, flat=True), ordered=False)
+    out = await timed_outputs(pipe, [("a", 1), ("b", 2)])
+    assert out == [("a0", 1), ("b0", 2), ("a1", 3), ("b1", 4), ("a2", 5), ("b2", 6)]
+
+
+class Endless:
+    """Infinite inner generators that count what they made and note when they are closed."""
+
+    def __init__(self) -> None:
+        self.made: dict[int, int] = {}
+        self.closed: set[int] = set()
+
+    async def outputs(self, x: int) -> AsyncIterator[tuple[int, int]]:
+        self.made[x] = 0
+        try:
+            while True:
+                await anyio.lowlevel.checkpoint()
+                self.made[x] += 1
+                yield x, self.made[x]
+        finally:
+            self.closed.add(x)
+
+
+@pytest.mark.parametrize("ordered", [True, False])
+async def test_an_endless_inner_generator_streams_in_bounded_memory(ordered: bool) -> None:
+    endless = Endless()
+    pipe = af.Pipeline(af.Stage(endless.outputs, workers=3, flat=True), buffer=4, ordered=ordered)
+    consumed = 0
+    with anyio.fail_after(10):  # collecting an endless output first never ends
+        async with pipe.stream([0, 1, 2]) as stream:
+            async for _ in stream:
+                consumed += 1
+                # what the reader took, the buffer after the stage, the one being handed on
+                assert sum(endless.made.values()) <= consumed + 4 + 3 * (4 + 1)
+                if consumed == 300:
+                    break
+    if ordered:  # input 0's turn never ends: the others keep only `buffer` outputs each
+        assert endless.made[0] >= 300
+        assert endless.made[1] <= 4
+        assert endless.made[2] <= 4
+    assert endless.closed == {0, 1, 2}  # leaving closed every inner generator
+
+
+async def test_a_slow_reader_pauses_the_inner_generator() -> None:
+    endless = Endless()
+    pipe = af.Pipeline(af.Stage(endless.outputs, flat=True), buffer=3)
+    consumed = 0
+    async with pipe.stream([0]) as stream:
+        async for _ in stream:
+            consumed += 1
+            for _ in range(5):
+                await anyio.lowlevel.checkpoint()  # the reader is the slowest part
+            assert endless.made[0] <= consumed + 3 + 1
+            if consumed == 50:
+                break
+    assert endless.closed == {0}
+
+
+async def test_a_sync_generator_is_stepped_in_a_worker_thread_as_outputs_are_read() -> None:
+    first_read = threading.Event()
+    closed = threading.Event()
+    threads: set[int] = set()
+
+    def lines(n: int) -> Iterator[int]:
+        try:
+            threads.add(threading.get_ident())
+            yield n
+            # Only a stage that emitted the first output before asking for this one lets
+            # the reader see it now.
+            assert first_read.wait(10), "the first output was held back"
+            threads.add(threading.get_ident())
+            yield n + 1
+            yield n + 2
+        finally:
+            closed.set()
+
+    async with af.Pipeline(af.Stage(lines, flat=True)).stream([10]) as stream:
+        assert await stream.__anext__() == 10
+        first_read.set()
+        assert await stream.__anext__() == 11
+    assert closed.is_set()  # left before the end: closed (in a thread too)
+    assert threading.get_ident() not in threads
+    # A collection a sync fn returns is made already: it is spread without thread hops.
+    pipe = af.Pipeline(af.Stage(lambda x: range(x), 2, flat=True))
+    assert await pipe.run([1, 3]) == [0, 0, 1, 2]
+
+
+@pytest.mark.parametrize("seed", range(6))
+async def test_ordered_flat_stages_keep_input_order_under_random_latency(seed: int) -> None:
+    rng = random.Random(seed)
+    counts = [rng.choice([0, 1, 2, 5, 9]) for _ in range(60)]
+    naps = {(x, i): rng.randrange(4) for x in range(60) for i in range(9)}
+
+    async def spread(x: int) -> AsyncIterator[tuple[int, int]]:
+        for i in range(counts[x]):
+            for _ in range(naps[x, i]):
+                await anyio.lowlevel.checkpoint()
+            yield x, i
+
+    def pairs(out: tuple[int, int]) -> list[tuple[int, int]]:  # sync, returns a list
+        return [out, out]
+
+    pipe = af.Pipeline(
+        af.Stage(spread, workers=4, flat=True),
+        af.Stage(pairs, workers=3, flat=True),
+        buffer=rng.choice([1, 2, 5]),
+    )
+    expected = [(x, i) for x in range(60) for i in range(counts[x]) for _ in range(2)]
+    assert await pipe.run(range(60)) == expected
+
+
+def broken_after(n: int) -> Any:
+    async def outputs(x: int) -> AsyncIterator[int]:
+        for i in range(n):
+            yield 10 * x + i
+        if x == 1:
+            raise ValueError(f"broken at {x}")
+
+    return outputs
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+async def test_a_failure_part_way_leaves_the_outputs_already_emitted(workers: int) -> None:
+    stage = af.Stage(broken_after(2), workers, flat=True, name="pages")
+    read: list[Any] = []
+
+    async def read_all() -> None:
+        async for out in af.Pipeline(stage).stream(range(3)):
+            read.append(out)
+
+    with pytest.raises(ValueError, match="broken at 1"):
+        await read_all()
+    assert read == [0, 1, 10, 11]  # out before the failure, and ordered: nothing of 2
+    assert await af.Pipeline(stage, on_error="skip").run(range(3)) == [0, 1, 10, 11, 20, 21]
+    collected = await af.Pipeline(stage, on_error="collect").run(range(3))
+    assert collected[:4] == [0, 1, 10, 11]
+    assert collected[5:] == [20, 21]
+    failed = collected[4]  # in the place its next output would have had
+    assert isinstance(failed, af.Failed)
+    assert (failed.item, failed.stage) == (1, "pages")
+    assert isinstance(failed.error, ValueError)
+
+
+async def test_a_flat_stage_retries_only_until_its_first_output() -> None:
+    calls: list[int] = []
+
+    async def flaky(x: int) -> AsyncIterator[int]:
+        calls.append(x)
+        if calls.count(x) == 1:
+            raise ConnectionError("before any output: retried")
+        yield x
+        if x == 2:
+            raise ConnectionError("after an output: never retried, it would emit it again")
+        yield x
+
+    retry = af.Retry(attempts=3, backoff=0.001, jitter=False)
+    pipe = af.Pipeline(af.Stage(flaky, flat=True, retry=retry), on_error="collect")
+    out = await pipe.run([1, 2])
+    assert out[:3] == [1, 1, 2]
+    assert isinstance(out[3], af.Failed)
+    assert isinstance(out[3].error, ConnectionError)
+    assert calls == [1, 1, 2, 2]
+
+
+@pytest.mark.looptime
+async def test_a_flat_stage_timeout_bounds_each_output_not_the_whole_stream() -> None:
+    async def steady(n: int) -> AsyncIterator[int]:
+        for i in range(n):
+            await anyio.sleep(1)
+            yield i
+
+    async def stalls(n: int) -> AsyncIterator[int]:
+        yield 0
+        await anyio.sleep(5)
+        yield 1
+
+    pipe = af.Pipeline(af.Stage(steady, flat=True, timeout=1.5), buffer=1)
+    read = []
+    async with pipe.stream([6]) as stream:
+        async for out in stream:
+            read.append(out)
+            await anyio.sleep(10)  # a slow reader: waiting for room is not the step's time
+    assert read == list(range(6))
+    read = []
+
+    async def read_stalling() -> None:
+        async for out in af.Pipeline(af.Stage(stalls, flat=True, timeout=1.5)).stream([1]):
+            read.append(out)
+
+    with pytest.raises(TimeoutError):
+        await read_stalling()
+    assert read == [0]
+
+
+async def test_leaving_or_cancelling_closes_the_inner_generators() -> None:
+    endless = Endless()
+    before = other_tasks()
+    pipe = af.Pipeline(af.Stage(endless.outputs, workers=3, flat=True), buffer=2)
+    async for _ in pipe.stream(range(3)):  # the plain form, dropped after break
+        break
+    await settle()
+    assert endless.closed == {0, 1, 2}
+    endless.closed.clear()
+    with anyio.move_on_after(0.05):
+        async with pipe.stream(range(3)) as stream:
+            async for _ in stream:
+                await anyio.sleep(1)
+    assert endless.closed == {0, 1, 2}
+    assert other_tasks() == before
+
+
 # --- bounded memory and backpressure ------------------------------------------------------------
 
 
@@ -338,16 +601,23 @@ def halting_steps(stop: type[BaseException]) -> dict[str, Any]:
     async def spread(x: int) -> AsyncIterator[int]:
         yield await halt(x)
 
+    async def part_way(x: int) -> AsyncIterator[int]:
+        yield x
+        yield await halt(x)
+
     return {
         "stage": af.Stage(halt, workers=3),
         "sync stage": af.Stage(raise_at(5, stop), workers=2),  # in a worker thread
         "flat stage": af.Stage(spread, workers=3, flat=True),
+        "flat stage part way": af.Stage(part_way, workers=3, flat=True),
         "filter": af.Filter(keep, workers=2),
         "union": af.Union(af.Stage(double), af.Stage(halt, workers=2)),
     }
 
 
-@pytest.mark.parametrize("step", ["stage", "sync stage", "flat stage", "filter", "union"])
+@pytest.mark.parametrize(
+    "step", ["stage", "sync stage", "flat stage", "flat stage part way", "filter", "union"]
+)
 @pytest.mark.parametrize("on_error", ["raise", "skip", "collect"])
 @pytest.mark.parametrize("form", ["run", "for", "with"])
 async def test_a_base_exception_from_a_stage_is_raised_as_itself_issue_10(
