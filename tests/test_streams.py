@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 import threading
+import time
 import weakref
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -173,6 +174,15 @@ class Endless:
         finally:
             self.closed.add(x)
 
+    def sync_outputs(self, x: int) -> Iterator[tuple[int, int]]:  # runs in worker threads
+        self.made[x] = 0
+        try:
+            while True:
+                self.made[x] += 1
+                yield x, self.made[x]
+        finally:
+            self.closed.add(x)
+
 
 @pytest.mark.parametrize("ordered", [True, False])
 async def test_an_endless_inner_generator_streams_in_bounded_memory(ordered: bool) -> None:
@@ -194,9 +204,11 @@ async def test_an_endless_inner_generator_streams_in_bounded_memory(ordered: boo
     assert endless.closed == {0, 1, 2}  # leaving closed every inner generator
 
 
-async def test_a_slow_reader_pauses_the_inner_generator() -> None:
+@pytest.mark.parametrize("kind", ["async", "sync"])
+async def test_a_slow_reader_pauses_the_inner_generator(kind: str) -> None:
     endless = Endless()
-    pipe = af.Pipeline(af.Stage(endless.outputs, flat=True), buffer=3)
+    outputs = endless.outputs if kind == "async" else endless.sync_outputs
+    pipe = af.Pipeline(af.Stage(outputs, flat=True), buffer=3)
     consumed = 0
     async with pipe.stream([0]) as stream:
         async for _ in stream:
@@ -338,6 +350,23 @@ async def test_a_flat_stage_timeout_bounds_each_output_not_the_whole_stream() ->
 
     async def read_stalling() -> None:
         async for out in af.Pipeline(af.Stage(stalls, flat=True, timeout=1.5)).stream([1]):
+            read.append(out)
+
+    with pytest.raises(TimeoutError):
+        await read_stalling()
+    assert read == [0]
+
+
+async def test_a_sync_flat_stage_timeout_bounds_each_step_in_its_thread() -> None:
+    def stalls(n: int) -> Iterator[int]:
+        yield 0
+        time.sleep(0.2)  # a thread cannot be interrupted: waited for, then a TimeoutError
+        yield 1
+
+    read = []
+
+    async def read_stalling() -> None:
+        async for out in af.Pipeline(af.Stage(stalls, flat=True, timeout=0.05)).stream([1]):
             read.append(out)
 
     with pytest.raises(TimeoutError):
