@@ -15,14 +15,7 @@ emit as it goes while the others make a bounded number of outputs ahead.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import (
-    AsyncIterable,
-    Awaitable,
-    Callable,
-    Collection,
-    Iterable,
-    Iterator,
-)
+from collections.abc import AsyncIterable, Awaitable, Callable, Collection, Iterable, Iterator
 from inspect import isasyncgenfunction
 from types import GeneratorType
 from typing import Any

@@ -20,13 +20,7 @@ everything and is raised as itself; ``"skip"`` drops the item; ``"collect"`` emi
 from __future__ import annotations
 
 import math
-from collections.abc import (
-    AsyncIterable,
-    Awaitable,
-    Callable,
-    Coroutine,
-    Iterable,
-)
+from collections.abc import AsyncIterable, Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from inspect import isasyncgenfunction
 from typing import Any, Generic, TypeVar
