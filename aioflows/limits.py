@@ -21,6 +21,8 @@ Granting late wake-ups "back in time" would recover those 7 % only by handing ca
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 import math
 import re
 import time
@@ -39,9 +41,21 @@ __all__ = ["KeyedRateLimiter", "Rate", "RateLike", "RateLimiter"]
 #: would round up to a whole millisecond.
 _EARLY = 1e-6
 
-#: Tolerance for float rounding in token arithmetic (0.3 - 0.2 is not 0.1): without it a token
-#: that exists on paper after exactly ``1/rate`` seconds could be refused.
+#: Tolerance for float rounding in token arithmetic (0.3 - 0.2 is not 0.1), as a fraction of the
+#: bucket's capacity: without it a token that exists on paper after exactly ``1/rate`` seconds
+#: could be refused. Relative, not absolute, so that a bucket of a millionth of a token is not
+#: granted a thousand times its capacity.
 _ROUNDING = 1e-9
+
+#: The rates a :class:`Rate` may have, in events per second: one per 31.7 years to a trillion per
+#: second (bytes of a fast link). Outside it the arithmetic stops meaning anything: the time one
+#: event is worth overflows to infinity or vanishes below the clock's resolution.
+MIN_PER_SECOND = 1e-9
+MAX_PER_SECOND = 1e12
+
+#: The largest ``limit`` of a Rate and ``burst`` of a bucket: below 2**53 (9.007e15) a token
+#: count still changes when one token is taken, so a cost of 1 is never lost to rounding.
+MAX_TOKENS = 1e15
 
 _UNITS = {
     "s": 1.0,
@@ -71,6 +85,14 @@ def _positive_number(value: object, what: str) -> float:
     return float(value)
 
 
+def _token_count(value: object, what: str) -> float:
+    """Return ``value`` as a float in ``(0, MAX_TOKENS]``, or raise naming ``what``."""
+    number = _positive_number(value, what)
+    if number > MAX_TOKENS:
+        raise InvalidArgument(f"{what} must be at most {MAX_TOKENS:g}, got {value!r}")
+    return number
+
+
 @dataclass(frozen=True, slots=True)
 class Rate:
     """``limit`` events per ``period`` seconds.
@@ -82,15 +104,23 @@ class Rate:
         Rate.parse("90000/1min")  # the same thing, as text
 
     Raises:
-        ValueError: ``limit`` or ``period`` is not a finite number > 0.
+        ValueError: ``limit`` or ``period`` is not a finite number > 0, ``limit`` is above
+            ``MAX_TOKENS`` (1e15), or ``limit / period`` is outside ``MIN_PER_SECOND`` (1e-9)
+            to ``MAX_PER_SECOND`` (1e12) per second.
     """
 
     limit: float
     period: float = 1.0
 
     def __post_init__(self) -> None:
-        _positive_number(self.limit, "Rate limit")
+        _token_count(self.limit, "Rate limit")
         _positive_number(self.period, "Rate period")
+        per_second = self.limit / self.period
+        if not MIN_PER_SECOND <= per_second <= MAX_PER_SECOND:
+            raise InvalidArgument(
+                f"Rate({self.limit!r}, period={self.period!r}) is {per_second:g} per second, "
+                f"outside the supported range {MIN_PER_SECOND:g} to {MAX_PER_SECOND:g} per second"
+            )
 
     @property
     def per_second(self) -> float:
@@ -115,7 +145,10 @@ class Rate:
             raise InvalidArgument(
                 f"invalid rate {text!r}: the count and the period must be > 0; expected {_ACCEPTED}"
             )
-        return cls(int(limit) if limit.is_integer() else limit, span * _UNITS[unit])
+        try:
+            return cls(int(limit) if limit.is_integer() else limit, span * _UNITS[unit])
+        except InvalidArgument as exc:
+            raise InvalidArgument(f"invalid rate {text!r}: {exc}") from None
 
     def __str__(self) -> str:
         if self.period == 1:
@@ -157,6 +190,9 @@ def _check_cost(cost: float, burst: float) -> None:
         )
 
 
+_running_loop = asyncio.get_running_loop
+
+
 def _loop_time() -> float:
     """The event loop's clock (fake under looptime), or the monotonic clock outside a loop."""
     try:
@@ -195,6 +231,8 @@ class RateLimiter:
         "_paused_until",
         "_per_sec",
         "_rate",
+        "_slack",
+        "_soon_at",
         "_timer",
         "_timer_when",
         "_tokens",
@@ -208,16 +246,19 @@ class RateLimiter:
         self._setup(
             parsed,
             per_sec,
-            max(1.0, per_sec) if burst is None else _positive_number(burst, "burst"),
+            max(1.0, per_sec) if burst is None else _token_count(burst, "burst"),
         )
 
     def _setup(self, rate: Rate, per_sec: float, burst: float) -> None:
         self._rate = rate
         self._per_sec = per_sec
         self._burst = burst
+        self._slack = burst * _ROUNDING
         self._waiters: deque[tuple[float, asyncio.Future[None]]] = deque()
         self._timer: asyncio.Handle | None = None
         self._timer_when = math.inf
+        # Loop time of the last wake-up asked for with call_soon (see _arm).
+        self._soon_at = math.nan
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tokens = burst
         # Time of the last refill; -inf makes the first refill fill the bucket.
@@ -262,7 +303,7 @@ class RateLimiter:
         self._refill(now)
         queued = sum(c for c, fut in self._waiters if not fut.done())
         short = queued + cost - self._tokens
-        wait = short / self._per_sec if short > _ROUNDING else 0.0
+        wait = short / self._per_sec if short > self._slack else 0.0
         return max(wait, self._paused_until - now, 0.0)
 
     def __repr__(self) -> str:
@@ -288,6 +329,20 @@ class RateLimiter:
             return False
         return self._tokens + (now - self._updated) * self._per_sec >= self._burst
 
+    def _full_at(self, now: float) -> float:
+        """A time after ``now`` before which this bucket (not idle and full now) is not full.
+
+        Exact for a bucket in debt or paused; for one with waiters a lower bound (whatever they
+        take still has to refill), so a sweep that looks again then does so once per waiter at
+        most.
+        """
+        tokens = self._tokens + (now - self._updated) * self._per_sec
+        at = now + (self._burst - tokens) / self._per_sec if tokens < self._burst else now
+        if self._waiters:
+            at = max(at, now + self._burst / self._per_sec)
+        at = max(at, self._paused_until)
+        return at if at > now else math.nextafter(now, math.inf)
+
     # -- acquiring ----------------------------------------------------------------------------
 
     async def acquire(self, cost: float = 1.0) -> None:
@@ -308,7 +363,7 @@ class RateLimiter:
                 tokens = self._tokens + (now - self._updated) * self._per_sec
                 self._tokens = tokens if tokens < self._burst else self._burst
                 self._updated = now
-            if self._tokens + _ROUNDING >= cost and now >= self._paused_until:
+            if self._tokens + self._slack >= cost and now >= self._paused_until:
                 self._tokens -= cost
                 return
         await self._wait(cost)
@@ -323,7 +378,7 @@ class RateLimiter:
                 return False
         now = _loop_time()
         self._refill(now)
-        if self._tokens + _ROUNDING >= cost and now >= self._paused_until:
+        if self._tokens + self._slack >= cost and now >= self._paused_until:
             self._tokens -= cost
             return True
         return False
@@ -357,12 +412,15 @@ class RateLimiter:
                 waiters.popleft()
                 continue
             self._refill(now)
-            tokens = self._tokens + _ROUNDING
-            due = now if tokens >= cost else now + (cost - tokens) / self._per_sec
-            if due < self._paused_until:
-                due = self._paused_until
-            if due > now:
-                self._arm(loop, due)
+            tokens = self._tokens + self._slack
+            if tokens < cost or now < self._paused_until:
+                # Not yet. The decision is made on the tokens, never on the time: a wait shorter
+                # than the clock's resolution rounds ``due`` to ``now``, and granting then would
+                # hand out tokens that do not exist. Look again at the next tick instead.
+                due = now + (cost - tokens) / self._per_sec if tokens < cost else now
+                if due < self._paused_until:
+                    due = self._paused_until
+                self._arm(loop, due if due > now else math.nextafter(now, math.inf))
                 return
             self._tokens -= cost
             waiters.popleft()
@@ -376,11 +434,19 @@ class RateLimiter:
             if self._timer_when <= when:
                 return  # fires earlier and re-dispatches
             self._timer.cancel()
+        now = loop.time()
+        if when - now <= _EARLY:
+            if now != self._soon_at:
+                self._soon_at = now
+                self._timer_when = when
+                self._timer = loop.call_soon(self._on_timer)
+                return
+            # A call_soon wake-up came back to the very same clock reading: a virtual clock
+            # (looptime) or a coarse one moves only while the loop waits, and asyncio runs a timer
+            # due within its clock resolution at once. Wait a little, or this would spin.
+            when = now + _EARLY
         self._timer_when = when
-        if when - loop.time() > _EARLY:
-            self._timer = loop.call_at(when, self._on_timer)
-        else:
-            self._timer = loop.call_soon(self._on_timer)
+        self._timer = loop.call_at(when, self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer, self._timer_when = None, math.inf
@@ -454,13 +520,16 @@ class _KeySlot:
 class _KeyRate:
     """A key's rate with what the hot path needs precomputed."""
 
-    __slots__ = ("burst", "per_sec", "rate", "span")
+    __slots__ = ("burst", "horizon", "per_sec", "rate", "span")
 
     def __init__(self, rate: Rate, burst: float | None) -> None:
         self.rate = rate
         self.per_sec = rate.per_second
         self.burst = max(1.0, self.per_sec) if burst is None else burst
         self.span = self.burst / self.per_sec  # seconds an empty bucket takes to fill
+        # How far ahead of now a key's "full again" time may be after a grant: an empty bucket,
+        # give or take the rounding tolerance (relative to the burst, like RateLimiter's).
+        self.horizon = self.span * (1.0 + _ROUNDING)
 
 
 class KeyedRateLimiter:
@@ -477,9 +546,21 @@ class KeyedRateLimiter:
     Cost per key: a key nobody waits on is held as one float, the time its bucket will be full
     again (the "theoretical arrival time" of GCRA), so a new key costs no allocation. A key
     becomes a full :class:`RateLimiter` only when a caller must wait on it or it is charged,
-    refunded or paused. Memory stays bounded: a key whose bucket is full again and has no
-    waiters is dropped (a new one would be full too), swept a couple of keys at a time whenever
-    a new key arrives, so no single call pays for a big sweep.
+    refunded or paused.
+
+    Memory stays bounded, by time and not only by new keys: every key is filed with the time its
+    bucket will be full, and any call that finds that time passed drops the keys that are full
+    and idle by then (a new bucket would be full too) and files the others again for when they
+    can be. Each key is dropped once and filed again only after it was used, so the sweeping
+    costs amortised O(1) per call, and a quiet limiter holds nothing but keys in use, whether
+    or not new keys arrive. Below ``_SWEEP_FLOOR`` keys calls do not sweep at all, so a handful
+    of hot keys are not dropped and rebuilt on every call. Keys waited on, in debt or paused
+    are never dropped.
+
+    The default rate's keys are filed in a FIFO of (time, key), which is cheap: their times
+    come in nearly in order (each lies within one bucket span of when it was filed). Override
+    keys (other spans) and keys that became a RateLimiter (debts and pauses of any length) are
+    filed in a heap.
 
     Args:
         rate: Default rate of every key.
@@ -487,12 +568,20 @@ class KeyedRateLimiter:
         overrides: Per-key rates that replace the default for those keys.
     """
 
-    __slots__ = ("_buckets", "_burst", "_clock", "_default", "_overrides")
+    __slots__ = (
+        "_buckets",
+        "_burst",
+        "_default",
+        "_due",
+        "_fifo",
+        "_heap",
+        "_next_sweep",
+        "_overrides",
+        "_seq",
+    )
 
-    #: Below this many keys nothing is swept.
+    #: Below this many keys calls do not sweep.
     _SWEEP_FLOOR = 1024
-    #: Keys examined per new key once above the floor.
-    _SWEEP_STEP = 2
 
     def __init__(
         self,
@@ -501,7 +590,7 @@ class KeyedRateLimiter:
         burst: float | None = None,
         overrides: Mapping[Hashable, RateLike] | None = None,
     ) -> None:
-        self._burst = None if burst is None else _positive_number(burst, "burst")
+        self._burst = None if burst is None else _token_count(burst, "burst")
         self._default = _KeyRate(as_rate(rate), self._burst)
         self._overrides = {
             key: _KeyRate(as_rate(value, f"overrides[{key!r}]"), self._burst)
@@ -509,7 +598,15 @@ class KeyedRateLimiter:
         }
         # key -> the time its bucket is full again (float), or a RateLimiter once it has waiters
         self._buckets: dict[Hashable, float | RateLimiter] = {}
-        self._clock: deque[Hashable] = deque()
+        # Every held key is filed exactly once: in the FIFO (_fifo keys, _due their times) or in
+        # the heap of (time, sequence number, key); the sequence number keeps keys uncompared.
+        self._fifo: deque[Hashable] = deque()
+        self._due: deque[float] = deque()
+        self._heap: list[tuple[float, int, Hashable]] = []
+        self._seq = itertools.count()
+        # The loop time at which a call should sweep: the earliest filed time while more than
+        # _SWEEP_FLOOR keys are held, else never.
+        self._next_sweep = math.inf
 
     @property
     def rate(self) -> Rate:
@@ -521,16 +618,22 @@ class KeyedRateLimiter:
         return self._overrides.get(key, self._default).rate
 
     def __len__(self) -> int:
+        """Buckets held now: keys that are full by now are dropped first, whatever their number."""
+        self._sweep(_loop_time())
         return len(self._buckets)
 
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(rate={str(self._default.rate)!r}, "
-            f"overrides={len(self._overrides)}, buckets={len(self._buckets)})"
+            f"overrides={len(self._overrides)}, buckets={len(self)})"
         )
 
-    def _take(self, key: Hashable, cost: float) -> bool:
+    # -- the hot path -------------------------------------------------------------------------
+
+    def _take(self, key: Hashable, cost: float, now: float) -> bool:
         """Grant ``cost`` to a key held as a float if its bucket has room; the hot path."""
+        if now >= self._next_sweep:
+            self._sweep(now)
         buckets = self._buckets
         entry = buckets.get(key)
         if entry is not None and entry.__class__ is not float:
@@ -538,56 +641,107 @@ class KeyedRateLimiter:
         kr = self._overrides.get(key, self._default) if self._overrides else self._default
         if cost != 1.0 or kr.burst < 1.0:
             _check_cost(cost, kr.burst)
-        now = _loop_time()
         full_at = now if entry is None or entry < now else entry
-        after = full_at + cost / kr.per_sec
-        if after - now > kr.span + _ROUNDING / kr.per_sec:
+        step = cost / kr.per_sec
+        after = full_at + step
+        if after - full_at < step:
+            # Rounded down: at a large loop time (a long uptime) a short step loses bits, and a
+            # step below half the clock's resolution vanishes. Credit one unit more rather than
+            # less time than the cost is worth, or the bucket would grant without limit.
+            after = math.nextafter(after, math.inf)
+        if after - now > kr.horizon:
             return False  # not enough tokens: the caller goes the slow way
         buckets[key] = after
         if entry is None:
-            if len(buckets) > self._SWEEP_FLOOR:
-                self._sweep(now)
-            self._clock.append(key)
+            self._file(key, kr, after)
         return True
+
+    def _file(self, key: Hashable, kr: _KeyRate, when: float) -> None:
+        """File a key that has just been added to ``_buckets``, to be looked at ``when``."""
+        if kr is self._default:
+            self._fifo.append(key)
+            self._due.append(when)
+            if len(self._buckets) == self._SWEEP_FLOOR + 1:
+                self._arm_sweep()
+        else:
+            heapq.heappush(self._heap, (when, next(self._seq), key))
+            if len(self._buckets) > self._SWEEP_FLOOR:
+                self._arm_sweep()
+
+    def _arm_sweep(self) -> None:
+        if len(self._buckets) <= self._SWEEP_FLOOR:
+            self._next_sweep = math.inf
+            return
+        fifo_first = self._due[0] if self._due else math.inf
+        heap_first = self._heap[0][0] if self._heap else math.inf
+        self._next_sweep = fifo_first if fifo_first < heap_first else heap_first
+
+    def _sweep(self, now: float) -> None:
+        """Drop every filed key that is due and full; file the others for when they can be."""
+        buckets, fifo, due, heap = self._buckets, self._fifo, self._due, self._heap
+        while due and due[0] <= now:
+            due.popleft()
+            key = fifo.popleft()
+            entry = buckets[key]
+            if isinstance(entry, float):
+                if entry <= now:
+                    del buckets[key]
+                else:  # used since it was filed; full by ``entry`` unless used again
+                    fifo.append(key)
+                    due.append(entry)
+            elif entry._is_idle_and_full(now):
+                del buckets[key]
+            else:  # waited on, in debt or paused: for as long as that takes
+                heapq.heappush(heap, (entry._full_at(now), next(self._seq), key))
+        while heap and heap[0][0] <= now:
+            key = heapq.heappop(heap)[2]
+            entry = buckets[key]
+            if isinstance(entry, float):
+                if entry <= now:
+                    del buckets[key]
+                    continue
+                when = entry
+            elif entry._is_idle_and_full(now):
+                del buckets[key]
+                continue
+            else:
+                when = entry._full_at(now)
+            heapq.heappush(heap, (when, next(self._seq), key))
+        self._arm_sweep()
+
+    # -- the slow path ------------------------------------------------------------------------
 
     def _bucket(self, key: Hashable) -> RateLimiter:
         """The key's RateLimiter, made from its float state (or new) if need be."""
+        now = _loop_time()
+        if now >= self._next_sweep:
+            self._sweep(now)
         entry = self._buckets.get(key)
         if isinstance(entry, RateLimiter):
             return entry
         kr = self._overrides.get(key, self._default)
         bucket = RateLimiter._trusted(kr.rate, kr.burst)
-        if entry is not None:
-            now = _loop_time()
+        if entry is not None:  # already filed
             bucket._tokens = kr.burst - max(0.0, entry - now) * kr.per_sec
             bucket._updated = now
+            self._buckets[key] = bucket
         else:
-            if len(self._buckets) >= self._SWEEP_FLOOR:
-                self._sweep(_loop_time())
-            self._clock.append(key)
-        self._buckets[key] = bucket
+            self._buckets[key] = bucket
+            self._file(key, kr, now + kr.span)
         return bucket
-
-    def _sweep(self, now: float) -> None:
-        """Examine the oldest few keys; drop the full idle ones, requeue the others."""
-        clock, buckets = self._clock, self._buckets
-        for _ in range(min(self._SWEEP_STEP, len(clock))):
-            key = clock.popleft()
-            entry = buckets[key]
-            full = entry._is_idle_and_full(now) if isinstance(entry, RateLimiter) else entry <= now
-            if full:
-                del buckets[key]
-            else:
-                clock.append(key)
 
     async def acquire(self, key: Hashable, cost: float = 1.0) -> None:
         """Wait for ``cost`` tokens from ``key``'s bucket (see :meth:`RateLimiter.acquire`)."""
-        if not self._take(key, cost):
+        if not self._take(key, cost, _running_loop().time()):
             await self._bucket(key).acquire(cost)
 
     def try_acquire(self, key: Hashable, cost: float = 1.0) -> bool:
         """Take ``cost`` tokens from ``key``'s bucket if that needs no waiting."""
-        return self._take(key, cost) or self._bucket(key).try_acquire(cost)
+        try:  # _loop_time, inlined: this is the hot path
+            now = _running_loop().time()
+        except RuntimeError:
+            now = time.monotonic()
+        return self._take(key, cost, now) or self._bucket(key).try_acquire(cost)
 
     def __call__(self, key: Hashable) -> _KeySlot:
         """``async with keyed(key):`` acquires one token of ``key``."""

@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import math
+import weakref
 
 import anyio
+import looptime
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import aioflows as af
 from aioflows.errors import AioflowsError
@@ -404,6 +408,53 @@ async def test_key_memory_stays_bounded_after_200k_distinct_keys() -> None:
     assert len(keyed) <= 2 * 10_000 + 1024
 
 
+class _Key:
+    """A key the test can watch being let go of."""
+
+    __slots__ = ("__weakref__",)
+
+
+async def test_full_buckets_are_reclaimed_as_time_passes_without_new_keys() -> None:
+    keyed = af.KeyedRateLimiter("10/s", overrides={"slow": "1/s"})  # burst 10: 0.1 s per token
+    assert keyed.try_acquire("hot")
+    spike = [_Key() for _ in range(50_000)]
+    watched = [weakref.ref(key) for key in spike]
+    for key in spike[:49_000]:
+        assert keyed.try_acquire(key)
+    for key in spike[49_000:]:  # these become RateLimiters, filed apart from the float keys
+        keyed.charge(key, 5)
+    async with anyio.create_task_group() as tg:
+        keyed.charge("in debt", 60)  # refilled in 6 s
+        keyed.pause("paused", 30)
+        assert keyed.try_acquire("slow")  # an override key: full again after 1 s
+        keyed.charge("waited on", 20)
+        tg.start_soon(keyed.acquire, "waited on")  # has to wait 1.1 s
+        tg.start_soon(keyed.acquire, "slow")
+        del spike, key
+        await asyncio.sleep(1.05)  # every spike bucket is full again; no new key since
+        assert keyed.try_acquire("hot")  # one call on a key the limiter holds already
+        assert sum(ref() is not None for ref in watched) == 0  # all let go of, memory freed
+        assert len(keyed) == 5  # hot, in debt, paused, waited on, slow (used at 1 s)
+    assert now() == pytest.approx(1.1)
+    # Debt, pauses and waiters were kept: dropping them would have granted a full bucket.
+    assert keyed.available("in debt") == pytest.approx(10 - 60 + 11)
+    assert not keyed.try_acquire("paused")
+    assert not keyed.try_acquire("waited on")
+    await asyncio.sleep(30)
+    assert len(keyed) == 0  # len() sweeps too, below the floor as well: buckets held now
+
+
+async def test_a_hot_key_is_not_dropped_while_in_use() -> None:
+    keyed = af.KeyedRateLimiter(10, burst=2)
+    for i in range(2000):
+        keyed.try_acquire(i)  # above the sweep floor
+    for _ in range(40):
+        await keyed.acquire("hot")  # two at once, then one every 0.1 s
+        keyed.try_acquire(_Key())  # new keys keep the sweep busy
+        assert keyed.available("hot") < 2
+    assert now() == pytest.approx(3.8)
+
+
 async def test_a_bucket_in_use_is_never_dropped() -> None:
     keyed = af.KeyedRateLimiter(1, burst=1)
     await keyed.acquire("held")
@@ -432,3 +483,204 @@ async def test_a_key_keeps_its_state_when_it_starts_to_need_waiting() -> None:
     assert keyed.available("k") == pytest.approx(0)
     with pytest.raises(ValueError, match="cost"):
         await keyed.acquire("other", 5)
+
+
+# -- Extreme rates: no over-grant over the whole accepted range --------------------------------
+
+
+@pytest.mark.parametrize(
+    ("limit", "period", "shown"),
+    [
+        (1e-300, 1, "1e-300 per second"),
+        (1e-309, 1, "1e-309 per second"),
+        (1, 1e300, "1e-300 per second"),
+        (1, 1e-300, "1e+300 per second"),
+        (2e12, 1, "2e+12 per second"),
+        (1e300, 1, "at most 1e+15"),
+        (1e300, 1e300, "at most 1e+15"),
+    ],
+)
+def test_a_rate_outside_the_supported_range_is_refused_naming_it_and_the_range(
+    limit: float, period: float, shown: str
+) -> None:
+    with pytest.raises(ValueError, match="Rate") as info:
+        af.Rate(limit, period)
+    assert shown in str(info.value)
+    if "per second" in shown:
+        assert "1e-09 to 1e+12 per second" in str(info.value)
+    assert isinstance(info.value, AioflowsError)
+
+
+@pytest.mark.parametrize(
+    "text", ["1/" + "9" * 400 + "s", "0." + "0" * 320 + "1/s", "2000000000000/s", "1/99999999999d"]
+)
+def test_a_rate_text_out_of_range_is_refused_naming_the_text(text: str) -> None:
+    with pytest.raises(ValueError, match="invalid rate") as info:
+        af.Rate.parse(text)
+    assert repr(text) in str(info.value)
+
+
+def test_the_edges_of_the_range_are_accepted() -> None:
+    assert af.Rate(1e-9).per_second == 1e-9
+    assert af.Rate(1e12).per_second == 1e12
+    assert af.Rate(1e15, period=1e6).limit == 1e15
+    assert af.RateLimiter(1, burst=1e15).burst == 1e15
+    with pytest.raises(ValueError, match="burst must be at most 1e\\+15"):
+        af.RateLimiter(1, burst=1e16)
+    with pytest.raises(ValueError, match="burst must be at most 1e\\+15"):
+        af.KeyedRateLimiter(1, burst=1e16)
+
+
+@pytest.mark.looptime(start=1e6)  # eleven days of uptime: the clock's unit is 1.2e-10 s
+async def test_a_fast_key_does_not_over_grant_when_its_step_is_below_the_clocks_unit() -> None:
+    # One token is worth 1e-12 s, which vanishes when added to a loop time of 1e6: the key's
+    # "full again" time never moved and every call was granted.
+    keyed = af.KeyedRateLimiter(af.Rate(1e12), burst=1)
+    assert sum(keyed.try_acquire("k") for _ in range(1000)) == 1
+    # A step of 2.4 clock units was rounded to 2: a sixth more than the bucket holds.
+    keyed = af.KeyedRateLimiter(af.Rate(1 / (2.4 * math.ulp(1e6))), burst=1000)
+    assert sum(keyed.try_acquire("k") for _ in range(3000)) <= 1000
+
+
+@pytest.mark.looptime(start=1e6)
+async def test_a_fast_bucket_does_not_grant_a_waiter_whose_wait_rounds_to_nothing() -> None:
+    limiter = af.RateLimiter(af.Rate(1e12), burst=1)
+    times: list[float] = []
+
+    async def take() -> None:
+        await limiter.acquire()
+        times.append(now())
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(20):
+            tg.start_soon(take)
+    # A waiter's wait (1e-12 s) rounded to 0 and it was granted at once: 20 tokens at one
+    # instant from a bucket of 1. Now each waits for a clock tick in which a token exists.
+    assert len(times) == 20
+    assert len(set(times)) == 20
+
+
+@pytest.mark.timeout(10)
+async def test_a_wait_shorter_than_a_microsecond_ends_on_a_virtual_clock() -> None:
+    # The bucket re-checked a sub-microsecond wait with call_soon, which on a virtual clock
+    # (time moves only while the loop waits) spun forever.
+    limiter = af.RateLimiter(af.Rate(1e9), burst=1)
+    await limiter.acquire()
+    await limiter.acquire()  # one token is worth a nanosecond
+    assert 0 < now() <= 2e-6
+
+
+async def test_a_tiny_burst_is_not_granted_a_thousand_times_over() -> None:
+    # The rounding tolerance was an absolute 1e-9 tokens: 1000 times a burst of 1e-12.
+    limiter = af.RateLimiter(1, burst=1e-12)
+    assert sum(limiter.try_acquire(1e-13) for _ in range(20_000)) == 10
+    keyed = af.KeyedRateLimiter(1, burst=1e-12)
+    assert sum(keyed.try_acquire("k", 1e-13) for _ in range(20_000)) == 10
+
+
+class _EveryCallSweeps(af.KeyedRateLimiter):
+    """Sweeps on every call, so that the property test exercises dropping as well."""
+
+    _SWEEP_FLOOR = 0
+
+
+#: The longest virtual wait a property example allows itself: asyncio sleeps at most a day per
+#: loop iteration, so a wait of 1e20 s would take forever even on a virtual clock.
+_CAP = 1e5
+
+_ops = st.lists(
+    st.tuples(
+        st.sampled_from(["take", "wait", "crowd", "sleep", "charge", "refund", "pause"]),
+        st.sampled_from(["a", "b"]),
+        st.floats(-7, 0),  # log10 of a fraction: of the burst (costs) or of a span (times)
+    ),
+    max_size=25,
+)
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    per_second=st.floats(-9, 12).map(lambda e: min(max(10.0**e, 1e-9), 1e12)),
+    burst=st.none() | st.floats(-6, 15).map(lambda e: min(10.0**e, 1e15)),
+    # A fresh loop, or eleven or forty-six days of uptime. (Not more: above 2**22 s the clock's
+    # unit exceeds asyncio's clock resolution and a timer due exactly now never fires.)
+    start=st.sampled_from([0.0, 1e6, 4e6]),
+    ops=_ops,
+)
+def test_no_over_grant_anywhere_in_the_accepted_range(
+    per_second: float, burst: float | None, start: float, ops: list[tuple[str, str, float]]
+) -> None:
+    """Over every window ending at a grant: taken - refunded <= burst + T * rate.
+
+    Charges count as taken (they go into debt, which later grants must repay). Run for a
+    RateLimiter and for two keys of a KeyedRateLimiter (one with an override rate, so both the
+    default keys' FIFO and the heap are swept), on a virtual clock that starts at the loop time
+    of a fresh loop or of days of uptime (where the clock's unit is coarser than small steps).
+    """
+    rates = {"a": af.Rate(per_second), "b": af.Rate(min(per_second * 7, 1e12))}
+    single = af.RateLimiter(rates["a"], burst=burst)
+    keyed = _EveryCallSweeps(rates["a"], burst=burst, overrides={"b": rates["b"]})
+    bursts = {key: burst or max(1.0, rate.per_second) for key, rate in rates.items()}
+    events: dict[str, list[tuple[float, float, bool]]] = {"single": [], "a": [], "b": []}
+
+    async def scenario() -> None:
+        for op, key, exponent in ops:
+            fraction = 10.0**exponent
+            cost = bursts[key] * fraction
+            span = min(bursts[key] / rates[key].per_second, _CAP)
+            for name, limiter in (("single", single), (key, keyed)):
+                if name == "single" and key == "b":
+                    continue
+                await step(name, limiter, op, key, cost, span * fraction)
+
+    async def step(
+        name: str,
+        limiter: af.RateLimiter | af.KeyedRateLimiter,
+        op: str,
+        key: str,
+        cost: float,
+        seconds: float,
+    ) -> None:
+        args: tuple[object, ...] = () if isinstance(limiter, af.RateLimiter) else (key,)
+        log = events[name]
+        if op == "take":
+            if limiter.try_acquire(*args, cost):  # type: ignore[arg-type]
+                log.append((now(), cost, True))
+        elif op in ("wait", "crowd"):
+            if isinstance(limiter, af.RateLimiter):
+                delay = limiter.delay(cost)
+                assert 0 <= delay < math.inf
+
+            async def wait() -> None:
+                with anyio.move_on_after(_CAP):
+                    await limiter.acquire(*args, cost)  # type: ignore[arg-type]
+                    log.append((now(), cost, True))
+
+            async with anyio.create_task_group() as tg:
+                for _ in range(3 if op == "crowd" else 1):
+                    tg.start_soon(wait)
+        elif op == "sleep":
+            await asyncio.sleep(seconds)
+        elif op == "charge":
+            limiter.charge(*args, cost)  # type: ignore[arg-type]
+            log.append((now(), cost, False))
+        elif op == "refund":
+            limiter.refund(*args, cost)  # type: ignore[arg-type]
+            log.append((now(), -cost, False))
+        else:
+            limiter.pause(*args, seconds)  # type: ignore[arg-type]
+
+    loop = looptime.new_event_loop(start=start, noop_cycles=1)
+    try:
+        loop.run_until_complete(scenario())
+    finally:
+        loop.close()
+    for name, log in events.items():
+        key = "a" if name == "single" else name
+        rate, cap = rates[key].per_second, bursts[key]
+        for i, (start_at, _, _) in enumerate(log):
+            net = 0.0
+            for end_at, amount, granted in log[i:]:
+                net += amount
+                bound = cap + (end_at - start_at) * rate
+                assert not granted or net <= bound * (1 + 1e-8), (name, start_at, end_at, net)
