@@ -41,6 +41,7 @@ from .._callables import is_async_callable
 from ..calls import as_limiter, guard
 from ..errors import CorruptObject, FlowError, FlowFailed, MissingObject
 from ..stores.base import ResultStore
+from ..stores.jsontext import holds_text
 from ..stores.memory import MemoryStore
 from ..stores.records import TaskInfo, TaskState
 from .context import TaskContext
@@ -123,7 +124,9 @@ def _recorded_config(node: TaskNode, prefix: str | None, depth: int = _RECORD_DE
 
 def _json_faithful(value: Any, depth: int = 0) -> bool:
     """Whether a JSON round trip returns ``value`` as it is (types included)."""
-    if value is None or type(value) in (str, int, bool):
+    if type(value) is str:
+        return holds_text(value)  # a surrogate pair kept as two characters reads back as one
+    if value is None or type(value) in (int, bool):
         return True
     if type(value) is float:
         return math.isfinite(value)
@@ -132,7 +135,10 @@ def _json_faithful(value: Any, depth: int = 0) -> bool:
     if type(value) is list:
         return all(_json_faithful(v, depth + 1) for v in value)
     if type(value) is dict:
-        return all(type(k) is str and _json_faithful(v, depth + 1) for k, v in value.items())
+        return all(
+            type(k) is str and holds_text(k) and _json_faithful(v, depth + 1)
+            for k, v in value.items()
+        )
     return False
 
 
