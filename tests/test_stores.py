@@ -805,3 +805,113 @@ def test_jsontext_says_which_text_it_holds_faithfully() -> None:
         assert jsontext.holds_text(text)
         assert jsontext.loads(jsontext.dumps(text)) == text
     assert not jsontext.holds_text("a pair as two: \ud83d\ude00")
+
+
+# -- advice: a stopped flow's KILLED records, one journal line per batch ----------------------
+
+
+def _killed(task: str, config_hash: str, **fields: Any) -> Any:
+    from aioflows.stores.records import RawInfo
+
+    now = datetime.now(timezone.utc)
+    config = fields.pop("config", {"i": config_hash})
+    values: dict[str, Any] = {
+        "unique_name": f"{task}-{config_hash}",
+        "state": af.TaskState.KILLED,
+        "config": config,
+        "unique_config": config,
+        "started": now,
+        "ended": now,
+        "attempts": 1,
+        "error": None,
+    }
+    values.update(fields)
+    return RawInfo(task, config_hash, **values)
+
+
+async def test_advice_is_one_journal_read_back_as_records(
+    store: af.ResultStore, tmp_path: Path
+) -> None:
+    rows = [_killed("train", f"h{i}") for i in range(50)] + [_killed("eval", "e1")]
+    await store._save_advice(rows)
+    infos = await store.list_infos()
+    assert [(i.task, i.config_hash, i.state) for i in infos] == sorted(
+        (r.task, r.config_hash, af.TaskState.KILLED) for r in rows
+    )
+    info = await store.load_info(task="train", config_hash="h7")
+    assert info is not None
+    assert info.unique_name == "train-h7"
+    assert info.config == info.unique_config == {"i": "h7"}
+    assert info.attempts == 1
+    assert info.started is not None
+    assert abs(info.started - rows[7].started) < timedelta(seconds=1)
+    assert len(await store.list_infos("train")) == 50
+    if isinstance(store, af.LocalFileStore):  # one file per task, no directory per run
+        assert sorted(p.name for p in (tmp_path / "store" / "train").iterdir()) == [".advice.jsonl"]
+
+
+async def test_whichever_was_written_last_wins(store: af.ResultStore) -> None:
+    finished = af.TaskInfo("t", "h", "t-1", af.TaskState.FINISHED)
+    await store.save_info(finished)
+    await store._save_advice([_killed("t", "h")])  # a forced re-run, stopped
+    info = await store.load_info(task="t", config_hash="h")
+    assert info is not None
+    assert info.state is af.TaskState.KILLED
+    assert [i.state for i in await store.list_infos()] == [af.TaskState.KILLED]
+    await anyio.sleep(0.01)  # a later mtime, on file systems with a coarse clock too
+    await store.save_info(finished)  # run again, to the end
+    info = await store.load_info(task="t", config_hash="h")
+    assert info is not None
+    assert info.state is af.TaskState.FINISHED
+    assert [i.state for i in await store.list_infos("t")] == [af.TaskState.FINISHED]
+
+
+async def test_a_deleted_run_has_no_advice_left(store: af.ResultStore) -> None:
+    await store._save_advice([_killed("t", "a"), _killed("t", "b")])
+    await store.delete_run(task="t", config_hash="a")
+    assert await store.load_info(task="t", config_hash="a") is None
+    assert [i.config_hash for i in await store.list_infos()] == ["b"]
+
+
+async def test_a_torn_journal_line_is_skipped(local: af.LocalFileStore, tmp_path: Path) -> None:
+    await local._save_advice([_killed("t", "a")])
+    journal = tmp_path / "store" / "t" / ".advice.jsonl"
+    with journal.open("ab") as file:
+        file.write(b'{"written": 1, "rows": [["b", "t-b", "kil')  # a crash mid-append
+    assert [i.config_hash for i in await local.list_infos()] == ["a"]
+    await local._save_advice([_killed("t", "c")])  # appends after the torn part, still read
+    assert [i.config_hash for i in await local.list_infos("t")] == ["a", "c"]
+    assert await local.load_info(task="t", config_hash="b") is None
+
+
+async def test_the_journal_is_compacted_to_one_row_per_run(
+    local: af.LocalFileStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from aioflows.stores import advice
+
+    monkeypatch.setattr(advice, "COMPACT_AT", 2000)
+    for attempt in range(1, 40):  # the same runs stopped again and again
+        await local._save_advice([_killed("t", h, attempts=attempt) for h in ("a", "b")])
+    journal = tmp_path / "store" / "t" / ".advice.jsonl"
+    assert journal.stat().st_size < 2 * 2000
+    infos = await local.list_infos()
+    assert [(i.config_hash, i.attempts) for i in infos] == [("a", 39), ("b", 39)]
+
+
+async def test_advice_keeps_what_json_cannot_write_plainly(store: af.ResultStore) -> None:
+    config = {"text": "cut \ud83d", "long": 10**5000}
+    await store._save_advice([_killed("t", "h", config=config, unique_config=config)])
+    info = await store.load_info(task="t", config_hash="h")
+    assert info is not None
+    assert info.config == config
+
+
+async def test_advice_under_a_linked_task_dir_is_not_written_outside(
+    local: af.LocalFileStore, tmp_path: Path
+) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (tmp_path / "store").mkdir()
+    (tmp_path / "store" / "t").symlink_to(outside)
+    await local._save_advice([_killed("t", "h")])  # logged, not raised: the run reports it
+    assert list(outside.iterdir()) == []

@@ -43,7 +43,7 @@ from ..errors import CorruptObject, FlowError, FlowFailed, MissingObject
 from ..stores.base import ResultStore
 from ..stores.jsontext import holds_text
 from ..stores.memory import MemoryStore
-from ..stores.records import TaskInfo, TaskState
+from ..stores.records import RawInfo, TaskInfo, TaskState
 from .context import TaskContext
 from .graph import Graph, TaskNode
 from .identity import strip_ignored
@@ -693,7 +693,28 @@ class _Executor:
         assert self.store is not None
         killed, self.killed = self.killed, []
         try:
-            infos = [self._info(n, self.slots[n], TaskState.KILLED) for n in killed]
+            prefix = self.graph.flow.config_ignore_prefix
+            infos = []
+            for n in killed:
+                slot = self.slots[n]
+                if n.predecessors:
+                    own = strip_ignored(n.config, prefix)
+                    unique = _recorded_config(n, prefix)
+                else:  # a root's unique_config is its config, stripped: the graph made it
+                    own = unique = n.unique_config
+                raw = RawInfo(
+                    n.task,
+                    n.config_hash,
+                    n.unique_name,
+                    TaskState.KILLED,
+                    own,
+                    unique,
+                    slot.started,
+                    slot.ended,
+                    slot.attempts,
+                    None,
+                )
+                infos.append(raw)
             await self.store._save_advice(infos)
         except Exception:
             _log.exception("could not record %d KILLED instance(s)", len(killed))

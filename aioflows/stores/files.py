@@ -604,7 +604,7 @@ def _scan(
     return found
 
 
-def _store_dirs(directory: Dir) -> list[str]:
+def store_dirs(directory: Dir) -> list[str]:
     """Names of the subdirectories that belong to the store: not hidden, and not links."""
     try:
         entries = directory.entries()
@@ -615,8 +615,8 @@ def _store_dirs(directory: Dir) -> list[str]:
     ]
 
 
-def read_infos(base: str, task: str | None, filename: str) -> list[tuple[str, bytes]]:
-    """Read every run record under ``base`` (or under one task): (path, bytes).
+def read_infos(base: str, task: str | None, filename: str) -> list[tuple[str, int, bytes]]:
+    """Read every run record under ``base`` (or under one task): (path, mtime in ns, bytes).
 
     Links found on the way are not the store's and are passed over; a ``task`` that is a
     link is refused, as every call naming a key refuses it.
@@ -626,22 +626,23 @@ def read_infos(base: str, task: str | None, filename: str) -> list[tuple[str, by
         return []
     found = []
     with top:
-        for task_name in [task] if task is not None else _store_dirs(top):
+        for task_name in [task] if task is not None else store_dirs(top):
             # A task named by the caller that is a link is refused; one listed is passed over.
             task_dir = top.sub(task_name) if task is not None else _sub_or_none(top, task_name)
             if task_dir is None:
                 continue
             with task_dir:
-                for run_name in _store_dirs(task_dir):
+                for run_name in store_dirs(task_dir):
                     run_dir = _sub_or_none(task_dir, run_name)
                     if run_dir is None:
                         continue
                     with run_dir:
                         try:
-                            data = _read_fd(run_dir.open(filename, os.O_RDONLY | _O_BINARY))
+                            fd = run_dir.open(filename, os.O_RDONLY | _O_BINARY)
                         except (FileNotFoundError, NotADirectoryError, InvalidArgument):
                             continue
-                    found.append((os.path.join(run_dir.path, filename), data))
+                    mtime = os.fstat(fd).st_mtime_ns
+                    found.append((os.path.join(run_dir.path, filename), mtime, _read_fd(fd)))
     return found
 
 
@@ -653,14 +654,14 @@ def remove_stale(base: str, stale_after: float) -> int:
         return 0
     removed = 0
     with top:
-        for task_name in _store_dirs(top):
+        for task_name in store_dirs(top):
             task_dir = _sub_or_none(top, task_name)
             if task_dir is None:
                 continue
             with task_dir:
                 # Task directories hold interrupted deletions; run directories interrupted writes.
                 removed += _remove_stale_in(task_dir, cutoff)
-                for run_name in _store_dirs(task_dir):
+                for run_name in store_dirs(task_dir):
                     run_dir = _sub_or_none(task_dir, run_name)
                     if run_dir is not None:
                         with run_dir:

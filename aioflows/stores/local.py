@@ -20,10 +20,8 @@ could lead outside it): a call whose task directory, run directory or file is a 
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import secrets
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -35,9 +33,9 @@ import pydantic
 import pydantic_core
 
 from ..errors import CorruptObject, InvalidArgument, InvalidArgumentType, MissingObject
-from . import files
+from . import advice, files
 from .base import INFO_NAME, MISSING, ResultStore, check_key, check_part
-from .records import TaskInfo
+from .records import RawInfo, TaskInfo
 from .types import StoreType
 
 __all__ = ["LocalFileStore"]
@@ -68,6 +66,9 @@ class LocalFileStore(ResultStore):
             raise InvalidArgument(f"stale_after must be seconds > 0, got {stale_after!r}")
         self._base = os.path.abspath(os.fspath(base_dir))
         self._stale_after = float(stale_after)
+        # Each task's advice journal as last read, so that checking the records of a flow's
+        # instances one by one reads it once, not once per instance (see _load_info).
+        self._journals: dict[str, advice.Journal] = {}
 
     @property
     def base_dir(self) -> str:
@@ -148,6 +149,8 @@ class LocalFileStore(ResultStore):
 
     async def _delete_run(self, task: str, config_hash: str) -> None:
         await files.off_loop(files.remove_run, self._run(task, config_hash))
+        # A deleted run has no record: not even advice.
+        await files.off_loop(advice.drop, self._base, task, [config_hash])
 
     async def _get_results(self, task: str, config_hash: str) -> dict[str, Any]:
         run = self._run(task, config_hash)
@@ -166,37 +169,59 @@ class LocalFileStore(ResultStore):
             ) from exc
         await self._write(run, _INFO_FILE, data)
 
-    async def _save_advice(self, infos: Sequence[TaskInfo]) -> None:
-        """Write records that are advice (a stopped flow's KILLED states) in one thread hop.
+    async def _save_advice(self, infos: Sequence[RawInfo]) -> None:
+        """Append records that are advice (a stopped flow's KILLED states) to one journal per
+        task, in one thread hop and without fsync (see :mod:`.advice`).
 
-        Each is a ``_taskinfo.json`` like any record, written to a hidden temporary file and
-        renamed into place, so readers see the old record or the new one; but nothing is
-        fsynced. A crash of the machine may lose some of them (or, on some file systems, leave
-        one empty, which reads as a damaged record: the flow runs that instance again), and a
-        lost KILLED record only means the instance runs again, which it would anyway. A record
-        that cannot be written (its directory is a symlink, the disk is full) is logged and
-        skipped: the run already reports these states.
+        A crash of the machine may lose them, and a lost KILLED record only means the
+        instance runs again, which it would anyway. Readers prefer whichever of a run's record
+        file and its journal row was written last. A journal that cannot be written (its task
+        directory is a symlink, the disk is full) is logged and skipped: the run already
+        reports these states.
         """
-        batch = []
+        by_task: dict[str, list[RawInfo]] = {}
         for info in infos:
-            check_part("task", info.task)
+            rows = by_task.get(info.task)
+            if rows is None:
+                check_part("task", info.task)
+                self._run_dir(info.task, "")  # checks the length
+                rows = by_task[info.task] = []
             check_part("config_hash", info.config_hash)
-            self._run_dir(info.task, info.config_hash)  # checks the lengths
-            try:
-                batch.append((info.task, info.config_hash, info.to_json().encode()))
-            except pydantic_core.PydanticSerializationError:
-                _advice_log.exception("cannot save the TaskInfo of %r as JSON", info.unique_name)
+            if len(info.config_hash) > _MAX_FILENAME // 4:  # may be too long once encoded
+                self._run_dir(info.task, info.config_hash)
+            rows.append(info)
         await anyio.lowlevel.checkpoint_if_cancelled()
-        await files.off_loop(_write_unsynced, self._base, _INFO_FILE, batch)
+        await files.off_loop(_write_advice, self._base, by_task)
 
     async def _load_info(self, task: str, config_hash: str) -> TaskInfo | None:
         run = self._run(task, config_hash)
-        found = await files.off_loop(files.read_newest, run, [_INFO_FILE])
-        return None if found is None else _parse_info(run.path(_INFO_FILE), found[1])
+        known = self._journals.get(task)
+        record, journal = await files.off_loop(advice.read_run, run, _INFO_FILE, known)
+        if journal is None:
+            self._journals.pop(task, None)
+        else:
+            self._journals[task] = journal
+        row = None if journal is None else journal[1].get(config_hash)
+        if record is not None and (row is None or record[0] >= row.written):
+            return _parse_info(run.path(_INFO_FILE), record[1])
+        return None if row is None else _advice_info(run, row)
 
     async def _list_infos(self, task: str | None) -> list[TaskInfo]:
         found = await files.off_loop(files.read_infos, self._base, task, _INFO_FILE)
-        return [_parse_info(path, data) for path, data in found]
+        journals = await files.off_loop(_read_journals, self._base, task)
+        infos = []
+        for path, mtime, data in found:
+            run_dir = os.path.dirname(path)
+            key = (os.path.basename(os.path.dirname(run_dir)), os.path.basename(run_dir))
+            row = journals.get(key[0], {}).pop(key[1], None)
+            if row is None or mtime >= row.written:
+                infos.append(_parse_info(path, data))
+            else:
+                infos.append(_advice_info(files.Run(self._base, *key), row))
+        for task_name, rows in journals.items():
+            for config_hash, row in rows.items():
+                infos.append(_advice_info(files.Run(self._base, task_name, config_hash), row))
+        return infos
 
     async def cleanup(self) -> int:
         """Remove what crashed writers and deletions left behind; returns how many.
@@ -299,67 +324,33 @@ async def _close(file: Any) -> None:
 
 _advice_log = logging.getLogger("aioflows.stores")
 
-_DIR_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0)
-_NEW_FILE_FLAGS = (
-    os.O_WRONLY
-    | os.O_CREAT
-    | os.O_EXCL
-    | getattr(os, "O_NOFOLLOW", 0)
-    | getattr(os, "O_CLOEXEC", 0)
-    | getattr(os, "O_BINARY", 0)
-)
 
-
-def _open_subdir(parent_fd: int, name: str) -> int:
-    """Open (creating it if missing) the directory ``name`` in ``parent_fd``, never a link."""
-    try:
-        return os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
-    except FileNotFoundError:
-        with contextlib.suppress(FileExistsError):
-            os.mkdir(name, dir_fd=parent_fd)
-        return os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
-
-
-def _write_unsynced(base: str, filename: str, batch: Sequence[tuple[str, str, bytes]]) -> None:
-    """Write each ``(task, config_hash, data)`` as ``base/task/config_hash/filename``:
-    temporary file then rename, no fsync (see :meth:`LocalFileStore._save_advice`).
-
-    Directories are opened relative to their parent's descriptor and never through a
-    symlink, so no record lands outside ``base``. One blocking call for the whole batch.
-    """
-    if not batch:
-        return
-    os.makedirs(base, exist_ok=True)
+def _write_advice(base: str, by_task: dict[str, list[RawInfo]]) -> None:
     failed = 0
-    base_fd = os.open(base, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    task_fds: dict[str, int] = {}
-    try:
-        for task, config_hash, data in batch:
-            try:
-                task_fd = task_fds.get(task)
-                if task_fd is None:
-                    task_fd = task_fds[task] = _open_subdir(base_fd, task)
-                run_fd = _open_subdir(task_fd, config_hash)
-                try:
-                    temp = f".{secrets.token_hex(8)}.tmp"
-                    fd = os.open(temp, _NEW_FILE_FLAGS, 0o666, dir_fd=run_fd)
-                    try:
-                        view = memoryview(data)
-                        while view:  # a write may be partial
-                            view = view[os.write(fd, view) :]
-                    finally:
-                        os.close(fd)
-                    os.replace(temp, filename, src_dir_fd=run_fd, dst_dir_fd=run_fd)
-                finally:
-                    os.close(run_fd)
-            except OSError:
-                failed += 1
-    finally:
-        for fd in task_fds.values():
-            os.close(fd)
-        os.close(base_fd)
+    for task, infos in by_task.items():
+        try:
+            advice.write(base, task, infos)
+        except (OSError, InvalidArgument):
+            failed += len(infos)
     if failed:
-        _advice_log.warning("%d of %d KILLED record(s) could not be written", failed, len(batch))
+        _advice_log.warning("%d KILLED record(s) could not be written", failed)
+
+
+def _read_journals(base: str, task: str | None) -> dict[str, dict[str, advice.Advice]]:
+    names = [task] if task is not None else advice.tasks(base)
+    return {name: advice.read(base, name) for name in names}
+
+
+def _advice_info(run: files.Run, row: advice.Advice) -> TaskInfo:
+    try:
+        return row.info(run.task)
+    except pydantic.ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(map(str, first["loc"])) or "record"
+        raise CorruptObject(
+            os.path.join(run.base, run.task, advice.ADVICE_FILE),
+            f"row {run.config_hash!r} is not a TaskInfo record ({where}: {first['msg']})",
+        ) from exc
 
 
 def _parse_info(path: str, data: bytes) -> TaskInfo:
