@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import anyio
 import pytest
-from tasks import other_tasks, settle
+from tasks import other_tasks, run_catching, settle
 
 import aioflows as af
 
@@ -375,17 +375,10 @@ def test_keyboard_interrupt_from_fn_reaches_the_caller_issue_10(
         return x
 
     async def main() -> str:
-        try:
-            await through(form, call, 10)
-        except stop:
-            return "raised to the caller"
+        await through(form, call, 10)
         return "not raised"
 
-    try:
-        outcome = asyncio.run(main())
-    except BaseException as exc:  # what escaped the loop is the finding
-        outcome = f"escaped the event loop: {exc!r}"
-    assert outcome == "raised to the caller"
+    assert run_catching(main, stop) == "raised to the caller"
 
 
 async def test_an_async_generator_source_is_closed_when_map_fails() -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import random
 import threading
 import time
@@ -13,7 +12,7 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 import pytest
-from tasks import other_tasks, settle
+from tasks import other_tasks, run_catching, settle
 
 import aioflows as af
 
@@ -672,17 +671,10 @@ def test_keyboard_interrupt_from_a_stage_reaches_the_reader_issue_10(
 
     async def main() -> str:
         pipe = af.Pipeline(af.Stage(halting_at(3, stop), workers=3), ordered=False)
-        try:
-            await outputs_of(pipe, range(10), form)
-        except stop:
-            return "raised to the reader"
+        await outputs_of(pipe, range(10), form)
         return "not raised"
 
-    try:
-        outcome = asyncio.run(main())
-    except BaseException as exc:  # what escaped the loop is the finding
-        outcome = f"escaped the event loop: {exc!r}"
-    assert outcome == "raised to the reader"
+    assert run_catching(main, stop) == "raised to the caller"
 
 
 # --- lifecycle ----------------------------------------------------------------------------------
