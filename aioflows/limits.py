@@ -622,6 +622,10 @@ class KeyedRateLimiter:
         self._sweep(_loop_time())
         return len(self._buckets)
 
+    def __bool__(self) -> bool:
+        """Always true: a limiter with no bucket held is still a limiter (``if limiter:``)."""
+        return True
+
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(rate={str(self._default.rate)!r}, "

@@ -684,3 +684,9 @@ def test_no_over_grant_anywhere_in_the_accepted_range(
                 net += amount
                 bound = cap + (end_at - start_at) * rate
                 assert not granted or net <= bound * (1 + 1e-8), (name, start_at, end_at, net)
+
+
+def test_a_keyed_limiter_holding_no_bucket_is_still_true() -> None:
+    keyed = af.KeyedRateLimiter("10/s")
+    assert len(keyed) == 0
+    assert keyed  # `if limiter:` must not read "no limiter" because every bucket was full
