@@ -142,6 +142,30 @@ def _json_faithful(value: Any, depth: int = 0) -> bool:
     return False
 
 
+def _results(
+    tasks: list[str], nodes: Sequence[TaskNode], slots: dict[TaskNode, _Slot]
+) -> dict[str, list[TaskResult]]:
+    """Every instance's TaskResult, by task, in graph order."""
+    results: dict[str, list[TaskResult]] = {name: [] for name in tasks}
+    for node in nodes:  # positional TaskResult arguments: thousands of them
+        slot = slots[node]
+        results[node.task].append(
+            TaskResult(
+                node.unique_name,
+                slot.value,
+                node.config,
+                node.unique_config,
+                node.config_hash,
+                slot.state,
+                slot.attempts,
+                slot.started,
+                slot.ended,
+                slot.error,
+            )
+        )
+    return results
+
+
 def _resolve_force(graph: Graph, force: str | Sequence[str] | None) -> frozenset[str]:
     if force is None:
         return frozenset()
@@ -728,24 +752,8 @@ class _Executor:
             _log.exception("%s: could not record state %s", node.unique_name, state.value)
 
     def _flow_run(self) -> FlowRun:
-        results: dict[str, list[TaskResult]] = {name: [] for name in self.graph.specs}
-        states: dict[str, TaskState] = {}
         slots = self.slots
-        for node in self.nodes:  # positional TaskResult arguments: thousands of them
-            slot = slots[node]
-            states[node.unique_name] = slot.state
-            results[node.task].append(
-                TaskResult(
-                    node.unique_name,
-                    slot.value,
-                    node.config,
-                    node.unique_config,
-                    node.config_hash,
-                    slot.state,
-                    slot.attempts,
-                    slot.started,
-                    slot.ended,
-                    slot.error,
-                )
-            )
+        states = {node.unique_name: slots[node].state for node in self.nodes}
+        # Results are built when first read, from what they need only (not the executor).
+        results = functools.partial(_results, list(self.graph.specs), self.nodes, slots)
         return FlowRun(self.graph, results, states, self.errors)

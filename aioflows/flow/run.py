@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
@@ -72,19 +73,30 @@ class FlowRun:
     maps every instance's unique name to its final state; ``errors`` the failed ones' errors.
     """
 
-    __slots__ = ("errors", "graph", "results", "states")
+    __slots__ = ("_make_results", "_results", "errors", "graph", "states")
 
     def __init__(
         self,
         graph: Graph,
-        results: dict[str, list[TaskResult]],
+        results: dict[str, list[TaskResult]] | Callable[[], dict[str, list[TaskResult]]],
         states: dict[str, TaskState],
         errors: dict[str, BaseException],
     ) -> None:
         self.graph = graph
-        self.results = results
+        # The executor passes a callable: building a TaskResult per instance is work a caller
+        # that only reads states or errors (a stopped run, say) need not wait for.
+        self._results = None if callable(results) else results
+        self._make_results = results if callable(results) else None
         self.states = states
         self.errors = errors
+
+    @property
+    def results(self) -> dict[str, list[TaskResult]]:
+        """Every instance's :class:`TaskResult`, by task, in graph order (built on first use)."""
+        if self._results is None:
+            assert self._make_results is not None
+            self._results, self._make_results = self._make_results(), None
+        return self._results
 
     @property
     def ok(self) -> bool:
