@@ -8,17 +8,18 @@ hidden file per task::
 
     <base_dir>/<task>/.advice.jsonl
     {"written": <ns since the epoch>,
-     "rows": [[config_hash, unique_name, state, config, unique_config,
-               started, ended, attempts, error], ...]}
+     "columns": {"config_hash": [...], "unique_name": [...], "state": [...], "config": [...],
+                 "unique_config": [...], "started": [...], "ended": [...],
+                 "attempts": [...], "error": [...]}}
 
-(times in seconds since the epoch; ``unique_config`` null when it is the config, as a root
-instance's is), one ``os.write`` with ``O_APPEND``, no fsync. Readers take, per config_hash,
-the last row of the journal, and prefer the run's own ``_taskinfo.json`` whenever that file
-was written after it (whichever was written last wins, as if the advice had been a record
-file). A torn or garbled line (a crash mid-append) is skipped; each line is led by a newline
-too, so the next append after a torn one is read whole. The name starts with a dot, which no
-task, hash or object name may, so it can never collide with the store's own entries, and
-listings pass it over.
+(one list per field, times in integer microseconds since the epoch, ``unique_config`` null
+when it is the config, as a root instance's is): one ``os.write`` with ``O_APPEND``, no fsync.
+Readers take, per config_hash, the last row of the journal, and prefer the run's own
+``_taskinfo.json`` whenever that file was written after it (whichever was written last wins,
+as if the advice had been a record file). A torn or garbled line (a crash mid-append) is
+skipped; each line is led by a newline too, so the next append after a torn one is read whole.
+The name starts with a dot, which no task, hash or object name may, so it can never collide
+with the store's own entries, and listings pass it over.
 
 The journal is rewritten compacted (one row per config_hash) when it grows past
 :data:`COMPACT_AT`, and without a config_hash when its run is deleted. Those rewrites replace
@@ -79,27 +80,40 @@ class Advice(NamedTuple):
         return self.raw(task).info()
 
 
+#: The journal's columns, in the order of an :class:`Advice` row.
+COLUMNS = (
+    "config_hash",
+    "unique_name",
+    "state",
+    "config",
+    "unique_config",
+    "started",
+    "ended",
+    "attempts",
+    "error",
+)
+
+
 def encode(infos: Sequence[RawInfo], written: int | None = None) -> bytes:
     """One journal line for ``infos`` (all of one task).
 
-    Times are seconds since the epoch (a float is cheaper to write than an ISO date), and a
-    ``unique_config`` that is the ``config`` object itself (a root instance's) is ``null``.
+    The line holds columns, not rows: one list per field, so encoding ten thousand records
+    builds nine lists instead of ten thousand. Times are integer microseconds since the epoch
+    (JSON writes ints several times faster than floats), and a ``unique_config`` that is the
+    ``config`` object itself (a root instance's) is ``null``.
     """
-    rows = [
-        [
-            i.config_hash,
-            i.unique_name,
-            i.state.value,
-            i.config,
-            None if i.unique_config is i.config else i.unique_config,
-            None if i.started is None else i.started.timestamp(),
-            None if i.ended is None else i.ended.timestamp(),
-            i.attempts,
-            i.error,
-        ]
-        for i in infos
-    ]
-    line = {"written": time.time_ns() if written is None else written, "rows": rows}
+    columns = {
+        "config_hash": [i.config_hash for i in infos],
+        "unique_name": [i.unique_name for i in infos],
+        "state": [i.state.value for i in infos],
+        "config": [i.config for i in infos],
+        "unique_config": [None if i.unique_config is i.config else i.unique_config for i in infos],
+        "started": [_micros(i.started) for i in infos],
+        "ended": [_micros(i.ended) for i in infos],
+        "attempts": [i.attempts for i in infos],
+        "error": [i.error for i in infos],
+    }
+    line = {"written": time.time_ns() if written is None else written, "columns": columns}
     try:
         text = json.dumps(line, separators=(",", ":"))  # ASCII: surrogates come out escaped
     except (TypeError, ValueError):  # a long int, a model in a config: the careful encoder
@@ -108,8 +122,12 @@ def encode(infos: Sequence[RawInfo], written: int | None = None) -> bytes:
     return b"\n" + text.encode() + b"\n"
 
 
-def _time(seconds: float | None) -> datetime | None:
-    return None if seconds is None else datetime.fromtimestamp(seconds, timezone.utc)
+def _micros(when: datetime | None) -> int | None:
+    return None if when is None else round(when.timestamp() * 1e6)
+
+
+def _time(micros: int | None) -> datetime | None:
+    return None if micros is None else datetime.fromtimestamp(micros / 1e6, timezone.utc)
 
 
 def parse(data: bytes) -> dict[str, Advice]:
@@ -120,10 +138,10 @@ def parse(data: bytes) -> dict[str, Advice]:
             continue
         try:
             entry = jsontext.loads(line)
-            written, rows = entry["written"], entry["rows"]
-            for row in rows:
-                if len(row) == 9 and isinstance(row[0], str):
-                    found[row[0]] = Advice(int(written), row)
+            written, columns = int(entry["written"]), entry["columns"]
+            for row in zip(*(columns[c] for c in COLUMNS), strict=True):
+                if isinstance(row[0], str):
+                    found[row[0]] = Advice(written, list(row))
         except (ValueError, KeyError, TypeError):
             _log.debug("skipped a damaged line of an advice journal")
     return found
