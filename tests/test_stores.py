@@ -811,9 +811,9 @@ def test_jsontext_says_which_text_it_holds_faithfully() -> None:
 
 
 def _killed(task: str, config_hash: str, **fields: Any) -> Any:
-    from aioflows.stores.records import RawInfo
+    from aioflows.stores.records import RawInfo, micros
 
-    now = datetime.now(timezone.utc)
+    now = micros(datetime.now(timezone.utc))
     config = fields.pop("config", {"i": config_hash})
     values: dict[str, Any] = {
         "unique_name": f"{task}-{config_hash}",
@@ -843,8 +843,9 @@ async def test_advice_is_one_journal_read_back_as_records(
     assert info.unique_name == "train-h7"
     assert info.config == info.unique_config == {"i": "h7"}
     assert info.attempts == 1
-    assert info.started is not None
-    assert abs(info.started - rows[7].started) < timedelta(seconds=1)
+    from aioflows.stores.records import from_micros
+
+    assert info.started == from_micros(rows[7].started)  # exact: microseconds both ways
     assert len(await store.list_infos("train")) == 50
     if isinstance(store, af.LocalFileStore):  # one file per task, no directory per run
         assert sorted(p.name for p in (tmp_path / "store" / "train").iterdir()) == [".advice.jsonl"]

@@ -29,6 +29,7 @@ import collections
 import functools
 import logging
 import math
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timezone
 from typing import Any
@@ -43,7 +44,7 @@ from ..errors import CorruptObject, FlowError, FlowFailed, MissingObject
 from ..stores.base import ResultStore
 from ..stores.jsontext import holds_text
 from ..stores.memory import MemoryStore
-from ..stores.records import RawInfo, TaskInfo, TaskState
+from ..stores.records import RawInfo, TaskInfo, TaskState, from_micros, micros
 from .context import TaskContext
 from .graph import Graph, TaskNode
 from .identity import strip_ignored
@@ -74,8 +75,10 @@ _SETTLED = frozenset(
 )
 
 
-def _now() -> datetime:
-    return datetime.now(timezone.utc)
+def _now() -> int:
+    """Now, in integer microseconds since the epoch: what slots keep (a datetime per start and
+    end of every instance would cost more than the bookkeeping around it)."""
+    return time.time_ns() // 1000
 
 
 class _Slot:
@@ -88,8 +91,8 @@ class _Slot:
         self.remaining = remaining  # predecessors in the run not yet done
         self.value: Any = None
         self.attempts = 0
-        self.started: datetime | None = None
-        self.ended: datetime | None = None
+        self.started: int | None = None  # microseconds since the epoch (see _now)
+        self.ended: int | None = None
         self.error: BaseException | None = None
 
 
@@ -158,8 +161,8 @@ def _results(
                 node.config_hash,
                 slot.state,
                 slot.attempts,
-                slot.started,
-                slot.ended,
+                from_micros(slot.started),
+                from_micros(slot.ended),
                 slot.error,
             )
         )
@@ -520,7 +523,7 @@ class _Executor:
         self.slots[node].state = state
         if self.on_event is None and not self.listeners:
             return
-        event = TaskEvent(node.unique_name, node.task, state, _now(), error)
+        event = TaskEvent(node.unique_name, node.task, state, datetime.now(timezone.utc), error)
         for listener in self.listeners:
             try:
                 listener(event)
@@ -598,7 +601,7 @@ class _Executor:
         slot = self.slots[node]
         slot.value = value
         slot.attempts = info.attempts
-        slot.started, slot.ended = info.started, info.ended
+        slot.started, slot.ended = micros(info.started), micros(info.ended)
         return True
 
     def _inputs(self, node: TaskNode, resource: Any) -> dict[str, Any]:
@@ -701,8 +704,8 @@ class _Executor:
             state,
             config=strip_ignored(node.config, self.graph.flow.config_ignore_prefix),
             unique_config=_recorded_config(node, self.graph.flow.config_ignore_prefix),
-            started=slot.started,
-            ended=slot.ended,
+            started=from_micros(slot.started),
+            ended=from_micros(slot.ended),
             attempts=slot.attempts,
             error=None if error is None else f"{type(error).__name__}: {error}",
         )

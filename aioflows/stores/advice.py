@@ -35,7 +35,6 @@ import logging
 import os
 import time
 from collections.abc import Iterable, Sequence
-from datetime import datetime, timezone
 from typing import Any, NamedTuple
 
 import pydantic_core
@@ -69,8 +68,8 @@ class Advice(NamedTuple):
             TaskState(state),
             config,
             config if unique_config is None else unique_config,
-            _time(started),
-            _time(ended),
+            started,
+            ended,
             attempts,
             error,
         )
@@ -108,8 +107,8 @@ def encode(infos: Sequence[RawInfo], written: int | None = None) -> bytes:
         "state": [i.state.value for i in infos],
         "config": [i.config for i in infos],
         "unique_config": [None if i.unique_config is i.config else i.unique_config for i in infos],
-        "started": [_micros(i.started) for i in infos],
-        "ended": [_micros(i.ended) for i in infos],
+        "started": [i.started for i in infos],
+        "ended": [i.ended for i in infos],
         "attempts": [i.attempts for i in infos],
         "error": [i.error for i in infos],
     }
@@ -120,14 +119,6 @@ def encode(infos: Sequence[RawInfo], written: int | None = None) -> bytes:
         text = jsontext.dumps(line, join_pairs=True, default=pydantic_core.to_jsonable_python)
     # Led by a newline as well: a line appended after one torn by a crash starts afresh.
     return b"\n" + text.encode() + b"\n"
-
-
-def _micros(when: datetime | None) -> int | None:
-    return None if when is None else round(when.timestamp() * 1e6)
-
-
-def _time(micros: int | None) -> datetime | None:
-    return None if micros is None else datetime.fromtimestamp(micros / 1e6, timezone.utc)
 
 
 def parse(data: bytes) -> dict[str, Advice]:
