@@ -916,3 +916,12 @@ async def test_advice_under_a_linked_task_dir_is_not_written_outside(
     (tmp_path / "store" / "t").symlink_to(outside)
     await local._save_advice([_killed("t", "h")])  # logged, not raised: the run reports it
     assert list(outside.iterdir()) == []
+
+
+@pytest.mark.parametrize(("task", "config_hash"), [("t", "a/b"), ("t", ".h"), ("../t", "h")])
+async def test_advice_takes_the_same_key_checks(
+    store: af.ResultStore, task: str, config_hash: str
+) -> None:
+    with pytest.raises(ValueError, match="not usable"):
+        await store._save_advice([_killed(task, config_hash)])
+    assert await store.list_infos() == []

@@ -186,9 +186,12 @@ class LocalFileStore(ResultStore):
                 check_part("task", info.task)
                 self._run_dir(info.task, "")  # checks the length
                 rows = by_task[info.task] = []
-            check_part("config_hash", info.config_hash)
-            if len(info.config_hash) > _MAX_FILENAME // 4:  # may be too long once encoded
-                self._run_dir(info.task, info.config_hash)
+            config_hash = info.config_hash
+            # A flow's hashes are short hex: alphanumeric ASCII is always a usable part.
+            if not (type(config_hash) is str and config_hash.isascii() and config_hash.isalnum()):
+                check_part("config_hash", config_hash)
+            if len(config_hash) > _MAX_FILENAME // 4:  # may be too long once encoded
+                self._run_dir(info.task, config_hash)
             rows.append(info)
         await anyio.lowlevel.checkpoint_if_cancelled()
         await files.off_loop(_write_advice, self._base, by_task)
