@@ -693,7 +693,7 @@ class CountingStore(af.MemoryStore):
         await super()._save_info(info)
 
     async def _save_advice(self, infos: Any) -> None:
-        self.batches.append([i.state for i in infos])
+        self.batches.append(list(infos.state))  # one task's records, in columns
         self._in_batch = True
         try:
             await super()._save_advice(infos)  # the default: save_info for each

@@ -829,11 +829,24 @@ def _killed(task: str, config_hash: str, **fields: Any) -> Any:
     return RawInfo(task, config_hash, **values)
 
 
+async def _advise(store: af.ResultStore, rows: list[Any]) -> None:
+    """Hand ``rows`` (RawInfo) to ``store._save_advice`` in columns, one batch per task."""
+    from aioflows.stores.records import RawInfos
+
+    by_task: dict[str, list[Any]] = {}
+    for row in rows:
+        by_task.setdefault(row.task, []).append(row)
+    for task, group in by_task.items():
+        fields = [list(column) for column in zip(*group, strict=True)][1:]
+        fields[4] = [u if u is not c else None for c, u in zip(fields[3], fields[4], strict=True)]
+        await store._save_advice(RawInfos(task, *fields))
+
+
 async def test_advice_is_one_journal_read_back_as_records(
     store: af.ResultStore, tmp_path: Path
 ) -> None:
     rows = [_killed("train", f"h{i}") for i in range(50)] + [_killed("eval", "e1")]
-    await store._save_advice(rows)
+    await _advise(store, rows)
     infos = await store.list_infos()
     assert [(i.task, i.config_hash, i.state) for i in infos] == sorted(
         (r.task, r.config_hash, af.TaskState.KILLED) for r in rows
@@ -854,7 +867,7 @@ async def test_advice_is_one_journal_read_back_as_records(
 async def test_whichever_was_written_last_wins(store: af.ResultStore) -> None:
     finished = af.TaskInfo("t", "h", "t-1", af.TaskState.FINISHED)
     await store.save_info(finished)
-    await store._save_advice([_killed("t", "h")])  # a forced re-run, stopped
+    await _advise(store, [_killed("t", "h")])  # a forced re-run, stopped
     info = await store.load_info(task="t", config_hash="h")
     assert info is not None
     assert info.state is af.TaskState.KILLED
@@ -868,19 +881,19 @@ async def test_whichever_was_written_last_wins(store: af.ResultStore) -> None:
 
 
 async def test_a_deleted_run_has_no_advice_left(store: af.ResultStore) -> None:
-    await store._save_advice([_killed("t", "a"), _killed("t", "b")])
+    await _advise(store, [_killed("t", "a"), _killed("t", "b")])
     await store.delete_run(task="t", config_hash="a")
     assert await store.load_info(task="t", config_hash="a") is None
     assert [i.config_hash for i in await store.list_infos()] == ["b"]
 
 
 async def test_a_torn_journal_line_is_skipped(local: af.LocalFileStore, tmp_path: Path) -> None:
-    await local._save_advice([_killed("t", "a")])
+    await _advise(local, [_killed("t", "a")])
     journal = tmp_path / "store" / "t" / ".advice.jsonl"
     with journal.open("ab") as file:
         file.write(b'{"written": 1, "rows": [["b", "t-b", "kil')  # a crash mid-append
     assert [i.config_hash for i in await local.list_infos()] == ["a"]
-    await local._save_advice([_killed("t", "c")])  # appends after the torn part, still read
+    await _advise(local, [_killed("t", "c")])  # appends after the torn part, still read
     assert [i.config_hash for i in await local.list_infos("t")] == ["a", "c"]
     assert await local.load_info(task="t", config_hash="b") is None
 
@@ -892,7 +905,7 @@ async def test_the_journal_is_compacted_to_one_row_per_run(
 
     monkeypatch.setattr(advice, "COMPACT_AT", 2000)
     for attempt in range(1, 40):  # the same runs stopped again and again
-        await local._save_advice([_killed("t", h, attempts=attempt) for h in ("a", "b")])
+        await _advise(local, [_killed("t", h, attempts=attempt) for h in ("a", "b")])
     journal = tmp_path / "store" / "t" / ".advice.jsonl"
     assert journal.stat().st_size < 2 * 2000
     infos = await local.list_infos()
@@ -901,7 +914,7 @@ async def test_the_journal_is_compacted_to_one_row_per_run(
 
 async def test_advice_keeps_what_json_cannot_write_plainly(store: af.ResultStore) -> None:
     config = {"text": "cut \ud83d", "long": 10**5000}
-    await store._save_advice([_killed("t", "h", config=config, unique_config=config)])
+    await _advise(store, [_killed("t", "h", config=config, unique_config=config)])
     info = await store.load_info(task="t", config_hash="h")
     assert info is not None
     assert info.config == config
@@ -914,7 +927,7 @@ async def test_advice_under_a_linked_task_dir_is_not_written_outside(
     outside.mkdir()
     (tmp_path / "store").mkdir()
     (tmp_path / "store" / "t").symlink_to(outside)
-    await local._save_advice([_killed("t", "h")])  # logged, not raised: the run reports it
+    await _advise(local, [_killed("t", "h")])  # logged, not raised: the run reports it
     assert list(outside.iterdir()) == []
 
 
@@ -923,5 +936,5 @@ async def test_advice_takes_the_same_key_checks(
     store: af.ResultStore, task: str, config_hash: str
 ) -> None:
     with pytest.raises(ValueError, match="not usable"):
-        await store._save_advice([_killed(task, config_hash)])
+        await _advise(store, [_killed(task, config_hash)])
     assert await store.list_infos() == []

@@ -44,7 +44,7 @@ from ..errors import CorruptObject, FlowError, FlowFailed, MissingObject
 from ..stores.base import ResultStore
 from ..stores.jsontext import holds_text
 from ..stores.memory import MemoryStore
-from ..stores.records import RawInfo, TaskInfo, TaskState, from_micros, micros
+from ..stores.records import RawInfos, TaskInfo, TaskState, from_micros, micros
 from .context import TaskContext
 from .graph import Graph, TaskNode
 from .identity import strip_ignored
@@ -719,32 +719,38 @@ class _Executor:
         """
         assert self.store is not None
         killed, self.killed = self.killed, []
-        try:
+        by_task: dict[str, list[TaskNode]] = {}
+        for n in killed:
+            by_task.setdefault(n.task, []).append(n)
+        for task, nodes in by_task.items():
+            try:
+                await self.store._save_advice(self._killed_columns(task, nodes))
+            except Exception:
+                _log.exception("could not record %d KILLED instance(s) of %s", len(nodes), task)
+
+    def _killed_columns(self, task: str, nodes: list[TaskNode]) -> RawInfos:
+        """The KILLED records of ``nodes`` (all of ``task``), one list per field."""
+        slots = [self.slots[n] for n in nodes]
+        if any(n.predecessors for n in nodes):
             prefix = self.graph.flow.config_ignore_prefix
-            infos = []
-            for n in killed:
-                slot = self.slots[n]
-                if n.predecessors:
-                    own = strip_ignored(n.config, prefix)
-                    unique = _recorded_config(n, prefix)
-                else:  # a root's unique_config is its config, stripped: the graph made it
-                    own = unique = n.unique_config
-                raw = RawInfo(
-                    n.task,
-                    n.config_hash,
-                    n.unique_name,
-                    TaskState.KILLED,
-                    own,
-                    unique,
-                    slot.started,
-                    slot.ended,
-                    slot.attempts,
-                    None,
-                )
-                infos.append(raw)
-            await self.store._save_advice(infos)
-        except Exception:
-            _log.exception("could not record %d KILLED instance(s)", len(killed))
+            configs = [strip_ignored(n.config, prefix) for n in nodes]
+            uniques: list[dict[str, Any] | None] = [
+                _recorded_config(n, prefix) if n.predecessors else None for n in nodes
+            ]
+        else:  # roots: unique_config is the config, stripped; the graph made it already
+            configs, uniques = [n.unique_config for n in nodes], [None] * len(nodes)
+        return RawInfos(
+            task,
+            [n.config_hash for n in nodes],
+            [n.unique_name for n in nodes],
+            [TaskState.KILLED] * len(nodes),
+            list(configs),
+            uniques,
+            [s.started for s in slots],
+            [s.ended for s in slots],
+            [s.attempts for s in slots],
+            [None] * len(nodes),
+        )
 
     async def _save_info_quietly(self, node: TaskNode, slot: _Slot, state: TaskState) -> None:
         """Record a FAILED or KILLED state; the run already reports it, so a store error here

@@ -34,13 +34,13 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import Any, NamedTuple
 
 import pydantic_core
 
 from . import files, jsontext
-from .records import RawInfo, TaskInfo, TaskState
+from .records import RawInfo, RawInfos, TaskInfo, TaskState
 
 __all__ = ["ADVICE_FILE", "Advice", "Journal", "drop", "read", "read_run", "tasks", "write"]
 
@@ -93,24 +93,22 @@ COLUMNS = (
 )
 
 
-def encode(infos: Sequence[RawInfo], written: int | None = None) -> bytes:
-    """One journal line for ``infos`` (all of one task).
+def encode(batch: RawInfos, written: int | None = None) -> bytes:
+    """One journal line for ``batch``: its lists, as they are.
 
-    The line holds columns, not rows: one list per field, so encoding ten thousand records
-    builds nine lists instead of ten thousand. Times are integer microseconds since the epoch
-    (JSON writes ints several times faster than floats), and a ``unique_config`` that is the
-    ``config`` object itself (a root instance's) is ``null``.
+    The line holds columns, not rows, so ten thousand records are a handful of lists to
+    encode, not ten thousand.
     """
     columns = {
-        "config_hash": [i.config_hash for i in infos],
-        "unique_name": [i.unique_name for i in infos],
-        "state": [i.state.value for i in infos],
-        "config": [i.config for i in infos],
-        "unique_config": [None if i.unique_config is i.config else i.unique_config for i in infos],
-        "started": [i.started for i in infos],
-        "ended": [i.ended for i in infos],
-        "attempts": [i.attempts for i in infos],
-        "error": [i.error for i in infos],
+        "config_hash": batch.config_hash,
+        "unique_name": batch.unique_name,
+        "state": [state.value for state in batch.state],
+        "config": batch.config,
+        "unique_config": batch.unique_config,
+        "started": batch.started,
+        "ended": batch.ended,
+        "attempts": batch.attempts,
+        "error": batch.error,
     }
     line = {"written": time.time_ns() if written is None else written, "columns": columns}
     try:
@@ -119,6 +117,24 @@ def encode(infos: Sequence[RawInfo], written: int | None = None) -> bytes:
         text = jsontext.dumps(line, join_pairs=True, default=pydantic_core.to_jsonable_python)
     # Led by a newline as well: a line appended after one torn by a crash starts afresh.
     return b"\n" + text.encode() + b"\n"
+
+
+def _columns(rows: list[list[Any]]) -> RawInfos:
+    """Journal rows (as :class:`Advice` holds them) back into columns, to be written again."""
+    fields = list(zip(*rows, strict=True)) if rows else [()] * len(COLUMNS)
+    hashes, names, states, configs, uniques, started, ended, attempts, errors = fields
+    return RawInfos(
+        "",
+        list(hashes),
+        list(names),
+        [TaskState(s) for s in states],
+        list(configs),
+        list(uniques),
+        list(started),
+        list(ended),
+        list(attempts),
+        list(errors),
+    )
 
 
 def parse(data: bytes) -> dict[str, Advice]:
@@ -146,11 +162,12 @@ def _task_dir(base: str, task: str, *, create: bool) -> files.Dir | None:
         return top.sub(task, create=create)
 
 
-def write(base: str, task: str, infos: Sequence[RawInfo]) -> None:
-    """Append ``infos`` to ``task``'s journal: one write, no fsync (blocking; off the loop)."""
-    if not infos:
+def write(base: str, batch: RawInfos) -> None:
+    """Append ``batch`` to its task's journal: one write, no fsync (blocking; off the loop)."""
+    if not len(batch):
         return
-    line = encode(infos)
+    task = batch.task
+    line = encode(batch)
     directory = _task_dir(base, task, create=True)
     assert directory is not None  # created
     with directory:
@@ -217,10 +234,10 @@ def _rewrite(directory: files.Dir, keep: Any) -> None:
     after: dict[str, Advice] = keep(before)
     if after == before and directory.lstat(ADVICE_FILE).st_size <= COMPACT_AT:
         return
-    by_time: dict[int, list[RawInfo]] = {}
+    by_time: dict[int, list[list[Any]]] = {}
     for advice in after.values():
-        by_time.setdefault(advice.written, []).append(advice.raw(""))
-    data = b"".join(encode(rows, written) for written, rows in sorted(by_time.items()))
+        by_time.setdefault(advice.written, []).append(advice.row)
+    data = b"".join(encode(_columns(rows), written) for written, rows in sorted(by_time.items()))
     temp = files.temp_name()
     fd = directory.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0))
     try:

@@ -9,12 +9,12 @@ messages and lazy loading for free, and a bad name can never reach a file path o
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Final
 
 from ..errors import InvalidArgument, InvalidArgumentType, MissingObject
-from .records import RawInfo, TaskInfo
+from .records import RawInfos, TaskInfo
 from .types import StoreType, TypeRegistry
 
 __all__ = ["INFO_NAME", "MISSING", "Promise", "ResultStore", "check_key", "check_part"]
@@ -175,18 +175,18 @@ class ResultStore(abc.ABC):
         check_part("config_hash", info.config_hash)
         await self._save_info(info)
 
-    async def _save_advice(self, infos: Sequence[RawInfo]) -> None:
+    async def _save_advice(self, batch: RawInfos) -> None:
         """Store records that are advice, not promises: the KILLED states of a stopped flow.
 
         Losing one in a crash only means its instance runs again, which a KILLED one would
         anyway, so a store may write them all in one batch and without fsync (a FINISHED
-        record, a promise, always goes through :meth:`save_info`). They come unvalidated
-        (:class:`RawInfo`), since validating ten thousand records costs more than stopping
-        the tasks did. This default validates and saves them one by one, so every store,
-        custom ones included, keeps working; the flow executor calls it once, after the
-        cancellation, never once per instance.
+        record, a promise, always goes through :meth:`save_info`). They come unvalidated and
+        in columns (:class:`RawInfos`, one task's), since building ten thousand records costs
+        more than stopping the tasks did. This default validates and saves them one by one,
+        so every store, custom ones included, keeps working; the flow executor calls it once
+        per task, after the cancellation, never once per instance.
         """
-        for raw in infos:
+        for raw in batch.rows():
             await self.save_info(raw.info())
 
     async def load_info(self, *, task: str, config_hash: str) -> TaskInfo | None:

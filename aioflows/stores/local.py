@@ -35,7 +35,7 @@ import pydantic_core
 from ..errors import CorruptObject, InvalidArgument, InvalidArgumentType, MissingObject
 from . import advice, files
 from .base import INFO_NAME, MISSING, ResultStore, check_key, check_part
-from .records import RawInfo, TaskInfo
+from .records import RawInfos, TaskInfo
 from .types import StoreType
 
 __all__ = ["LocalFileStore"]
@@ -169,9 +169,9 @@ class LocalFileStore(ResultStore):
             ) from exc
         await self._write(run, _INFO_FILE, data)
 
-    async def _save_advice(self, infos: Sequence[RawInfo]) -> None:
-        """Append records that are advice (a stopped flow's KILLED states) to one journal per
-        task, in one thread hop and without fsync (see :mod:`.advice`).
+    async def _save_advice(self, batch: RawInfos) -> None:
+        """Append records that are advice (a stopped flow's KILLED states) to their task's
+        journal, in one thread hop and without fsync (see :mod:`.advice`).
 
         A crash of the machine may lose them, and a lost KILLED record only means the
         instance runs again, which it would anyway. Readers prefer whichever of a run's record
@@ -179,22 +179,16 @@ class LocalFileStore(ResultStore):
         directory is a symlink, the disk is full) is logged and skipped: the run already
         reports these states.
         """
-        by_task: dict[str, list[RawInfo]] = {}
-        for info in infos:
-            rows = by_task.get(info.task)
-            if rows is None:
-                check_part("task", info.task)
-                self._run_dir(info.task, "")  # checks the length
-                rows = by_task[info.task] = []
-            config_hash = info.config_hash
+        check_part("task", batch.task)
+        self._run_dir(batch.task, "")  # checks the length
+        for config_hash in batch.config_hash:
             # A flow's hashes are short hex: alphanumeric ASCII is always a usable part.
             if not (type(config_hash) is str and config_hash.isascii() and config_hash.isalnum()):
                 check_part("config_hash", config_hash)
             if len(config_hash) > _MAX_FILENAME // 4:  # may be too long once encoded
-                self._run_dir(info.task, config_hash)
-            rows.append(info)
+                self._run_dir(batch.task, config_hash)
         await anyio.lowlevel.checkpoint_if_cancelled()
-        await files.off_loop(_write_advice, self._base, by_task)
+        await files.off_loop(_write_advice, self._base, batch)
 
     async def _load_info(self, task: str, config_hash: str) -> TaskInfo | None:
         run = self._run(task, config_hash)
@@ -328,15 +322,11 @@ async def _close(file: Any) -> None:
 _advice_log = logging.getLogger("aioflows.stores")
 
 
-def _write_advice(base: str, by_task: dict[str, list[RawInfo]]) -> None:
-    failed = 0
-    for task, infos in by_task.items():
-        try:
-            advice.write(base, task, infos)
-        except (OSError, InvalidArgument):
-            failed += len(infos)
-    if failed:
-        _advice_log.warning("%d KILLED record(s) could not be written", failed)
+def _write_advice(base: str, batch: RawInfos) -> None:
+    try:
+        advice.write(base, batch)
+    except (OSError, InvalidArgument):
+        _advice_log.warning("%d KILLED record(s) could not be written", len(batch))
 
 
 def _read_journals(base: str, task: str | None) -> dict[str, dict[str, advice.Advice]]:
