@@ -14,6 +14,7 @@ from typing import Generic, TypeAlias, TypeVar
 
 import anyio
 
+from . import _validate
 from .errors import InvalidArgument, InvalidArgumentType
 from .limits import KeyedRateLimiter, RateLike, RateLimiter
 from .retry import DEFAULT_MAX_WAIT, Retry, RetryLike, as_retry, throttle_delay
@@ -47,9 +48,7 @@ def check_timeout(timeout: float | None) -> float | None:
     """Validate ``timeout=``: None or a number > 0."""
     if timeout is None:
         return None
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
-        raise InvalidArgument(f"timeout must be None or a number of seconds > 0, got {timeout!r}")
-    return float(timeout)
+    return _validate.number("timeout", timeout, strict=True)
 
 
 def guard(

@@ -33,8 +33,9 @@ import anyio
 from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from . import _validate
 from .calls import KeyedLimiterLike, LimiterLike, guard
-from .errors import InvalidArgument, InvalidArgumentType
+from .errors import InvalidArgumentType
 from .retry import RetryLike
 
 __all__ = ["Driven", "IMap", "imap", "map"]
@@ -55,9 +56,7 @@ EmitNowait: TypeAlias = "Callable[[MemoryObjectSendStream[Any], Any], bool]"
 
 
 def _check_concurrency(concurrency: int) -> int:
-    if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
-        raise InvalidArgument(f"concurrency must be an int >= 1, got {concurrency!r}")
-    return concurrency
+    return _validate.count("concurrency", concurrency)
 
 
 class _Source(Generic[T]):

@@ -26,8 +26,8 @@ from typing import Any
 import anyio
 import httpx
 
+from . import _validate
 from .calls import KeyedLimiterLike, LimiterLike, as_keyed_limiter, as_limiter, guard
-from .errors import InvalidArgument
 from .limits import KeyedRateLimiter, RateLimiter
 from .retry import Retry, RetryLike, as_retry
 
@@ -92,10 +92,8 @@ class HttpClient(httpx.AsyncClient):
         retry: RetryLike = Retry(3),  # noqa: B008 - a frozen dataclass: safe to share
         **httpx_kwargs: Any,
     ) -> None:
-        if concurrency is not None and (
-            isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1
-        ):
-            raise InvalidArgument(f"concurrency must be None or an int >= 1, got {concurrency!r}")
+        if concurrency is not None:
+            _validate.count("concurrency", concurrency)
         policy = as_retry(retry)
         if policy is not None and policy.on is Exception:
             policy = dataclasses.replace(policy, on=(_RetryableStatus, *RETRY_ERRORS))

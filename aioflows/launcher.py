@@ -37,6 +37,7 @@ import anyio.lowlevel
 import anyio.to_thread
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from . import _validate
 from .errors import AioflowsError, InvalidArgument, InvalidArgumentType, RateLimited
 from .limits import RateLike, RateLimiter, as_rate
 from .retry import DEFAULT_MAX_WAIT, Retry, RetryLike, as_retry, throttle_delay
@@ -191,8 +192,7 @@ class Key:
 
     def report_usage(self, tokens: float) -> None:
         """Reconcile this call's token estimate with ``tokens`` actually used."""
-        if isinstance(tokens, bool) or not isinstance(tokens, (int, float)) or tokens < 0:
-            raise InvalidArgument(f"tokens must be a number >= 0, got {tokens!r}")
+        tokens = _validate.number("tokens", tokens)
         bucket = self._state.tokens
         if bucket is None:
             return
@@ -208,9 +208,7 @@ class Key:
 
 
 def _check_positive_int(value: object, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InvalidArgument(f"{what} must be an int >= 1, got {value!r}")
-    return value
+    return _validate.count(what, value)
 
 
 def _keys(
@@ -714,10 +712,7 @@ def _take_ready(receive: MemoryObjectReceiveStream[_Finished]) -> list[_Finished
 def _cost(estimate: Callable[[dict[str, Any]], float] | None, sample: dict[str, Any]) -> float:
     if estimate is None:
         return 0.0
-    cost = estimate(sample)
-    if isinstance(cost, bool) or not isinstance(cost, (int, float)) or not 0 <= cost < math.inf:
-        raise InvalidArgument(f"cost must return a number >= 0, got {cost!r}")
-    return float(cost)
+    return _validate.number("the cost estimate", estimate(sample))
 
 
 def _too_long(after: float, cap: float) -> RateLimited:

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import TypeAlias
 
+from . import _validate
 from .errors import InvalidArgument, InvalidArgumentType
 
 __all__ = ["KeyedRateLimiter", "Rate", "RateLike", "RateLimiter"]
@@ -78,11 +79,7 @@ _ACCEPTED = (
 
 def _positive_number(value: object, what: str) -> float:
     """Return ``value`` as a finite float > 0, or raise naming ``what``."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InvalidArgumentType(f"{what} must be a number > 0, got {value!r}")
-    if not (0 < value < math.inf):
-        raise InvalidArgument(f"{what} must be a finite number > 0, got {value!r}")
-    return float(value)
+    return _validate.number(what, value, strict=True)
 
 
 def _token_count(value: object, what: str) -> float:
@@ -487,10 +484,7 @@ class RateLimiter:
 
         Pauses only extend: a shorter pause never cuts a longer one short.
         """
-        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
-            raise InvalidArgumentType(f"pause seconds must be a number >= 0, got {seconds!r}")
-        if not 0 <= seconds < math.inf:
-            raise InvalidArgument(f"pause seconds must be a finite number >= 0, got {seconds!r}")
+        _validate.number("pause seconds", seconds)
         until = _loop_time() + seconds
         if until > self._paused_until:
             self._paused_until = until

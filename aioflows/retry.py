@@ -18,7 +18,8 @@ import time
 from dataclasses import KW_ONLY, dataclass
 from typing import TypeAlias
 
-from .errors import InvalidArgument, InvalidArgumentType, RateLimited
+from . import _validate
+from .errors import InvalidArgumentType, RateLimited
 
 __all__ = [
     "DEFAULT_MAX_WAIT",
@@ -73,31 +74,11 @@ class Retry:
             ("attempts", self.attempts, 1),
             ("max_throttles", self.max_throttles, 0),
         ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise InvalidArgument(f"Retry {name} must be an int >= {low}, got {value!r}")
-        if (
-            isinstance(self.max_wait, bool)
-            or not isinstance(self.max_wait, (int, float))
-            or not 0 < self.max_wait < math.inf
-        ):
-            raise InvalidArgument(
-                f"Retry max_wait must be a finite number > 0, got {self.max_wait!r}"
-            )
-        for name, number in (("backoff", self.backoff), ("max_backoff", self.max_backoff)):
-            if (
-                isinstance(number, bool)
-                or not isinstance(number, (int, float))
-                or not 0 <= number < math.inf
-            ):
-                raise InvalidArgument(f"Retry {name} must be a finite number >= 0, got {number!r}")
-        if (
-            isinstance(self.multiplier, bool)
-            or not isinstance(self.multiplier, (int, float))
-            or not 1 <= self.multiplier < math.inf
-        ):
-            raise InvalidArgument(
-                f"Retry multiplier must be a finite number >= 1, got {self.multiplier!r}"
-            )
+            _validate.count(f"Retry {name}", value, low=low)
+        _validate.number("Retry max_wait", self.max_wait, strict=True)
+        _validate.number("Retry backoff", self.backoff)
+        _validate.number("Retry max_backoff", self.max_backoff)
+        _validate.number("Retry multiplier", self.multiplier, low=1)
         kinds = self.on if isinstance(self.on, tuple) else (self.on,)
         if not kinds or not all(
             isinstance(k, type) and issubclass(k, BaseException) for k in kinds

@@ -29,6 +29,7 @@ import anyio
 import anyio.abc
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from . import _validate
 from ._callables import is_async_callable
 from .calls import LimiterLike, check_timeout, guard
 from .concurrency import (
@@ -128,9 +129,7 @@ class _Emitter:
 
 
 def _check_workers(workers: int) -> int:
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise InvalidArgument(f"workers must be an int >= 1, got {workers!r}")
-    return workers
+    return _validate.count("workers", workers)
 
 
 def _check_callable(fn: object, what: str) -> None:
@@ -269,9 +268,7 @@ class Batch:
     __slots__ = ("name", "size", "timeout")
 
     def __init__(self, size: int, timeout: float | None = None) -> None:
-        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-            raise InvalidArgument(f"Batch size must be an int >= 1, got {size!r}")
-        self.size = size
+        self.size = _validate.count("Batch size", size)
         self.timeout = check_timeout(timeout)
         self.name = "batch"
 
@@ -418,8 +415,7 @@ class Pipeline:
                 raise InvalidArgumentType(
                     f"pipeline steps are Stage, Filter, Batch, Unbatch or Union, got {step!r}"
                 )
-        if isinstance(buffer, bool) or not isinstance(buffer, int) or buffer < 1:
-            raise InvalidArgument(f"buffer must be an int >= 1, got {buffer!r}")
+        _validate.count("buffer", buffer)
         if on_error not in _ON_ERROR:
             raise InvalidArgument(
                 f"on_error must be one of {', '.join(_ON_ERROR)}, got {on_error!r}"

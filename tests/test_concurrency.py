@@ -531,8 +531,8 @@ async def never_called(x: int) -> int:
     ("kwargs", "error", "match"),
     [
         ({"concurrency": 0}, ValueError, "concurrency"),
-        ({"concurrency": True}, ValueError, "concurrency"),
-        ({"concurrency": 2.5}, ValueError, "concurrency"),
+        ({"concurrency": True}, TypeError, "concurrency"),
+        ({"concurrency": 2.5}, TypeError, "concurrency"),
         ({"rate": "fast"}, ValueError, "invalid rate"),
         ({"rate": -1}, ValueError, "rate"),
         ({"key": len}, ValueError, "per_key_rate"),

@@ -42,7 +42,6 @@ def test_defaults_match_the_contract() -> None:
     "kwargs",
     [
         {"attempts": 0},
-        {"attempts": True},
         {"backoff": -1},
         {"multiplier": 0.5},
         {"max_backoff": float("inf")},

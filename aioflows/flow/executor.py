@@ -38,6 +38,7 @@ import anyio
 import anyio.lowlevel
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from .. import _validate
 from .._callables import is_async_callable
 from ..calls import as_limiter, guard
 from ..errors import CorruptObject, FlowError, FlowFailed, MissingObject
@@ -221,10 +222,8 @@ def _check_options(
 ) -> None:
     if store is not None and not isinstance(store, ResultStore):
         raise FlowError(f"store must be a ResultStore, got {type(store).__name__}")
-    if concurrency is not None and (
-        isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1
-    ):
-        raise FlowError(f"concurrency must be None or an int >= 1, got {concurrency!r}")
+    if concurrency is not None:
+        _validate.count("concurrency", concurrency)
     if resources is not None and (isinstance(resources, (str, bytes)) or not len(resources)):
         raise FlowError("resources must be a non-empty sequence (one item per running instance)")
     if on_event is not None and not callable(on_event):

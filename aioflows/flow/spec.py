@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
+from .. import _validate
 from ..calls import LimiterLike, check_timeout
 from ..errors import FlowError
 from ..limits import RateLimiter, as_rate
@@ -85,10 +86,8 @@ def task(
         return task()(name)
     if name is not None and (not isinstance(name, str) or not name):
         raise FlowError(f"a task name must be a non-empty str, got {name!r}")
-    if concurrency is not None and (
-        isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1
-    ):
-        raise FlowError(f"concurrency must be None or an int >= 1, got {concurrency!r}")
+    if concurrency is not None:
+        _validate.count("concurrency", concurrency)
     options = TaskOptions(
         name=name,
         retry=as_retry(retry),

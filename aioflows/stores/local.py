@@ -32,6 +32,7 @@ import anyio.lowlevel
 import pydantic
 import pydantic_core
 
+from .. import _validate
 from ..errors import CorruptObject, InvalidArgument, InvalidArgumentType, MissingObject
 from . import advice, files
 from .base import INFO_NAME, MISSING, ResultStore, check_key, check_part
@@ -62,10 +63,8 @@ class LocalFileStore(ResultStore):
     """
 
     def __init__(self, base_dir: str | os.PathLike[str], *, stale_after: float = 3600.0) -> None:
-        if not isinstance(stale_after, (int, float)) or not stale_after > 0:
-            raise InvalidArgument(f"stale_after must be seconds > 0, got {stale_after!r}")
+        self._stale_after = _validate.number("stale_after", stale_after, strict=True)
         self._base = os.path.abspath(os.fspath(base_dir))
-        self._stale_after = float(stale_after)
         # Each task's advice journal as last read, so that checking the records of a flow's
         # instances one by one reads it once, not once per instance (see _load_info).
         self._journals: dict[str, advice.Journal] = {}
