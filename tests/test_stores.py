@@ -810,36 +810,38 @@ def test_jsontext_says_which_text_it_holds_faithfully() -> None:
 # -- advice: a stopped flow's KILLED records, one journal line per batch ----------------------
 
 
-def _killed(task: str, config_hash: str, **fields: Any) -> Any:
-    from aioflows.stores.records import RawInfo, micros
+def _killed(task: str, config_hash: str, **fields: Any) -> dict[str, Any]:
+    """The raw fields of one KILLED record (see RawInfos), ``fields`` overriding."""
+    from aioflows.stores.records import micros
 
     now = micros(datetime.now(timezone.utc))
     config = fields.pop("config", {"i": config_hash})
-    values: dict[str, Any] = {
+    row: dict[str, Any] = {
+        "task": task,
+        "config_hash": config_hash,
         "unique_name": f"{task}-{config_hash}",
         "state": af.TaskState.KILLED,
         "config": config,
-        "unique_config": config,
+        "unique_config": None,  # the config itself
         "started": now,
         "ended": now,
         "attempts": 1,
         "error": None,
     }
-    values.update(fields)
-    return RawInfo(task, config_hash, **values)
+    row.update(fields)
+    return row
 
 
-async def _advise(store: af.ResultStore, rows: list[Any]) -> None:
-    """Hand ``rows`` (RawInfo) to ``store._save_advice`` in columns, one batch per task."""
+async def _advise(store: af.ResultStore, rows: list[dict[str, Any]]) -> None:
+    """Hand ``rows`` to ``store._save_advice`` in columns, one batch per task."""
     from aioflows.stores.records import RawInfos
 
-    by_task: dict[str, list[Any]] = {}
+    by_task: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
-        by_task.setdefault(row.task, []).append(row)
+        by_task.setdefault(row["task"], []).append(row)
     for task, group in by_task.items():
-        fields = [list(column) for column in zip(*group, strict=True)][1:]
-        fields[4] = [u if u is not c else None for c, u in zip(fields[3], fields[4], strict=True)]
-        await store._save_advice(RawInfos(task, *fields))
+        columns = {f: [row[f] for row in group] for f in group[0] if f != "task"}
+        await store._save_advice(RawInfos(task, **columns))
 
 
 async def test_advice_is_one_journal_read_back_as_records(
@@ -849,7 +851,7 @@ async def test_advice_is_one_journal_read_back_as_records(
     await _advise(store, rows)
     infos = await store.list_infos()
     assert [(i.task, i.config_hash, i.state) for i in infos] == sorted(
-        (r.task, r.config_hash, af.TaskState.KILLED) for r in rows
+        (r["task"], r["config_hash"], af.TaskState.KILLED) for r in rows
     )
     info = await store.load_info(task="train", config_hash="h7")
     assert info is not None
@@ -858,7 +860,7 @@ async def test_advice_is_one_journal_read_back_as_records(
     assert info.attempts == 1
     from aioflows.stores.records import from_micros
 
-    assert info.started == from_micros(rows[7].started)  # exact: microseconds both ways
+    assert info.started == from_micros(rows[7]["started"])  # exact: microseconds both ways
     assert len(await store.list_infos("train")) == 50
     if isinstance(store, af.LocalFileStore):  # one file per task, no directory per run
         assert sorted(p.name for p in (tmp_path / "store" / "train").iterdir()) == [".advice.jsonl"]
@@ -914,7 +916,7 @@ async def test_the_journal_is_compacted_to_one_row_per_run(
 
 async def test_advice_keeps_what_json_cannot_write_plainly(store: af.ResultStore) -> None:
     config = {"text": "cut \ud83d", "long": 10**5000}
-    await _advise(store, [_killed("t", "h", config=config, unique_config=config)])
+    await _advise(store, [_killed("t", "h", config=config)])
     info = await store.load_info(task="t", config_hash="h")
     assert info is not None
     assert info.config == config

@@ -40,7 +40,7 @@ from typing import Any, NamedTuple
 import pydantic_core
 
 from . import files, jsontext
-from .records import RawInfo, RawInfos, TaskInfo, TaskState
+from .records import RawInfos, TaskInfo, TaskState, raw_info
 
 __all__ = ["ADVICE_FILE", "Advice", "Journal", "drop", "read", "read_run", "tasks", "write"]
 
@@ -59,24 +59,9 @@ class Advice(NamedTuple):
     written: int  # ns since the epoch
     row: list[Any]
 
-    def raw(self, task: str) -> RawInfo:
-        hash_, name, state, config, unique_config, started, ended, attempts, error = self.row
-        return RawInfo(
-            task,
-            hash_,
-            name,
-            TaskState(state),
-            config,
-            config if unique_config is None else unique_config,
-            started,
-            ended,
-            attempts,
-            error,
-        )
-
     def info(self, task: str) -> TaskInfo:
         """The validated record (a row that does not validate raises pydantic's error)."""
-        return self.raw(task).info()
+        return raw_info(task, *self.row)
 
 
 #: The journal's columns, in the order of an :class:`Advice` row.

@@ -186,8 +186,8 @@ class ResultStore(abc.ABC):
         so every store, custom ones included, keeps working; the flow executor calls it once
         per task, after the cancellation, never once per instance.
         """
-        for raw in batch.rows():
-            await self.save_info(raw.info())
+        for info in batch.infos():
+            await self.save_info(info)
 
     async def load_info(self, *, task: str, config_hash: str) -> TaskInfo | None:
         """The run's record, or None if it has none."""

@@ -8,8 +8,9 @@ so it validates on the way in and round-trips through files and Redis as JSON un
 from __future__ import annotations
 
 import enum
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any, NamedTuple
+from typing import Any
 
 import pydantic
 import pydantic_core
@@ -17,7 +18,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, NonNegativeInt
 
 from . import jsontext
 
-__all__ = ["RawInfo", "RawInfos", "TaskInfo", "TaskState", "from_micros", "micros"]
+__all__ = ["RawInfos", "TaskInfo", "TaskState", "from_micros", "micros", "raw_info"]
 
 
 class TaskState(str, enum.Enum):
@@ -126,51 +127,45 @@ class TaskInfo(BaseModel):
         return (self.ended - self.started).total_seconds()
 
 
-class RawInfo(NamedTuple):
-    """A record's fields, not validated: how a flow hands a store records in bulk.
-
-    Building a :class:`TaskInfo` validates every field (some 20 µs each); a flow stopping ten
-    thousand instances builds these instead, from values it made itself, and a store that
-    writes them in bulk never needs the model (:meth:`ResultStore._save_advice`). Times are
-    integer microseconds since the epoch (UTC), exact both ways and cheap to write.
-    """
-
-    task: str
-    config_hash: str
-    unique_name: str
-    state: TaskState
-    config: dict[str, Any] | None
-    unique_config: dict[str, Any] | None
-    started: int | None
-    ended: int | None
-    attempts: int
-    error: str | None
-
-    def info(self) -> TaskInfo:
-        """The validated record."""
-        return TaskInfo(
-            self.task,
-            self.config_hash,
-            self.unique_name,
-            self.state,
-            config=self.config,
-            unique_config=self.unique_config,
-            started=from_micros(self.started),
-            ended=from_micros(self.ended),
-            attempts=self.attempts,
-            error=self.error,
-        )
+def raw_info(
+    task: str,
+    config_hash: str,
+    unique_name: str,
+    state: TaskState | str,
+    config: dict[str, Any] | None,
+    unique_config: dict[str, Any] | None,
+    started: int | None,
+    ended: int | None,
+    attempts: int,
+    error: str | None,
+) -> TaskInfo:
+    """The validated record of fields kept raw (see :class:`RawInfos`): a ``unique_config``
+    of None is the ``config``, times are integer microseconds since the epoch."""
+    return TaskInfo(
+        task,
+        config_hash,
+        unique_name,
+        state,
+        config=config,
+        unique_config=config if unique_config is None else unique_config,
+        started=from_micros(started),
+        ended=from_micros(ended),
+        attempts=attempts,
+        error=error,
+    )
 
 
-class RawInfos(NamedTuple):
+@dataclass(frozen=True, slots=True)
+class RawInfos:
     """Records of one task, not validated, field by field: one list per field, row ``i`` of
     every list making record ``i``.
 
-    What a flow hands :meth:`ResultStore._save_advice` when it was stopped: ten thousand
-    records as ten lists built in one pass each cost a fraction of ten thousand tuples, and
-    a store writing them in bulk can encode the lists as they are. ``unique_config[i]`` is
-    None where it is ``config[i]`` (a root instance's is its own config); times are integer
-    microseconds since the epoch, as in :class:`RawInfo`.
+    What a flow hands :meth:`ResultStore._save_advice` when it was stopped. Building a
+    :class:`TaskInfo` validates every field (some 20 µs each); ten thousand records as ten
+    lists built in one pass each cost a fraction of that, and a store writing them in bulk
+    encodes the lists as they are. ``unique_config[i]`` is None where it is ``config[i]`` (a
+    root instance's is its own config); times are integer microseconds since the epoch (UTC),
+    exact both ways and cheap to write.
     """
 
     task: str
@@ -184,14 +179,14 @@ class RawInfos(NamedTuple):
     attempts: list[int]
     error: list[str | None]
 
-    def __len__(self) -> int:  # the number of records, not of fields
+    def __len__(self) -> int:
         return len(self.config_hash)
 
-    def rows(self) -> list[RawInfo]:
-        """The records one by one."""
+    def infos(self) -> list[TaskInfo]:
+        """The records, validated, one by one."""
         return [
-            RawInfo(self.task, h, n, st, c, c if u is None else u, s, e, a, err)
-            for h, n, st, c, u, s, e, a, err in zip(
+            raw_info(self.task, *row)
+            for row in zip(
                 self.config_hash,
                 self.unique_name,
                 self.state,
