@@ -547,17 +547,27 @@ class Span:
         return Stop(wall, cpu, GC_METER.total - self.gc, killed)
 
 
+class Sleepers:
+    """``n`` tasks that sleep for ever, and an event set once all of them have started."""
+
+    def __init__(self, n: int, forever: Callable[[], Awaitable[object]]) -> None:
+        self.n, self.running, self.forever = n, 0, forever
+        self.all_running = asyncio.Event()
+
+    async def sleep(self, *_: object) -> None:
+        self.running += 1
+        if self.running == self.n:
+            self.all_running.set()
+        await self.forever()
+
+
 def sleeping_flow(n: int, span: Span) -> af.Flow:
     """``n`` sleepers that run for ever, and ``boom``, which fails once all of them run."""
-    running = 0
-    all_running = anyio.Event()
+    sleepers = Sleepers(n, anyio.sleep_forever)
+    all_running = sleepers.all_running
 
     async def sleeper(i: int) -> None:
-        nonlocal running
-        running += 1
-        if running == n:
-            all_running.set()
-        await anyio.sleep_forever()
+        await sleepers.sleep()
 
     async def boom() -> None:
         await all_running.wait()
@@ -588,20 +598,11 @@ async def stop_flow(n: int, store_dir: str | None) -> Stop:
 
 async def stop_anyio(n: int) -> Stop:
     span = Span()
-    running = 0
-    all_running = anyio.Event()
-
-    async def sleeper() -> None:
-        nonlocal running
-        running += 1
-        if running == n:
-            all_running.set()
-        await anyio.sleep_forever()
-
+    sleepers = Sleepers(n, anyio.sleep_forever)
     async with anyio.create_task_group() as tg:
         for _ in range(n):
-            tg.start_soon(sleeper)
-        await all_running.wait()
+            tg.start_soon(sleepers.sleep)
+        await sleepers.all_running.wait()
         span.start()
         tg.cancel_scope.cancel()
     return span.end(n)
@@ -613,25 +614,17 @@ class _Stop(Exception):
 
 async def stop_taskgroup(n: int) -> Stop:
     span = Span()
-    running = 0
-    all_running = asyncio.Event()
-
-    async def sleeper() -> None:
-        nonlocal running
-        running += 1
-        if running == n:
-            all_running.set()
-        await asyncio.sleep(3600)
+    sleepers = Sleepers(n, functools.partial(asyncio.sleep, 3600))
 
     async def stopper() -> None:
-        await all_running.wait()
+        await sleepers.all_running.wait()
         span.start()
         raise _Stop
 
     try:
         async with asyncio.TaskGroup() as tg:  # type: ignore[attr-defined]  # Python 3.11+
             for _ in range(n):
-                tg.create_task(sleeper())
+                tg.create_task(sleepers.sleep())
             tg.create_task(stopper())
     except Exception as exc:  # an ExceptionGroup of the one _Stop (no except* before 3.11)
         if not all(isinstance(e, _Stop) for e in getattr(exc, "exceptions", [exc])):
