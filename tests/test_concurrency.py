@@ -596,3 +596,175 @@ async def test_admission_slots_are_never_lost_or_doubled() -> None:
     assert not admit.try_acquire()  # exactly one slot, held by `second`
     admit.release()
     assert admit.try_acquire()
+
+
+# -- the one pool (aioflows._workers) ------------------------------------------------------------
+
+
+async def test_a_growing_pool_stays_small_when_items_never_wait() -> None:
+    """The flow executor's lazy growth: one worker to start, one more at most per loop pass
+    while items are backlogged and none is idle; items that never wait need few workers."""
+    from aioflows._workers import Pool, QueueSource
+
+    queue: QueueSource[int] = QueueSource()
+    for i in range(1000):
+        queue.put(i)
+    queue.close()
+    taken: list[int] = []
+
+    async def instant(x: int) -> None:
+        taken.append(x)
+
+    pool = Pool(instant, queue, 100, grow=True)
+    await pool.run()
+    assert sorted(taken) == list(range(1000))
+    assert 1 <= pool.workers <= 1000 // 64 + 2  # one more per checkpoint at most
+
+
+async def test_a_growing_pool_grows_to_concurrency_when_items_wait() -> None:
+    from aioflows._workers import Pool, QueueSource
+
+    queue: QueueSource[int] = QueueSource()
+    running = peak = 0
+
+    async def waits(x: int) -> None:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        await asyncio.sleep(1)
+        running -= 1
+        if x < 30:  # an instance queues its successors as it finishes, as a flow's do
+            queue.put(2 * x + 1)
+            queue.put(2 * x + 2)
+        elif x == 60:
+            queue.close()
+
+    queue.put(0)
+    started = now()
+    pool = Pool(waits, queue, 8, grow=True)
+    await pool.run()
+    assert pool.workers == 8
+    assert peak == 8
+    assert now() - started < 20  # 61 one-second items on 8 workers, not one after another
+
+
+async def test_a_pool_of_items_that_never_wait_lets_the_loop_run() -> None:
+    """A checkpoint every STREAK items taken without waiting: nothing else starves."""
+    from aioflows._workers import STREAK, Collect, Pool, Source
+
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    async def instant(x: int) -> int:
+        return x
+
+    for source in (lambda: Source(range(STREAK * 10)), lambda: Source(aiter_of(STREAK * 10))):
+        ticks = 0
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(ticker)
+            await asyncio.sleep(0)
+            sink = Collect()
+            await Pool(instant, source(), 1, sink=sink).run()
+            seen = ticks
+            tg.cancel_scope.cancel()
+        assert sink.results == list(range(STREAK * 10))
+        assert seen >= 9
+
+
+async def aiter_of(n: int) -> AsyncIterator[int]:
+    for i in range(n):
+        yield i
+
+
+async def test_a_cancellation_from_outside_propagates_from_the_pool() -> None:
+    from aioflows._workers import Pool, Source
+
+    hang = Hang()
+    before = other_tasks()
+    with anyio.move_on_after(1) as scope:
+        await Pool(lambda _: hang.forever(), Source(range(10)), 4).run()
+        raise AssertionError("run() returned under a cancelled scope")
+    assert scope.cancelled_caught
+    task = asyncio.ensure_future(Pool(lambda _: hang.forever(), Source(range(10)), 4).run())
+    await asyncio.sleep(0.1)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await settle()
+    assert hang.started == hang.cancelled == 8
+    assert other_tasks() == before
+
+
+async def test_cancel_stops_the_pool_and_run_returns() -> None:
+    from aioflows._workers import Pool, QueueSource
+
+    hang = Hang()
+    queue: QueueSource[int] = QueueSource()
+    for i in range(10):
+        queue.put(i)
+    pool = Pool(lambda _: hang.forever(), queue, 4)
+
+    async def stop() -> None:
+        await asyncio.sleep(1)
+        pool.cancel()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(stop)
+        await pool.run()
+    assert pool.error is None
+    assert hang.started == hang.cancelled == 4
+    assert queue.closed
+    assert queue.backlog == 0
+
+
+async def test_a_cancelled_worker_leaves_no_traceback_cycle_behind() -> None:
+    """Workers end quietly when cancelled: no CancelledError kept on each finished task."""
+    from aioflows._workers import Pool, Source
+
+    hang = Hang()
+    tasks: list[asyncio.Task[object]] = []
+
+    async def record(item: int) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        tasks.append(task)
+        await hang.forever()
+
+    pool = Pool(record, Source(range(10)), 4)
+
+    async def stop() -> None:
+        await asyncio.sleep(1)
+        pool.cancel()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(stop)
+        await pool.run()
+    assert len(tasks) == 4
+    assert all(t.done() and not t.cancelled() and t.exception() is None for t in tasks)
+
+
+async def test_a_queue_source_wakes_one_waiter_per_item_and_all_on_close() -> None:
+    from aioflows._workers import DONE, QueueSource
+
+    queue: QueueSource[str] = QueueSource()
+    got: list[object] = []
+
+    async def take() -> None:
+        got.append(await queue.pull())
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(3):
+            tg.start_soon(take)
+        await asyncio.sleep(0)
+        queue.put("a")
+        await asyncio.sleep(0)
+        assert got == [(0, "a")]
+        queue.close()
+    assert got == [(0, "a"), DONE, DONE]
+    with pytest.raises(RuntimeError):
+        queue.put("late")
