@@ -29,6 +29,8 @@ from rich.console import Console, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from ._display import isatty
+from ._text import first_line
 from ._version import __version__
 from .errors import AioflowsError, FlowError, FlowFailed
 from .flow.progress import STYLES, FlowProgress, format_seconds, summary_table
@@ -210,29 +212,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _error(message: str) -> None:
-    sys.stderr.write(f"aioflows: error: {_one_line(message, _ERROR_WIDTH)}\n")
+    sys.stderr.write(f"aioflows: error: {first_line(message, _ERROR_WIDTH)}\n")
     sys.stderr.flush()
-
-
-def _one_line(text: str, width: int) -> str:
-    """The first line of ``text``, cut to ``width`` characters."""
-    lines = text.strip().splitlines()
-    line = lines[0] if lines else ""
-    if len(line) > width or len(lines) > 1:
-        line = line[: width - 3].rstrip() + "..."
-    return line
-
-
-def _isatty(stream: Any) -> bool:
-    try:
-        return bool(stream.isatty())
-    except (AttributeError, ValueError, OSError):
-        return False
 
 
 def _stdout_console() -> Console:
     """A console on stdout; piped output gets room for a whole table row on one line."""
-    width = None if _isatty(sys.stdout) or "COLUMNS" in os.environ else 160
+    width = None if isatty(sys.stdout) or "COLUMNS" in os.environ else 160
     return Console(file=sys.stdout, highlight=False, width=width)
 
 
@@ -424,7 +410,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     flow = _load_flow(args.target)
     _check_store_dir(args.store)
     store = LocalFileStore(args.store)
-    progress = args.progress if args.progress is not None else _isatty(sys.stderr)
+    progress = args.progress if args.progress is not None else isatty(sys.stderr)
     failure: FlowFailed | None = None
     started = time.monotonic()
     try:
@@ -441,7 +427,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     sys.stdout.flush()
     errors = list(failure.errors.items())
     for name, error in errors[:_MAX_FAILURES]:
-        sys.stderr.write(_one_line(f"{name}: {type(error).__name__}: {error}", _ERROR_WIDTH) + "\n")
+        line = first_line(f"{name}: {type(error).__name__}: {error}", _ERROR_WIDTH)
+        sys.stderr.write(line + "\n")
     if len(errors) > _MAX_FAILURES:
         sys.stderr.write(
             f"... and {len(errors) - _MAX_FAILURES} more failed instances "
@@ -525,12 +512,12 @@ def _cmd_show(args: argparse.Namespace) -> int:
             format_seconds(info.duration),
         ]
         if errors:
-            cells.append(Text(_one_line(info.error, _SHOW_ERROR_WIDTH) if info.error else ""))
+            cells.append(Text(first_line(info.error, _SHOW_ERROR_WIDTH) if info.error else ""))
         table.add_row(*cells)
     console.print(table)
     if failed and not errors:
         for info in failed:
-            console.print(Text(_one_line(f"{info.unique_name}: {info.error}", console.width)))
+            console.print(Text(first_line(f"{info.unique_name}: {info.error}", console.width)))
     return EXIT_OK
 
 

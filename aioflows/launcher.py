@@ -664,7 +664,14 @@ class _Run:
         self.finished += len(batch)
 
     async def _show_progress(self) -> None:
-        """A rich bar redrawn by this task (no thread): done, failed, retried, keys, ETA."""
+        """A bar with done, failed, retried, calls per key and the ETA, on stderr, until the
+        writer has written the last record.
+
+        Drawn by the one live display (:class:`aioflows._display.LiveDisplay`, the flow's too:
+        an anyio task redraws it, no thread); rich's ``Progress`` is used only as the frame
+        (its columns and ETA), never started. Imported here: rich costs nothing to a run
+        without a display.
+        """
         from rich.console import Console
         from rich.progress import (
             BarColumn,
@@ -674,30 +681,27 @@ class _Run:
             TimeRemainingColumn,
         )
 
+        from ._display import LiveDisplay
+
+        console = Console(stderr=True)
         progress = Progress(
             TextColumn("{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
             TimeRemainingColumn(),
-            console=Console(stderr=True),
+            console=console,
             auto_refresh=False,
         )
         bar = progress.add_task("launch", total=self.total)
-        progress.start()
-        try:
-            while not self.written.is_set():  # until the writer has written the last record
-                self._draw(progress, bar)
-                with anyio.move_on_after(0.2):
-                    await self.written.wait()
-        finally:
-            self._draw(progress, bar)
-            progress.stop()
+        async with LiveDisplay(lambda: self._draw(progress, bar), console=console):
+            await self.written.wait()
 
-    def _draw(self, progress: Any, bar: Any) -> None:
+    def _draw(self, progress: Any, bar: Any) -> Any:
+        """The frame as it stands: the bar's counts and ETA brought up to date."""
         keys = " ".join(f"{label}:{n}" for label, n in self.per_key.items())
         description = f"ok {self.succeeded} failed {self.failed} retried {self.retried} | {keys}"
         progress.update(bar, completed=self.finished, description=description)
-        progress.refresh()
+        return progress.get_renderable()
 
 
 def _take_ready(receive: MemoryObjectReceiveStream[_Finished]) -> list[_Finished]:

@@ -541,3 +541,18 @@ def test_usage_errors_are_one_line(tmp_path: Path) -> None:
     assert_usage_error(cli(tmp_path, "run"), "required")
     assert_usage_error(cli(tmp_path, "frobnicate"), "invalid choice")
     assert_usage_error(cli(tmp_path, "show", "--bogus"), "unrecognized arguments")
+
+
+def test_first_line_and_printable_are_two_jobs() -> None:
+    # An error message keeps its first line, cut to a width; a graph's name keeps all of its
+    # characters, those that would break the line made spaces. One helper module holds both.
+    from aioflows._text import first_line, printable, shorten
+
+    assert first_line("  bad value\n  in line 2\n", 40) == "bad value..."
+    assert first_line("x" * 50, 10) == "xxxxxxx..."
+    assert first_line("fits", 10) == "fits"
+    assert first_line("", 10) == ""
+    assert printable("a\nb\tc\x1b") == "a b c "
+    assert printable("plain") == "plain"
+    assert shorten("abcdef", 5) == "ab..."
+    assert shorten("abcde", 5) == "abcde"

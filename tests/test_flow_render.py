@@ -11,6 +11,7 @@ from __future__ import annotations
 import gc
 import io
 import re
+import sys
 import threading
 from datetime import datetime, timezone
 from typing import Any
@@ -18,8 +19,10 @@ from typing import Any
 import anyio
 import pytest
 from rich.console import Console
+from rich.text import Text
 
 import aioflows as af
+from aioflows._display import LiveDisplay, isatty
 from aioflows.flow import render
 from aioflows.flow.progress import FlowProgress, format_seconds, summary_table
 
@@ -511,6 +514,60 @@ async def test_cancelling_from_outside_stops_the_display() -> None:
     assert scope.cancelled_caught
     assert display._live is None  # stopped
     assert "hung" in buffer.getvalue()
+
+
+class FakeTerminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_isatty_is_false_for_anything_without_a_working_isatty() -> None:
+    closed = io.StringIO()
+    closed.close()
+    assert not isatty(object())
+    assert not isatty(closed)  # isatty() raises ValueError
+    assert not isatty(io.StringIO())
+    assert isatty(FakeTerminal())
+
+
+@pytest.mark.parametrize("stdout_is_a_terminal", [False, True])
+async def test_the_live_display_moves_prints_only_off_the_terminal_it_draws_on(
+    monkeypatch: pytest.MonkeyPatch, stdout_is_a_terminal: bool
+) -> None:
+    stdout = FakeTerminal() if stdout_is_a_terminal else io.StringIO()
+    monkeypatch.setattr(sys, "stdout", stdout)
+    console, buffer = quiet_console(terminal=True)
+    async with LiveDisplay(lambda: Text("frame"), console=console, refresh_interval=60):
+        print("from the body")
+        assert (sys.stdout is stdout) is not stdout_is_a_terminal
+    assert sys.stdout is stdout
+    assert ("from the body" in buffer.getvalue()) is stdout_is_a_terminal
+    assert ("from the body" in stdout.getvalue()) is not stdout_is_a_terminal
+
+
+async def test_a_display_that_cannot_draw_does_not_break_the_body(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    frames = 0
+
+    def render() -> Text:
+        nonlocal frames
+        frames += 1
+        if frames > 1:
+            raise RuntimeError("cannot draw")
+        return Text("first frame")
+
+    console, buffer = quiet_console(terminal=True)
+    async with LiveDisplay(render, console=console, refresh_interval=0.01) as display:
+        await anyio.sleep(0.1)
+        assert display.drawing
+        done = "the body went on"
+    assert done == "the body went on"
+    assert not display.drawing
+    assert frames == 3  # the first, the one that failed (no more redraws), the last
+    assert "first frame" in buffer.getvalue()
+    assert "stopped redrawing" in caplog.text
+    assert "could not draw its last frame" in caplog.text
 
 
 async def test_summary_table_counts_per_task() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import io
 import json
 import signal
 import subprocess
@@ -444,6 +445,38 @@ async def test_progress_shows_counts_and_keys_and_leaves_nothing_running(
     assert "key-1" in err
     assert not any(secret in err for secret in SECRETS)
     assert asyncio.all_tasks() - {asyncio.current_task()} == before
+
+
+class FakeTerminal(io.StringIO):
+    """A stream that says it is a terminal, so rich draws on it as on one."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+async def test_issue11_progress_on_a_terminal_leaves_piped_stdout_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The launcher draws through the flow's live display: prints of fn stay on stdout when
+    # stdout is piped (rich's Progress moved them onto the terminal the bar is drawn on).
+    terminal, piped = FakeTerminal(), io.StringIO()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    monkeypatch.setattr(sys, "stdout", piped)
+
+    async def fn(sample: dict[str, Any], key: af.Key) -> int:
+        print("printed by fn", sample["id"])
+        if sample["id"] == 2:
+            raise ValueError("two")
+        return 1
+
+    summary = await af.Launcher(fn, keys=SECRETS, progress=True, retry=None).run(data(3))
+    assert (summary.succeeded, summary.failed) == (2, 1)
+    assert piped.getvalue().count("printed by fn") == 3
+    drawn = terminal.getvalue()
+    assert "printed by fn" not in drawn
+    assert "ok 2 failed 1 retried 0 | key-0:" in drawn  # the last frame
+    assert "3/3" in drawn  # done of total
+    assert "0:00:00" in drawn  # the ETA
 
 
 # --- issue 10: secrets never reach a raised error ---------------------------------------------

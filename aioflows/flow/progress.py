@@ -1,29 +1,25 @@
 """The live display of ``Flow.run(progress=True)`` and the summary table of a finished run.
 
 :class:`FlowProgress` keeps counts per state, overall and per task, updated in O(1) by every
-state-change event; drawing is left to a small anyio task that redraws every
-``refresh_interval`` seconds. Rich's own auto-refresh would start a thread, so it is off, and
-the redrawing task lives in a task group the context manager owns: nothing outlives the
-``async with``.
+state-change event, and says what a frame shows; drawing is left to the one live display
+(:class:`aioflows._display.LiveDisplay`, shared with the launcher), which redraws every
+``refresh_interval`` seconds from an anyio task the context manager owns: no thread, and nothing
+outlives the ``async with``.
 """
 
 from __future__ import annotations
 
-import logging
-import sys
 import time
 from collections.abc import Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING
 
-import anyio
-import anyio.abc
 from rich.console import Console, Group, RenderableType
-from rich.live import Live
 from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from .._display import LiveDisplay
 from ..stores.records import TaskState
 
 if TYPE_CHECKING:
@@ -31,8 +27,6 @@ if TYPE_CHECKING:
     from .run import FlowRun, TaskEvent
 
 __all__ = ["FlowProgress", "format_seconds", "summary_table"]
-
-logger = logging.getLogger("aioflows.flow.progress")
 
 #: States in display order, and the style each is drawn in.
 STATES: tuple[TaskState, ...] = (
@@ -182,8 +176,9 @@ class FlowProgress:
         self._totals[pending] = len(self._states)
         self._started = time.monotonic()
         self._ended: float | None = None
-        self._live: Live | None = None
-        self._task_group: anyio.abc.TaskGroup | None = None
+        # _display is the one entered (and exited); _live the same while it still draws.
+        self._display: LiveDisplay | None = None
+        self._live: LiveDisplay | None = None
         self._finished = False
 
     def _task(self, task: str) -> int:
@@ -288,29 +283,12 @@ class FlowProgress:
             parts.append(Text(line, style=STYLES[TaskState.RUNNING], overflow="ellipsis"))
         return Group(*parts)
 
-    def _refresh(self) -> None:
-        if self._live is not None:
-            self._live.update(self.render(), refresh=True)
-
-    async def _refresh_forever(self) -> None:
-        try:
-            while not self._finished:
-                await anyio.sleep(self.refresh_interval)
-                if not self._finished:
-                    self._refresh()
-        except Exception:
-            # A display that cannot draw (closed stderr, say) must not break the run.
-            logger.exception("the progress display stopped redrawing")
-
     def _stop(self) -> None:
         live, self._live = self._live, None
         if live is not None:
             if self._ended is None:
                 self._ended = time.monotonic()
-            live.update(self.render())
             live.stop()
-            if not self.console.is_terminal and not self.console.is_jupyter:
-                self.console.line()  # rich ends the last line only on terminals
 
     def finish(self, run: FlowRun) -> None:
         """Take the final states from ``run``, draw them, stop the live view and print the
@@ -329,27 +307,12 @@ class FlowProgress:
 
     async def __aenter__(self) -> FlowProgress:
         self._started = time.monotonic()
-        terminal = self.console.is_terminal
-        live = Live(
-            self.render(),
-            console=self.console,
-            auto_refresh=False,
-            transient=False,
-            # Prints from tasks go above the display when they would land on the terminal it
-            # draws on; output piped elsewhere is left alone (stdout never moves to stderr).
-            redirect_stdout=terminal and _isatty(sys.stdout),
-            redirect_stderr=terminal and _isatty(sys.stderr),
+        # A lambda, not self.render: the frame is whatever render() is when it is drawn.
+        display = LiveDisplay(
+            lambda: self.render(), console=self.console, refresh_interval=self.refresh_interval
         )
-        live.start(refresh=True)
-        self._live = live
-        task_group = anyio.create_task_group()
-        try:
-            await task_group.__aenter__()
-        except BaseException:
-            self._stop()
-            raise
-        self._task_group = task_group
-        task_group.start_soon(self._refresh_forever)
+        await display.__aenter__()
+        self._display = self._live = display
         return self
 
     async def __aexit__(
@@ -358,24 +321,13 @@ class FlowProgress:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        task_group, self._task_group = self._task_group, None
+        display, self._display = self._display, None
+        self._finished = True
         try:
-            if task_group is not None:
-                task_group.cancel_scope.cancel()
-                # Exit with no exception: the body's own exception propagates unchanged
-                # (not wrapped in an ExceptionGroup) once the redrawing task is gone.
-                await task_group.__aexit__(None, None, None)
+            self._stop()  # the last frame, with the clock stopped
         finally:
-            self._finished = True
-            self._stop()
-
-
-def _isatty(stream: object) -> bool:
-    isatty = getattr(stream, "isatty", None)
-    try:
-        return bool(isatty()) if callable(isatty) else False
-    except (ValueError, OSError):
-        return False
+            if display is not None:
+                await display.__aexit__(exc_type, exc, tb)
 
 
 def _complete(counts: list[int]) -> bool:

@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
+from .._text import printable, shorten
+
 if TYPE_CHECKING:
     from .graph import Graph, TaskNode
 
@@ -21,7 +23,6 @@ __all__ = ["config_summary", "to_dot", "to_mermaid", "to_text"]
 SUMMARY_WIDTH = 48
 #: Predecessors the text form names per instance before counting the rest.
 _TEXT_PREDECESSORS = 4
-_ELLIPSIS = "..."
 
 
 def _tokens(value: Any, longest: int) -> Iterator[str]:
@@ -62,14 +63,7 @@ def config_summary(config: Mapping[str, Any], width: int = SUMMARY_WIDTH) -> str
         if length > width:
             break
     # Control characters (a newline in a string value) would break every format's one line.
-    text = _one_line("".join(parts))
-    if len(text) > width:
-        text = text[: max(0, width - len(_ELLIPSIS))] + _ELLIPSIS
-    return text
-
-
-def _one_line(text: str) -> str:
-    return text if text.isprintable() else "".join(c if c.isprintable() else " " for c in text)
+    return shorten(printable("".join(parts)), width)
 
 
 def _label(node: TaskNode) -> tuple[str, str]:
@@ -77,7 +71,7 @@ def _label(node: TaskNode) -> tuple[str, str]:
     summary = config_summary(node.config) if node.config else ""
     if node.reduce:
         summary = f"reduce {summary}" if summary else "reduce"
-    return _one_line(node.unique_name), summary
+    return printable(node.unique_name), summary
 
 
 def _ids(graph: Graph) -> dict[int, str]:
@@ -161,7 +155,7 @@ def _predecessors(node: TaskNode) -> str:
     preds = node.predecessors
     if not preds:
         return ""
-    names = [_one_line(p.unique_name) for p in preds[:_TEXT_PREDECESSORS]]
+    names = [printable(p.unique_name) for p in preds[:_TEXT_PREDECESSORS]]
     if len(preds) > _TEXT_PREDECESSORS:
         names.append(f"... ({len(preds)} in all)")
     return "  <- " + ", ".join(names)
@@ -174,7 +168,7 @@ def to_text(graph: Graph) -> str:
     for node in graph.nodes:
         by_task.setdefault(node.task, []).append(node)
     lines = [
-        f"flow {_one_line(graph.flow.name)}: {_plural(len(by_task), 'task')}, "
+        f"flow {printable(graph.flow.name)}: {_plural(len(by_task), 'task')}, "
         f"{_plural(len(graph.nodes), 'instance')}"
     ]
     for task, nodes in by_task.items():
@@ -184,11 +178,11 @@ def to_text(graph: Graph) -> str:
             f", requires {', '.join(spec.predecessors)}" if spec and spec.predecessors else ""
         )
         kind = ", reduce" if reduce else ""
-        lines.append(f"{_one_line(task)}  ({_plural(len(nodes), 'instance')}{kind}{requires})")
+        lines.append(f"{printable(task)}  ({_plural(len(nodes), 'instance')}{kind}{requires})")
         width = max((len(n.unique_name) for n in nodes), default=0)
         mark = "  [reduce]" if reduce else ""
         for node in nodes:
-            name = _one_line(node.unique_name)
+            name = printable(node.unique_name)
             summary = config_summary(node.config)
             lines.append(f"  {name:<{width}}  {summary}{mark}{_predecessors(node)}")
     return "\n".join(lines) + "\n"
