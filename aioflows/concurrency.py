@@ -34,7 +34,7 @@ from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from . import _validate
-from .calls import KeyedLimiterLike, LimiterLike, guard
+from .calls import CallPolicy, KeyedLimiterLike, LimiterLike, guard
 from .errors import InvalidArgumentType
 from .retry import RetryLike
 
@@ -335,7 +335,8 @@ async def map(
     Raises:
         ValueError, TypeError: Bad arguments, before any call starts.
     """
-    call = guard(fn, rate=rate, key=key, per_key_rate=per_key_rate, retry=retry, timeout=timeout)
+    policy = CallPolicy(rate=rate, key=key, per_key_rate=per_key_rate, retry=retry, timeout=timeout)
+    call = guard(fn, policy)
     _check_concurrency(concurrency)
     source = _Source(items)
     workers = _pool_size(items, concurrency)
@@ -441,7 +442,8 @@ def imap(
     Raises:
         ValueError, TypeError: Bad arguments, before any call starts.
     """
-    call = guard(fn, rate=rate, key=key, per_key_rate=per_key_rate, retry=retry, timeout=timeout)
+    policy = CallPolicy(rate=rate, key=key, per_key_rate=per_key_rate, retry=retry, timeout=timeout)
+    call = guard(fn, policy)
     _check_concurrency(concurrency)
     return IMap(call, _Source(items), concurrency, bool(ordered), bool(return_exceptions))
 

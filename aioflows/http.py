@@ -27,9 +27,8 @@ import anyio
 import httpx
 
 from . import _validate
-from .calls import KeyedLimiterLike, LimiterLike, as_keyed_limiter, as_limiter, guard
-from .limits import KeyedRateLimiter, RateLimiter
-from .retry import Retry, RetryLike, as_retry
+from .calls import CallPolicy, KeyedLimiterLike, LimiterLike, as_keyed_limiter, as_limiter, guard
+from .retry import USE_DEFAULT, RetryLike, UseDefault, as_retry
 
 __all__ = ["HttpClient"]
 
@@ -69,8 +68,9 @@ class HttpClient(httpx.AsyncClient):
             ``127.0.0.1:8080`` with a port that is not the scheme's default).
         concurrency: At most this many requests in flight at once, a request holding its slot
             until its response is closed (None: httpx's own limits).
-        retry: Retry policy (a ``Retry`` or a number of attempts). Its default ``on``
-            (any exception) is narrowed to the transient kinds above; give ``on=`` to choose.
+        retry: Retry policy (a ``Retry``, a number of attempts, or None: no retry; by
+            default ``Retry(3)``). Its default ``on`` (any exception) is narrowed to the
+            transient kinds above; give ``on=`` to choose.
         httpx_kwargs: Passed to ``httpx.AsyncClient`` (headers, timeout, transport, mounts,
             http2, limits, verify...).
 
@@ -89,7 +89,7 @@ class HttpClient(httpx.AsyncClient):
         rate: LimiterLike | None = None,
         per_host_rate: KeyedLimiterLike | None = None,
         concurrency: int | None = None,
-        retry: RetryLike = Retry(3),  # noqa: B008 - a frozen dataclass: safe to share
+        retry: RetryLike | UseDefault = USE_DEFAULT,
         **httpx_kwargs: Any,
     ) -> None:
         if concurrency is not None:
@@ -97,13 +97,19 @@ class HttpClient(httpx.AsyncClient):
         policy = as_retry(retry)
         if policy is not None and policy.on is Exception:
             policy = dataclasses.replace(policy, on=(_RetryableStatus, *RETRY_ERRORS))
-        limiter = as_limiter(rate)
+        # The limiters are made here, once: every transport of the client shares them.
         keyed = as_keyed_limiter(per_host_rate)
+        limits = CallPolicy(
+            rate=as_limiter(rate),
+            key=_host_key if keyed is not None else None,
+            per_key_rate=keyed,
+            retry=policy,
+        )
         super().__init__(base_url=base_url, **httpx_kwargs)
         slots = anyio.Semaphore(concurrency) if concurrency is not None else None
 
         def limited(inner: httpx.AsyncBaseTransport) -> httpx.AsyncBaseTransport:
-            return _LimitedTransport(inner, limiter, keyed, policy, slots)
+            return _LimitedTransport(inner, limits, slots)
 
         # httpx has built the transports from the kwargs (transport=, http2, limits, verify,
         # mounts=, proxies from the environment): wrap what it built rather than build it again,
@@ -124,19 +130,13 @@ class _LimitedTransport(httpx.AsyncBaseTransport):
     def __init__(
         self,
         inner: httpx.AsyncBaseTransport,
-        limiter: RateLimiter | None,
-        keyed: KeyedRateLimiter | None,
-        retry: Retry | None,
+        policy: CallPolicy,
         slots: anyio.Semaphore | None,
     ) -> None:
         self._inner = inner
         self._slots = slots
         self._send: Callable[[httpx.Request], Awaitable[httpx.Response]] = guard(
-            self._attempt,
-            rate=limiter,
-            key=_host_key if keyed is not None else None,
-            per_key_rate=keyed,
-            retry=retry,
+            self._attempt, policy
         )
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:

@@ -40,7 +40,15 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from . import _validate
 from .errors import AioflowsError, InvalidArgument, InvalidArgumentType, RateLimited
 from .limits import RateLike, RateLimiter, as_rate
-from .retry import DEFAULT_MAX_WAIT, Retry, RetryLike, as_retry, throttle_delay
+from .retry import (
+    DEFAULT_MAX_WAIT,
+    USE_DEFAULT,
+    Retry,
+    RetryLike,
+    UseDefault,
+    as_retry,
+    throttle_delay,
+)
 
 if sys.platform != "win32":
     import fcntl
@@ -319,7 +327,7 @@ class Launcher:
         cost: Callable[[dict[str, Any]], float] | None = None,
         concurrency: int = 16,
         samples: int = 1,
-        retry: RetryLike = Retry(3),  # noqa: B008 - frozen, safe to share
+        retry: RetryLike | UseDefault = USE_DEFAULT,
         fault_tolerant: bool = True,
         output: str | os.PathLike[str] | None = None,
         resume: bool = True,

@@ -11,21 +11,26 @@ throttle makes anything wait longer than that (``Retry-After: 1000000000`` is va
 from __future__ import annotations
 
 import email.utils
+import enum
 import math
 import random
 import sys
 import time
 from dataclasses import KW_ONLY, dataclass
-from typing import TypeAlias
+from typing import Final, Literal, TypeAlias
 
 from . import _validate
 from .errors import InvalidArgumentType, RateLimited
 
 __all__ = [
     "DEFAULT_MAX_WAIT",
+    "DEFAULT_RETRY",
+    "THROTTLE_BACKOFF",
+    "USE_DEFAULT",
     "RateLimited",
     "Retry",
     "RetryLike",
+    "UseDefault",
     "as_retry",
     "parse_retry_after",
     "throttle_delay",
@@ -101,14 +106,42 @@ class Retry:
 #: ``Retry().max_wait``.
 DEFAULT_MAX_WAIT: float = 300.0
 
+#: Seconds a throttle that did not say how long (no ``Retry-After``) rests the limiter or key
+#: when there is no :class:`Retry` whose backoff would say it (``retry=None``): never 0, which
+#: would let every caller behind that limiter hit the throttled end again at once.
+THROTTLE_BACKOFF: float = 1.0
+
+#: The policy of the entry points whose ``retry`` defaults to a policy (``Launcher``,
+#: ``launch``, ``HttpClient``).
+DEFAULT_RETRY: Final = Retry(3)
+
 #: Wherever ``retry`` is accepted: a :class:`Retry`, an int meaning ``Retry(attempts=n)``, or None.
 RetryLike: TypeAlias = Retry | int | None
 
 
-def as_retry(value: RetryLike) -> Retry | None:
-    """Coerce ``retry=`` once, at the API edge."""
+class _UseDefault(enum.Enum):
+    """The type of :data:`USE_DEFAULT` (an enum member, so that ``is`` narrows it for mypy)."""
+
+    USE_DEFAULT = "USE_DEFAULT"
+
+    def __repr__(self) -> str:
+        # What it stands for, so that signatures (help(), the API docs) read ``retry=Retry(3)``.
+        return f"Retry({DEFAULT_RETRY.attempts})"
+
+
+#: ``retry=`` not given: the entry point's default policy, :data:`DEFAULT_RETRY` (httpx's
+#: ``USE_CLIENT_DEFAULT``). A sentinel rather than a ``Retry(3)`` in the signature: one policy
+#: object, defined once, and ``None`` stays free to mean "no retry".
+USE_DEFAULT: Final = _UseDefault.USE_DEFAULT
+UseDefault: TypeAlias = Literal[_UseDefault.USE_DEFAULT]
+
+
+def as_retry(value: RetryLike | UseDefault) -> Retry | None:
+    """Coerce ``retry=`` once, at the API edge (:data:`USE_DEFAULT` is :data:`DEFAULT_RETRY`)."""
     if value is None or isinstance(value, Retry):
         return value
+    if value is USE_DEFAULT:
+        return DEFAULT_RETRY
     if isinstance(value, bool) or not isinstance(value, int):
         raise InvalidArgumentType(f"retry must be a Retry, an int or None, got {value!r}")
     return Retry(value)

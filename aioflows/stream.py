@@ -31,7 +31,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from . import _validate
 from ._callables import is_async_callable
-from .calls import LimiterLike, check_timeout, guard
+from .calls import CallPolicy, LimiterLike, check_timeout, guard
 from .concurrency import (
     _BLOCKED,
     _DONE,
@@ -198,17 +198,17 @@ class Stage:
         self.workers = _check_workers(workers)
         self.flat = bool(flat)
         self.name = _name_of(fn, name)
-        limit = check_timeout(timeout)
+        policy = CallPolicy(rate=rate, retry=retry, timeout=timeout)  # validated now, once
+        limit = policy.timeout
         call = _as_flat(fn, limit) if self.flat else _as_async(fn)
         if limit is not None and not is_async_callable(fn) and not isasyncgenfunction(fn):
             call = _late_is_timeout(call, limit)  # fn runs in a worker thread
-        guard(call, rate=rate, retry=retry, timeout=timeout)  # validates now, before any run
-        self._options = (call, rate, retry, timeout)
+        self._options = (call, policy)
 
     def _callable(self) -> Callable[[Any], Awaitable[Any]]:
         # Built per run: a rate given as a value gives each run its own limiter, as in map.
-        call, rate, retry, timeout = self._options
-        return guard(call, rate=rate, retry=retry, timeout=timeout)
+        call, policy = self._options
+        return guard(call, policy)
 
     def __repr__(self) -> str:
         return f"Stage({self.name}, workers={self.workers}{', flat' if self.flat else ''})"

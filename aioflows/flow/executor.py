@@ -40,7 +40,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from .. import _validate
 from .._callables import is_async_callable
-from ..calls import as_limiter, guard
+from ..calls import guard
 from ..errors import CorruptObject, FlowError, FlowFailed, MissingObject
 from ..stores.base import ResultStore
 from ..stores.jsontext import holds_text
@@ -319,13 +319,7 @@ class _Executor:
         self.async_events = on_event is not None and is_async_callable(on_event)
         self.cancelled = anyio.get_cancelled_exc_class()
         self.calls = {
-            name: guard(
-                self._attempt,
-                rate=as_limiter(spec.options.rate),
-                retry=spec.options.retry,
-                timeout=spec.options.timeout,
-            )
-            for name, spec in graph.specs.items()
+            name: guard(self._attempt, spec.options.policy) for name, spec in graph.specs.items()
         }
         # Tasks whose function is awaited directly: no guard around it, one level less.
         self.direct = {

@@ -8,14 +8,13 @@ predecessors; :mod:`aioflows.flow.graph` turns the specs into task instances, an
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from .. import _validate
-from ..calls import LimiterLike, check_timeout
+from ..calls import CallPolicy, LimiterLike
 from ..errors import FlowError
-from ..limits import RateLimiter, as_rate
-from ..retry import Retry, RetryLike, as_retry
+from ..retry import RetryLike
 from ..stores.base import check_part
 
 if TYPE_CHECKING:
@@ -35,10 +34,9 @@ class TaskOptions:
     """The options ``@task`` attaches to a function (validated when the decorator runs)."""
 
     name: str | None = None
-    retry: Retry | None = None
-    timeout: float | None = None
+    #: rate, retry and timeout; a RateLimiter is shared, a rate makes a limiter per run.
+    policy: CallPolicy = field(default_factory=CallPolicy)
     concurrency: int | None = None
-    rate: LimiterLike | None = None  # a RateLimiter is shared; a rate makes one per run
     reduce: bool = False
 
 
@@ -90,10 +88,8 @@ def task(
         _validate.count("concurrency", concurrency)
     options = TaskOptions(
         name=name,
-        retry=as_retry(retry),
-        timeout=check_timeout(timeout),
+        policy=CallPolicy(rate=rate, retry=retry, timeout=timeout),
         concurrency=concurrency,
-        rate=rate if rate is None or isinstance(rate, RateLimiter) else as_rate(rate),
         reduce=bool(reduce),
     )
 
