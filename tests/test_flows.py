@@ -1021,3 +1021,29 @@ async def test_an_instance_waiting_for_its_tasks_concurrency_holds_no_global_slo
     with anyio.fail_after(10):  # a slow instance parked on a worker would deadlock this
         run = await flow.run(concurrency=2)
     assert run.ok
+
+
+async def test_a_parked_instance_is_looked_up_in_the_store_once() -> None:
+    class LookupCounter(af.MemoryStore):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lookups: Counter[str] = Counter()
+
+        async def load_info(self, *, task: str, config_hash: str) -> Any:
+            self.lookups[config_hash] += 1
+            return await super().load_info(task=task, config_hash=config_hash)
+
+    order: list[int] = []
+
+    @af.task(concurrency=1)
+    async def one_at_a_time(i: int) -> None:
+        order.append(i)
+        await anyio.lowlevel.checkpoint()
+
+    flow = af.Flow()
+    flow.add(one_at_a_time, {"i": [1, 2, 3, 4]})
+    store = LookupCounter()
+    run = await flow.run(store=store)
+    assert run.ok
+    assert sorted(store.lookups.values()) == [1, 1, 1, 1]  # parked ones are not looked up again
+    assert order == [1, 2, 3, 4]  # parked instances run in the order they came

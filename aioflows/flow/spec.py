@@ -276,7 +276,7 @@ class Flow:
         from .executor import run_flow
 
         return await run_flow(
-            self,
+            self.graph(),
             store=store,
             concurrency=concurrency,
             force=force,

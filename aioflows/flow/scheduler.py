@@ -1,0 +1,356 @@
+"""The scheduling loop: run every task instance as soon as its own predecessors are done.
+
+One task group holds a pool of worker tasks fed by a ready queue (a memory object stream).
+Workers are started lazily, up to ``concurrency``, only when queued instances outnumber idle
+workers; an instance is queued the moment its last predecessor settles, so independent branches
+never wait for each other (no level-by-level barrier). An instance costs a queue entry and a
+small state record, never a task and an Event of its own.
+
+A task's own ``concurrency`` is a count of free slots: an instance taken while its task has
+none is *parked* (it holds no worker, so other tasks run on) and queued again, with the slot,
+when one frees; it was looked up in the store when first taken, so it is not looked up again.
+With ``resources``, a running instance holds one item of the pool for its whole run.
+
+Failure marks the failed instance's descendants UPSTREAM_FAILED; with ``fail_fast`` the task
+group is cancelled, running instances see the cancellation and mark themselves KILLED (in
+memory only: see :mod:`aioflows.flow.cache`). A cancellation from outside does the same
+marking and then propagates. Nothing outlives :meth:`Scheduler.run`.
+
+A task that raises a ``BaseException`` that is not an ``Exception`` (``KeyboardInterrupt``,
+``SystemExit``, a test framework's failure) is FAILED like any failure, but it stops the whole
+run whatever ``fail_fast`` says (:attr:`Scheduler.fatal`).
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import anyio.abc
+import anyio.lowlevel
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from ..stores.records import TaskState
+from .events import SETTLED, now
+from .graph import TaskNode
+
+if TYPE_CHECKING:
+    from .cache import Cache
+    from .events import Events, Slot
+    from .graph import Graph
+
+__all__ = ["Begin", "Scheduler"]
+
+#: Instances a worker takes from the queue without yielding to the loop.
+_STREAK = 64
+
+#: Starts one instance: marks it RUNNING and returns the call of its body, for the worker to
+#: await (given the node, its slot and the resource it holds, None without resources).
+Begin = Callable[[TaskNode, "Slot", Any], Awaitable[Any]]
+
+
+class Scheduler:
+    """Runs ``nodes`` (a subset of ``graph``'s, closed under predecessors) in one task group.
+
+    Args:
+        graph: The expanded flow (its specs' per-task ``concurrency``).
+        nodes: The instances to run, in topological order.
+        slots: Their slots (predecessor counts set: only predecessors in the run count).
+        events: Where states change.
+        cache: The run's store, None without one.
+        begin: Starts one instance's call (the executor's part).
+        concurrency: At most this many instances at once (None: as many as there are).
+        fail_fast: A failure cancels every running instance and starts nothing more.
+        resources: Items a running instance holds one of (None: none).
+    """
+
+    def __init__(
+        self,
+        graph: Graph,
+        nodes: list[TaskNode],
+        *,
+        slots: dict[TaskNode, Slot],
+        events: Events,
+        cache: Cache | None,
+        begin: Begin,
+        concurrency: int | None,
+        fail_fast: bool,
+        resources: Sequence[Any] | None,
+    ) -> None:
+        self.nodes = nodes
+        self.slots = slots
+        self.events = events
+        self._set = events.set  # bound once: a state change is the commonest call here
+        self.cache = cache
+        self.begin = begin
+        self.fail_fast = fail_fast
+        limit = concurrency if concurrency is not None else max(1, len(nodes))
+        if resources is not None:
+            limit = min(limit, len(resources))
+        self.limit = limit
+        self.resources = list(resources) if resources is not None else None
+        self.unsettled = len(nodes)
+        self.workers = self.idle = self.queued = 0
+        self.streak = 0  # instances taken from the queue since the last checkpoint
+        self.spawning = False
+        self.errors: dict[str, BaseException] = {}
+        # The first BaseException (not an Exception) a task raised: it ends the run.
+        self.fatal: BaseException | None = None
+        self.send: MemoryObjectSendStream[TaskNode]
+        self.receive: MemoryObjectReceiveStream[TaskNode]
+        self.resource_send: MemoryObjectSendStream[Any]
+        self.resource_receive: MemoryObjectReceiveStream[Any]
+        self.task_group: anyio.abc.TaskGroup | None = None
+        self.cancelled = anyio.get_cancelled_exc_class()
+        # Per-task concurrency: free slots, and the instances parked until one frees.
+        self.task_slots = {
+            name: spec.options.concurrency
+            for name, spec in graph.specs.items()
+            if spec.options.concurrency is not None
+        }
+        self.parked: dict[str, collections.deque[TaskNode]] = {
+            name: collections.deque() for name in self.task_slots
+        }
+
+    # --- the loop -------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Run every instance; failures are in :attr:`errors` and :attr:`fatal` after."""
+        self.send, self.receive = anyio.create_memory_object_stream[TaskNode](math.inf)
+        if self.resources is not None:
+            res_send, res_receive = anyio.create_memory_object_stream[Any](math.inf)
+            for item in self.resources:
+                res_send.send_nowait(item)
+            self.resource_send, self.resource_receive = res_send, res_receive
+        try:
+            await self.events.delivering(self._schedule_all)
+        finally:
+            self.send.close()
+            self.receive.close()
+            if self.resources is not None:
+                self.resource_send.close()
+                self.resource_receive.close()
+            cache = self.cache
+            if cache is not None and cache.killed:
+                # Also after a cancellation from outside, hence the shield.
+                with anyio.CancelScope(shield=True):
+                    await cache.record_killed()
+
+    async def _schedule_all(self) -> None:
+        try:
+            async with anyio.create_task_group() as tg:
+                self.task_group = tg
+                if self.unsettled == 0:
+                    self.send.close()
+                for node in self.nodes:
+                    if self.slots[node].remaining == 0:
+                        self._enqueue(node)
+        finally:
+            self.task_group = None
+
+    def _enqueue(self, node: TaskNode) -> None:
+        self._set(node, TaskState.SCHEDULED)
+        self.send.send_nowait(node)
+        self.queued += 1
+        if not self.idle:
+            self._spawn()
+
+    def _spawn(self) -> None:
+        """Add a worker if all are busy, at most one per loop pass.
+
+        Growing by one per pass (the new worker spawns the next if the queue still outruns
+        the pool) keeps the pool as small as the work allows: instances that finish without
+        waiting are served by few workers, while instances that wait grow the pool up to
+        ``concurrency``. Thousands of idle tasks would cost memory and garbage-collector time.
+        """
+        if self.spawning or self.workers >= self.limit or self.task_group is None:
+            return
+        self.spawning = True
+        self.workers += 1
+        self.task_group.start_soon(self._worker)
+
+    async def _worker(self) -> None:
+        # A running instance's stack is this worker, then the task's own function (its guard
+        # first, if it has limiters, a retry or a timeout): every level more is a frame and a
+        # traceback entry per instance to unwind when the run is cancelled, so taking a node,
+        # the cache lookup and the state changes are steps of their own, not levels around
+        # the call.
+        self.spawning = False
+        slots = self.slots
+        try:
+            while True:
+                node = await self._take()
+                if node is None:
+                    return
+                slot = slots[node]
+                if slot.state is not TaskState.SCHEDULED or not await self._ready(node, slot):
+                    continue
+                resource: Any = None
+                held = False
+                try:
+                    if self.resources is not None:
+                        resource = await self.resource_receive.receive()
+                        held = True
+                    slot.value = await self.begin(node, slot, resource)
+                    slot.ended = now()
+                    if self.cache is not None:
+                        await self.cache.save_result(node, slot)
+                except self.cancelled:
+                    self._kill(node, slot)
+                    raise
+                except BaseException as exc:
+                    await self._fail(node, slot, exc)
+                else:
+                    self._set(node, TaskState.FINISHED)
+                    self._done(node)
+                finally:
+                    if held:
+                        self.resource_send.send_nowait(resource)
+                    if node.task in self.task_slots:
+                        self._free_task_slot(node.task)
+        except self.cancelled:
+            # The task group is being cancelled: fail-fast, or from outside, where the host
+            # task raises the cancellation on its own. The running instance has marked itself
+            # KILLED; the worker just ends. Letting the exception out would keep it on the
+            # finished task, and with it its traceback and every frame of the instance's
+            # stack, as a reference cycle only a full garbage collection frees: with
+            # thousands of instances that collection would cost more than the cancellation.
+            return
+
+    async def _take(self) -> TaskNode | None:
+        """The next queued instance (None once the queue is closed and empty)."""
+        receive = self.receive
+        try:
+            node = receive.receive_nowait()
+            self.streak += 1
+            if self.streak >= _STREAK:  # instances that never wait must not starve the loop
+                self.streak = 0
+                await anyio.lowlevel.checkpoint()
+        except anyio.WouldBlock:
+            self.streak = 0
+            self.idle += 1
+            try:
+                node = await receive.receive()
+            except anyio.EndOfStream:
+                return None
+            finally:
+                self.idle -= 1
+        except anyio.EndOfStream:
+            return None
+        self.queued -= 1
+        if self.queued and not self.idle:
+            self._spawn()
+        return node
+
+    # --- one instance -----------------------------------------------------------------------
+
+    async def _ready(self, node: TaskNode, slot: Slot) -> bool:
+        """Whether ``node`` is to run now: False if it was cached, failed to read the store,
+        or is parked until its task has a free slot (then that slot is taken here)."""
+        if slot.held:  # parked before: looked up then, and handed its slot when queued again
+            return True
+        cache = self.cache
+        if cache is not None and node.task not in cache.forced:
+            try:
+                cached = await cache.load(node, slot)
+            except Exception as exc:
+                slot.error = exc
+                self._set(node, TaskState.FAILED, exc)
+                self._failed(node, exc)
+                return False
+            if cached:
+                self._set(node, TaskState.CACHED)
+                self._done(node)
+                return False
+        if node.task in self.task_slots:
+            if not self.task_slots[node.task]:
+                self.parked[node.task].append(node)  # stays SCHEDULED; its worker moves on
+                return False
+            self.task_slots[node.task] -= 1
+        return True
+
+    def _free_task_slot(self, task: str) -> None:
+        parked = self.parked[task]
+        if not parked:
+            self.task_slots[task] += 1
+            return
+        # The longest-parked instance of the task goes back in the queue with the slot, so
+        # no instance queued meanwhile takes it first and the parked one parks again.
+        node = parked.popleft()
+        self.slots[node].held = True
+        self.send.send_nowait(node)
+        self.queued += 1
+        if not self.idle:
+            self._spawn()
+
+    def _settle(self, node: TaskNode) -> None:
+        self.unsettled -= 1
+        if self.unsettled == 0:
+            self.send.close()
+
+    def _done(self, node: TaskNode) -> None:
+        """``node`` finished or was cached: queue the successors it was the last one for."""
+        self._settle(node)
+        slots = self.slots
+        for succ in node.successors:
+            slot = slots.get(succ)
+            if slot is not None:
+                slot.remaining -= 1
+                if slot.remaining == 0 and slot.state is TaskState.PENDING:
+                    self._enqueue(succ)
+
+    def _failed(self, node: TaskNode, exc: BaseException) -> None:
+        self.errors[node.unique_name] = exc
+        self._settle(node)
+        stack = list(node.successors)
+        while stack:
+            succ = stack.pop()
+            slot = self.slots.get(succ)
+            if slot is not None and slot.state not in SETTLED:
+                self._set(succ, TaskState.UPSTREAM_FAILED)
+                self._settle(succ)
+                stack.extend(succ.successors)
+        if self.fail_fast and self.task_group is not None:
+            self.task_group.cancel_scope.cancel()
+
+    def _kill(self, node: TaskNode, slot: Slot) -> None:
+        """A cancelled running instance: KILLED in memory only, no await (the records of all
+        of them are written at once, after the cancellation: run())."""
+        if slot.state is not TaskState.RUNNING:  # cancelled while it waited for a resource
+            return
+        slot.ended = now()
+        self._set(node, TaskState.KILLED)
+        if self.cache is not None:
+            self.cache.killed.append(node)
+        self._settle(node)
+
+    async def _fail(self, node: TaskNode, slot: Slot, exc: BaseException) -> None:
+        slot.ended = now()
+        slot.error = exc
+        self._set(node, TaskState.FAILED, exc)
+        if self.cache is not None:
+            with anyio.CancelScope(shield=True):
+                await self.cache.save_failed(node, slot)
+        if not isinstance(exc, Exception):
+            self._fatal(node, exc)
+        self._failed(node, exc)
+
+    def _fatal(self, node: TaskNode, exc: BaseException) -> None:
+        """A BaseException that is not an Exception asks to stop, not to be collected: the
+        whole run is cancelled (whatever ``fail_fast``) and the executor raises it once all
+        stopped.
+
+        It is caught here rather than left to escape the worker, so that the instance is
+        recorded FAILED, the others KILLED, and it comes out as itself, not wrapped in the task
+        group's exception group.
+        """
+        if self.fatal is None:
+            self.fatal = exc
+            add_note = getattr(exc, "add_note", None)  # Python 3.11+
+            if add_note is not None:
+                add_note(f"raised by flow task instance {node.unique_name}; the run was stopped")
+        if self.task_group is not None:
+            self.task_group.cancel_scope.cancel()
