@@ -36,13 +36,13 @@ from . import _validate
 from .errors import InvalidArgument, InvalidArgumentType
 from .limits import KeyedRateLimiter, Rate, RateLike, RateLimiter, as_rate
 from .retry import (
-    DEFAULT_MAX_WAIT,
     THROTTLE_BACKOFF,
     Retry,
     RetryLike,
     UseDefault,
     as_retry,
     throttle_delay,
+    wait_cap,
 )
 
 __all__ = [
@@ -202,7 +202,7 @@ class Guard(Generic[T, H, R]):
 
     async def __call__(self, item: T) -> R:
         retry, timeout = self.retry, self.timeout
-        cap = retry.max_wait if retry is not None else DEFAULT_MAX_WAIT
+        cap = wait_cap(retry)
         failures = throttles = 0
         # Clocks are read only when there is a timeout.
         left = timeout

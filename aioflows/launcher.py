@@ -38,17 +38,10 @@ import anyio.to_thread
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from . import _validate
+from .calls import Guard
 from .errors import AioflowsError, InvalidArgument, InvalidArgumentType, RateLimited
 from .limits import RateLike, RateLimiter, as_rate
-from .retry import (
-    DEFAULT_MAX_WAIT,
-    USE_DEFAULT,
-    Retry,
-    RetryLike,
-    UseDefault,
-    as_retry,
-    throttle_delay,
-)
+from .retry import USE_DEFAULT, RetryLike, UseDefault, as_retry, throttle_delay, wait_cap
 
 if sys.platform != "win32":
     import fcntl
@@ -491,6 +484,7 @@ class _Run:
         self.per_key = {k.label: 0 for k in launcher._keys}  # calls made with each, this run
         self.written = anyio.Event()
         self.send: MemoryObjectSendStream[_Finished]
+        self.call = _KeyedCall(self)
 
     async def go(self) -> None:
         launcher = self.launcher
@@ -536,75 +530,28 @@ class _Run:
 
     async def _call(self, item: dict[str, Any], sample: int) -> _Finished:
         launcher = self.launcher
-        retry = launcher._retry
-        ident = item[launcher._id_key]
-        attempts = throttles = 0
+        pair = _Pair(item, sample, item[launcher._id_key])
         started_at = datetime.now(timezone.utc)
         started = time.monotonic()
-        key_label = ""
         output: Any = None
         error: str | None = None
-        while True:
-            prepared = dict(item)
-            prepared["sample"] = sample
-            try:
-                cost = _cost(launcher._cost, prepared)
-            except Exception as exc:  # the estimate itself failed: a failure of this pair
-                output, error = None, _describe(exc, launcher._keys)
-                self._failed(exc, ident, sample, key_label)
-                break
-            key = await self._pick(cost)
-            key_label = key.label
-            self.per_key[key.label] += 1
-            attempts += 1
-            try:
-                argument = (
-                    launcher._input_interface(prepared)
-                    if launcher._input_interface is not None
-                    else prepared
-                )
-                output = await launcher._fn(argument, Key(key, cost))
-                if launcher._output_interface is not None:
-                    output = launcher._output_interface(output)
-                error = None
-            except Exception as exc:
-                throttled, after = throttle_delay(exc)
-                max_throttles = retry.max_throttles if retry is not None else 10
-                cap = retry.max_wait if retry is not None else DEFAULT_MAX_WAIT
-                if throttled and after is not None and after > cap:
-                    # Not waited for (`Retry-After: 1000000000` is valid HTTP, and a spent
-                    # daily quota says "tomorrow"): this pair gives up at once, and the key
-                    # rests no longer than the cap, so later pairs still run on it.
-                    key.pause(cap)
-                    given_up = _too_long(after, cap)
-                    output, error = None, _describe(given_up, launcher._keys)
-                    self._failed(given_up, ident, sample, key_label)
-                    break
-                if throttled and throttles < max_throttles:
-                    # Back-pressure from this key only: it rests, the sample goes again.
-                    throttles += 1
-                    attempts -= 1
-                    self.retried += 1
-                    key.pause(min(after if after is not None else _backoff(retry, throttles), cap))
-                    continue
-                if (
-                    not throttled
-                    and retry is not None
-                    and attempts < retry.attempts
-                    and retry.retries(exc)
-                ):
-                    self.retried += 1
-                    await anyio.sleep(retry.delay(attempts))
-                    continue
-                output = None
-                error = _describe(exc, launcher._keys)
-                self._failed(exc, ident, sample, key_label)
-            break
+        try:
+            output = await self.call(pair)
+        except Exception as exc:  # for good: retries spent, not retried, or the estimate failed
+            throttled, asked = throttle_delay(exc)
+            cap = wait_cap(self.call.retry)
+            if throttled and asked is not None and asked > cap:
+                # Not waited for (`Retry-After: 1000000000` is valid HTTP, and a spent daily
+                # quota says "tomorrow"); the key rests for the cap, so later pairs still run.
+                exc = _too_long(asked, cap)
+            error = _describe(exc, launcher._keys)
+            self._failed(exc, pair.ident, sample, pair.key)
+        ident, key_label = pair.ident, pair.key
         record = {
             "id": ident,
             "sample": sample,
             "key": key_label,
-            "attempts": attempts,
+            "attempts": pair.attempts,
             "output": output,
             "error": error,
             "started_at": started_at.isoformat(),
@@ -712,6 +659,68 @@ class _Run:
         return progress.get_renderable()
 
 
+class _Pair:
+    """One (input, sample) as it goes through the guard: what its record will say."""
+
+    __slots__ = ("attempts", "cost", "ident", "item", "key", "prepared", "sample")
+
+    def __init__(self, item: dict[str, Any], sample: int, ident: Any) -> None:
+        self.item = item
+        self.sample = sample
+        self.ident = ident
+        self.attempts = 0  # calls that counted: throttled ones are given back
+        self.key = ""  # the label of the key of the last call
+        self.prepared: dict[str, Any] = item
+        self.cost = 0.0
+
+
+class _KeyedCall(Guard[_Pair, _KeyState, Any]):
+    """The launcher's calls through the one guarded loop (:class:`aioflows.calls.Guard`).
+
+    Its "limiter" is the pick of a key: each attempt takes the key whose buckets free soonest,
+    so a throttle rests only the key it came from and the pair goes again on any key; its
+    hooks count the record's ``attempts``, the calls per key and the summary's ``retried``.
+    """
+
+    __slots__ = ("_run",)
+
+    def __init__(self, run: _Run) -> None:
+        super().__init__(run.launcher._retry, None)
+        self._run = run
+
+    async def enter(self, item: _Pair) -> _KeyState:
+        run = self._run
+        prepared = dict(item.item)
+        prepared["sample"] = item.sample
+        # An estimate that fails is a failure of the pair, not retried (it would fail again).
+        item.cost = _cost(run.launcher._cost, prepared)
+        item.prepared = prepared
+        key = await run._pick(item.cost)
+        item.key = key.label
+        item.attempts += 1
+        run.per_key[key.label] += 1
+        return key
+
+    async def attempt(self, item: _Pair, held: _KeyState) -> Any:
+        launcher = self._run.launcher
+        argument = item.prepared
+        if launcher._input_interface is not None:
+            argument = launcher._input_interface(argument)
+        output = await launcher._fn(argument, Key(held, item.cost))
+        if launcher._output_interface is not None:
+            output = launcher._output_interface(output)
+        return output
+
+    def throttled(self, item: _Pair, held: _KeyState, seconds: float) -> bool:
+        held.pause(seconds)
+        return True  # the next pick waits, or takes another key
+
+    def retrying(self, item: _Pair, held: _KeyState, throttled: bool) -> None:
+        self._run.retried += 1
+        if throttled:
+            item.attempts -= 1  # a throttle is not an attempt
+
+
 def _take_ready(receive: MemoryObjectReceiveStream[_Finished]) -> list[_Finished]:
     taken = []
     while True:
@@ -735,10 +744,6 @@ def _too_long(after: float, cap: float) -> RateLimited:
         "not waited for",
     )
     return throttle
-
-
-def _backoff(retry: Retry | None, count: int) -> float:
-    return retry.delay(count) if retry is not None else 1.0
 
 
 def _line(record: dict[str, Any]) -> bytes:

@@ -34,6 +34,7 @@ __all__ = [
     "as_retry",
     "parse_retry_after",
     "throttle_delay",
+    "wait_cap",
 ]
 
 
@@ -114,6 +115,12 @@ THROTTLE_BACKOFF: float = 1.0
 #: The policy of the entry points whose ``retry`` defaults to a policy (``Launcher``,
 #: ``launch``, ``HttpClient``).
 DEFAULT_RETRY: Final = Retry(3)
+
+
+def wait_cap(retry: Retry | None) -> float:
+    """The longest any throttle under ``retry`` may rest a limiter or key: ``max_wait``."""
+    return retry.max_wait if retry is not None else DEFAULT_MAX_WAIT
+
 
 #: Wherever ``retry`` is accepted: a :class:`Retry`, an int meaning ``Retry(attempts=n)``, or None.
 RetryLike: TypeAlias = Retry | int | None

@@ -336,3 +336,89 @@ async def test_waiting_for_a_limiters_tokens_does_not_count_against_timeout_issu
     limiter = af.RateLimiter(1, burst=1)
     assert await af.map(quick, [1, 2, 3], rate=limiter, timeout=0.5, concurrency=3) == [1, 2, 3]
     assert now() == pytest.approx(2)
+
+
+# --- issue 11: one set of throttle/retry semantics, through map and through launch -------------
+
+
+@pytest.mark.parametrize(
+    ("retry", "throttle", "expected_calls"),
+    [
+        # no Retry-After: the policy's backoff (1, 2, 4 s), max_throttles=3 tolerated, then raised
+        (af.Retry(2, backoff=1, jitter=False, max_throttles=3), af.RateLimited(), [0, 1, 3, 7]),
+        # with Retry-After: that wait, not the backoff
+        (af.Retry(1, backoff=9, jitter=False, max_throttles=2), af.RateLimited(2), [0, 2, 4]),
+        # retry=None: never called twice, the throttle raised at once
+        (None, af.RateLimited(), [0]),
+        (None, af.RateLimited(5), [0]),
+        # asking for more than max_wait: raised at once, not waited for
+        (af.Retry(3, max_wait=10), af.RateLimited(11), [0]),
+    ],
+    ids=["backoff", "retry-after", "none", "none-retry-after", "over-max-wait"],
+)
+async def test_map_and_launch_treat_a_throttle_alike_issue11(
+    retry: af.Retry | None, throttle: af.RateLimited, expected_calls: list[float]
+) -> None:
+    map_calls: list[float] = []
+
+    async def through_map(x: int) -> int:
+        map_calls.append(now())
+        raise throttle
+
+    start = now()
+    with pytest.raises(af.RateLimited) as by_map:
+        await af.map(through_map, [1], retry=retry)
+    map_calls = [t - start for t in map_calls]
+
+    launch_calls: list[float] = []
+
+    async def through_launch(sample: dict[str, object], key: af.Key) -> int:
+        launch_calls.append(now())
+        raise throttle
+
+    start = now()
+    with pytest.raises(af.RateLimited) as by_launch:
+        await af.launch(through_launch, [{"id": 1}], retry=retry, fault_tolerant=False)
+    launch_calls = [t - start for t in launch_calls]
+
+    assert map_calls == launch_calls == [pytest.approx(t) for t in expected_calls]
+    assert by_map.value is throttle  # map raises the throttle itself...
+    assert by_launch.value.retry_after == throttle.retry_after  # ...launch a scrubbed copy of it
+
+
+async def test_a_throttle_without_retry_after_rests_the_limiter_even_without_retry_issue11() -> (
+    None
+):
+    # retry=None does not retry, but the limiter still rests: the next call is not made at once
+    # into the end that said "too many requests" (THROTTLE_BACKOFF, 1 s; it was 0 s).
+    from aioflows.retry import THROTTLE_BACKOFF
+
+    limiter = af.RateLimiter(100)
+    calls: list[float] = []
+
+    async def first_throttled(x: int) -> int:
+        calls.append(now())
+        if x == 0:
+            raise af.RateLimited()
+        return x
+
+    results = await af.map(
+        first_throttled, [0, 1], rate=limiter, concurrency=1, return_exceptions=True
+    )
+    assert isinstance(results[0], af.RateLimited)
+    assert results[1] == 1
+    assert THROTTLE_BACKOFF == 1.0
+    assert calls == [0, pytest.approx(THROTTLE_BACKOFF)]
+
+    keyed_calls: list[float] = []
+
+    async def fn(sample: dict[str, object], key: af.Key) -> int:
+        keyed_calls.append(now())
+        if sample["id"] == 0:
+            raise af.RateLimited()
+        return 1
+
+    start = now()
+    records = await af.launch(fn, [{"id": 0}, {"id": 1}], retry=None, concurrency=1)
+    assert [r["error"] is None for r in records] == [False, True]
+    assert [t - start for t in keyed_calls] == [0, pytest.approx(THROTTLE_BACKOFF)]
