@@ -108,6 +108,48 @@ def is_cancellation(exc: BaseException) -> bool:
     return isinstance(exc, anyio.get_cancelled_exc_class())
 
 
+class _Waiters:
+    """A FIFO of tasks parked until woken: the one wait queue under :class:`Admit` and
+    :class:`QueueSource`.
+
+    A waiter cancelled while it waits leaves the queue; one cancelled just as it was woken
+    hands what woke it on (``pass_on``), so no wake-up is ever lost. Waking pops the oldest
+    live waiter, so there is no barging past the queue.
+    """
+
+    __slots__ = ("_queue",)
+
+    def __init__(self) -> None:
+        self._queue: collections.deque[asyncio.Future[None]] = collections.deque()
+
+    def wake(self) -> bool:
+        """Wake the oldest waiter; False if none waits."""
+        queue = self._queue
+        while queue:
+            waiter = queue.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return True
+        return False
+
+    def wake_all(self) -> None:
+        while self.wake():
+            pass
+
+    async def wait(self, pass_on: Callable[[], object]) -> None:
+        waiter = asyncio.get_running_loop().create_future()
+        self._queue.append(waiter)
+        try:
+            await waiter
+        except BaseException:
+            if waiter.done() and not waiter.cancelled():
+                pass_on()  # woken just as we were cancelled: what woke us is another's
+            else:
+                with contextlib.suppress(ValueError):
+                    self._queue.remove(waiter)
+            raise
+
+
 # --- sources -------------------------------------------------------------------------------
 
 
@@ -171,25 +213,19 @@ class Source(Generic[T]):
     async def pull(self) -> Pulled[T]:
         """The next ``(index, item)``, or :data:`DONE` when exhausted; a source error
         propagates."""
-        if self._done:
-            return DONE
-        if self.iterator is not None:
+        pulled = self.pull_nowait()
+        if pulled is not BLOCKED:
+            return pulled
+        assert self._lock is not None
+        assert self._aiter is not None
+        async with self._lock:
+            if self._done:
+                return DONE
             try:
-                item = next(self.iterator)
-            except StopIteration:
+                item = await anext(self._aiter)
+            except StopAsyncIteration:
                 self._done = True
                 return DONE
-        else:
-            assert self._lock is not None
-            assert self._aiter is not None
-            async with self._lock:
-                if self._done:
-                    return DONE
-                try:
-                    item = await anext(self._aiter)
-                except StopAsyncIteration:
-                    self._done = True
-                    return DONE
         index = self._count
         self._count = index + 1
         return index, item
@@ -267,7 +303,7 @@ class QueueSource(Generic[T]):
         self._items: collections.deque[T] = collections.deque()
         self._count = 0
         self._closed = False
-        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._waiters = _Waiters()
         #: Called after each put; a growing :class:`Pool` sets it.
         self.on_put: Callable[[], None] | None = None
 
@@ -284,25 +320,14 @@ class QueueSource(Generic[T]):
         if self._closed:
             raise RuntimeError("put() on a closed QueueSource")
         self._items.append(item)
-        self._wake()
+        self._waiters.wake()
         if self.on_put is not None:
             self.on_put()
 
     def close(self) -> None:
         """End the stream once the queued items are pulled; waiting workers see DONE."""
         self._closed = True
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-
-    def _wake(self) -> None:
-        waiters = self._waiters
-        while waiters:
-            waiter = waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-                return
+        self._waiters.wake_all()
 
     def pull_nowait(self) -> PulledNowait[T]:
         items = self._items
@@ -317,17 +342,7 @@ class QueueSource(Generic[T]):
             pulled = self.pull_nowait()
             if pulled is not BLOCKED:
                 return pulled
-            waiter = asyncio.get_running_loop().create_future()
-            self._waiters.append(waiter)
-            try:
-                await waiter
-            except BaseException:
-                if waiter.done() and not waiter.cancelled():
-                    self._wake()  # woken just as we were cancelled: the item is another's
-                else:
-                    with contextlib.suppress(ValueError):
-                        self._waiters.remove(waiter)
-                raise
+            await self._waiters.wait(self._waiters.wake)
 
     async def aclose(self) -> None:
         """Close, dropping what is still queued (the pool that pulled from it has stopped)."""
@@ -354,7 +369,7 @@ class Admit:
 
     def __init__(self, slots: int) -> None:
         self.free = slots
-        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._waiters = _Waiters()
 
     def try_acquire(self) -> bool:
         if self.free > 0:
@@ -363,28 +378,12 @@ class Admit:
         return False
 
     async def acquire(self) -> None:
-        if self.try_acquire():
-            return
-        waiter = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
-        try:
-            await waiter
-        except BaseException:
-            if waiter.done() and not waiter.cancelled():
-                self.release()  # granted just as we were cancelled: pass it on
-            else:
-                with contextlib.suppress(ValueError):
-                    self._waiters.remove(waiter)
-            raise
+        if not self.try_acquire():
+            await self._waiters.wait(self.release)  # granted, then cancelled: passed on
 
     def release(self) -> None:
-        waiters = self._waiters
-        while waiters:
-            waiter = waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-                return
-        self.free += 1
+        if not self._waiters.wake():  # the slot goes straight to the oldest waiter
+            self.free += 1
 
 
 # --- sinks ---------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ import anyio
 from anyio.streams.memory import MemoryObjectSendStream
 
 from ._callables import is_async_callable
-from .concurrency import Emit, _Admit
+from ._workers import Admit, Emit
 from .errors import InvalidArgumentType
 
 __all__: list[str] = []
@@ -270,7 +270,7 @@ class _OrderedFlatSink:
     def __init__(
         self,
         send: MemoryObjectSendStream[Any],
-        admit: _Admit,
+        admit: Admit,
         emit: Emit,
         emit_one: Emit,
         room: int,

@@ -1,8 +1,8 @@
-"""Streaming pipelines: stages joined by bounded streams, run by the same pools as ``imap``.
+"""Streaming pipelines: stages joined by bounded streams, run by the same pool as ``imap``.
 
-Each ``Stage`` (and ``Filter``, ``Unbatch``, ``Union``) is a worker pool of
-:mod:`aioflows.concurrency` pulling from the stream before it and emitting into a stream of at
-most ``buffer`` items after it, so a slow stage slows the source instead of letting items pile
+Each ``Stage`` (and ``Filter``, ``Unbatch``, ``Union``) is a worker pool
+(:class:`aioflows._workers.Pool`) pulling from the stream before it and emitting into a stream
+of at most ``buffer`` items after it, so a slow stage slows the source instead of letting items pile
 up. ``ordered=True`` keeps each stage's outputs in input order with that pool's ordered sink:
 a finished item waits only for the ones before it (the completed prefix is emitted at once),
 and admission holds back when the stage runs ``max(buffer, 2 * workers)`` items ahead of the
@@ -31,19 +31,21 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from . import _validate
 from ._callables import is_async_callable
-from .calls import CallPolicy, LimiterLike, check_timeout, guard
-from .concurrency import (
-    _BLOCKED,
-    _DONE,
+from ._workers import (
+    DONE,
+    Admit,
     Driven,
-    _Admit,
-    _emit,
-    _is_cancellation,
-    _OrderedSink,
-    _Pool,
-    _Source,
-    _UnorderedSink,
+    OrderedSink,
+    Pool,
+    Source,
+    StreamSource,
+    UnorderedSink,
+    drive,
+    emit,
+    feeding,
+    is_cancellation,
 )
+from .calls import CallPolicy, LimiterLike, check_timeout, guard
 from .errors import InvalidArgument, InvalidArgumentType
 from .flat import (
     _END,
@@ -109,7 +111,7 @@ class _Emitter:
         if self._stamp:
             item = (self._count, item)
             self._count += 1
-        await _emit(send, item)
+        await emit(send, item)
 
     def nowait(self, send: MemoryObjectSendStream[Any], outcome: Any) -> bool:
         """Hand ``outcome`` on if that needs no waiting; False (having done nothing) if not."""
@@ -325,7 +327,7 @@ class Union:
                 try:
                     outs[i] = await calls[i](item)
                 except BaseException as exc:
-                    if _is_cancellation(exc):
+                    if is_cancellation(exc):
                         raise
                     errors.append(exc)
                     tg.cancel_scope.cancel()  # the other branches' work is moot
@@ -344,51 +346,6 @@ class Union:
 
 
 _Step = Stage | Filter | Batch | Unbatch | Union
-
-
-class _StreamSource(_Source[Any]):
-    """The stream before a stage, as a source its pool pulls ``(index, item)`` from.
-
-    Several workers may receive from one memory stream at once, so no lock is needed, and a
-    waiting item is taken without a checkpoint.
-    """
-
-    __slots__ = ("_receive",)
-
-    def __init__(self, receive: MemoryObjectReceiveStream[Any]) -> None:
-        super().__init__(())
-        self._receive = receive
-
-    def pull_nowait(self) -> tuple[int, Any]:
-        if self._done:
-            return _DONE  # type: ignore[no-any-return]
-        try:
-            return self._receive.receive_nowait()  # type: ignore[no-any-return]
-        except anyio.WouldBlock:
-            return _BLOCKED  # type: ignore[no-any-return]
-        except anyio.EndOfStream:
-            self._done = True
-            return _DONE  # type: ignore[no-any-return]
-
-    async def pull(self) -> tuple[int, Any]:
-        """The next ``(index, item)``, numbered by the stage that sent it."""
-        if self._done:
-            return _DONE  # type: ignore[no-any-return]
-        try:
-            return self._receive.receive_nowait()  # type: ignore[no-any-return]
-        except anyio.WouldBlock:
-            try:
-                return await self._receive.receive()  # type: ignore[no-any-return]
-            except anyio.EndOfStream:
-                self._done = True
-                return _DONE  # type: ignore[no-any-return]
-        except anyio.EndOfStream:
-            self._done = True
-            return _DONE  # type: ignore[no-any-return]
-
-    async def aclose(self) -> None:
-        self._done = True
-        self._receive.close()
 
 
 class Pipeline:
@@ -427,7 +384,7 @@ class Pipeline:
 
     def stream(self, source: Iterable[Any] | AsyncIterable[Any]) -> PipelineStream:
         """The outputs, as an async iterator (and async context manager) over ``source``."""
-        return PipelineStream(self, _Source(source))
+        return PipelineStream(self, Source(source))
 
     async def run(self, source: Iterable[Any] | AsyncIterable[Any]) -> list[Any]:
         """Every output, as a list."""
@@ -465,13 +422,12 @@ def _guarded(call: Callable[[Any], Awaitable[Any]], name: str, on_error: str) ->
 class PipelineStream(Driven[Any]):
     """What :meth:`Pipeline.stream` returns: an async iterator and async context manager."""
 
-    __slots__ = ("_error", "_pipeline", "_source", "_streams")
+    __slots__ = ("_pipeline", "_source", "_streams")
 
-    def __init__(self, pipeline: Pipeline, source: _Source[Any]) -> None:
+    def __init__(self, pipeline: Pipeline, source: Source[Any]) -> None:
         super().__init__()
         self._pipeline = pipeline
         self._source = source
-        self._error: list[BaseException] = []
         self._streams: list[MemoryObjectSendStream[Any] | MemoryObjectReceiveStream[Any]] = []
 
     async def _drain(self) -> list[Any]:
@@ -497,9 +453,6 @@ class PipelineStream(Driven[Any]):
             raise self._error[0]
         return out
 
-    def _failure(self) -> BaseException | None:
-        return self._error[0] if self._error else None
-
     async def _release(self) -> None:
         self._drop()
         with anyio.CancelScope(shield=True):
@@ -513,20 +466,20 @@ class PipelineStream(Driven[Any]):
         pipeline = self._pipeline
         receive: MemoryObjectReceiveStream[Any] | None = None
         runners: list[Callable[[], Awaitable[None]]] = []
-        source: _Source[Any] = self._source
+        source: Source[Any] | StreamSource[Any] = self._source
         last = len(pipeline.stages) - 1
         for i, step in enumerate(pipeline.stages):
             send, receive = anyio.create_memory_object_stream[Any](pipeline.buffer)
             self._streams += (send, receive)
             runners.append(_runner(step, source, send, pipeline, _Emitter(stamp=i < last)))
-            source = _StreamSource(receive)
+            source = StreamSource(receive)
         self._receive = receive
-        return _drive(runners, self._error)
+        return drive(runners, self._error)
 
 
 def _runner(
     step: _Step,
-    source: _Source[Any],
+    source: Source[Any] | StreamSource[Any],
     send: MemoryObjectSendStream[Any],
     pipeline: Pipeline,
     emit: _Emitter,
@@ -536,22 +489,17 @@ def _runner(
     plain = step._callable()
     call = _guarded(plain, step.name, pipeline.on_error)
     call_sync = plain.sync if call is plain and isinstance(plain, _KeepSync) else None
-    admit: _Admit | None = None
+    admit: Admit | None = None
     if pipeline.ordered and step.workers > 1:
-        admit = _Admit(max(pipeline.buffer, 2 * step.workers))
+        admit = Admit(max(pipeline.buffer, 2 * step.workers))
         if isinstance(step, Stage) and step.flat:
             sink: Any = _OrderedFlatSink(send, admit, emit, emit.one, pipeline.buffer)
         else:
-            sink = _OrderedSink(send, admit, emit, emit.nowait)
+            sink = OrderedSink(send, admit, emit, emit.nowait)
     else:  # one worker emits in order anyway
-        sink = _UnorderedSink(send, emit, emit.nowait)
-    pool = _Pool(call, source, step.workers, False, sink, admit, call_sync)
-
-    async def run() -> None:
-        with send:
-            await pool.run()
-
-    return run
+        sink = UnorderedSink(send, emit, emit.nowait)
+    pool = Pool(call, source, step.workers, sink=sink, admit=admit, call_sync=call_sync)
+    return feeding(pool, send)
 
 
 class _Batching:
@@ -568,7 +516,10 @@ class _Batching:
 
 
 async def _batch(
-    step: Batch, source: _Source[Any], send: MemoryObjectSendStream[Any], emit: _Emitter
+    step: Batch,
+    source: Source[Any] | StreamSource[Any],
+    send: MemoryObjectSendStream[Any],
+    emit: _Emitter,
 ) -> None:
     """Fill batches from ``source``. A partial batch is flushed by a timer task rather than by
     cancelling a receive on a deadline, which could lose the item being handed over."""
@@ -594,7 +545,7 @@ async def _batch(
     async def fill() -> None:
         while True:
             pulled = await source.pull()
-            if pulled is _DONE:
+            if pulled is DONE:
                 break
             item = pulled[1]
             if type(item) is Failed:
@@ -619,7 +570,7 @@ async def _batch(
                     await fill()
                 except BaseException as exc:
                     # A failing source is raised as itself, not in the task group's group.
-                    if _is_cancellation(exc):
+                    if is_cancellation(exc):
                         raise
                     failure.append(exc)
                 tg.cancel_scope.cancel()  # the timer has nothing left to time
@@ -627,24 +578,3 @@ async def _batch(
             await source.aclose()
     if failure:
         raise failure[0]
-
-
-async def _drive(runners: list[Callable[[], Awaitable[None]]], error: list[BaseException]) -> None:
-    """The driver task of a :class:`PipelineStream`: every stage in one task group."""
-    async with anyio.create_task_group() as tg:
-
-        async def guard_stage(run: Callable[[], Awaitable[None]]) -> None:
-            try:
-                await run()
-            except BaseException as exc:
-                # The first failure wins and stops everything; it is raised as itself, a
-                # BaseException too (left to the task group, it would end the stream as if
-                # the input had, and the reader would never see it).
-                if _is_cancellation(exc):
-                    raise
-                if not error:
-                    error.append(exc)
-                tg.cancel_scope.cancel()
-
-        for run in runners:
-            tg.start_soon(guard_stage, run)

@@ -574,9 +574,9 @@ async def test_an_imap_never_started_can_be_dropped_or_closed_cleanly() -> None:
 async def test_admission_slots_are_never_lost_or_doubled() -> None:
     """A waiter cancelled just as it was granted a slot passes it on; one cancelled while
     waiting leaves the queue."""
-    from aioflows.concurrency import _Admit
+    from aioflows._workers import Admit
 
-    admit = _Admit(1)
+    admit = Admit(1)
     assert admit.try_acquire()
     assert not admit.try_acquire()
     first = asyncio.ensure_future(admit.acquire())
