@@ -12,8 +12,13 @@ from ._version import __version__
 from .concurrency import imap as imap
 from .concurrency import map as map
 from .errors import AioflowsError as AioflowsError
+from .errors import CorruptObject as CorruptObject
 from .errors import FlowError as FlowError
 from .errors import FlowFailed as FlowFailed
+from .errors import InvalidArgument as InvalidArgument
+from .errors import InvalidArgumentType as InvalidArgumentType
+from .errors import MissingObject as MissingObject
+from .errors import OutputFileError as OutputFileError
 from .errors import RateLimited as RateLimited
 from .flow.config import expand_config as expand_config
 from .flow.context import TaskContext as TaskContext
@@ -29,6 +34,7 @@ from .flow.spec import task as task
 from .http import HttpClient as HttpClient
 from .launcher import Key as Key
 from .launcher import Launcher as Launcher
+from .launcher import LaunchFailed as LaunchFailed
 from .launcher import LaunchSummary as LaunchSummary
 from .launcher import launch as launch
 from .limits import KeyedRateLimiter as KeyedRateLimiter
@@ -52,6 +58,7 @@ from .stream import Union as Union
 __all__ = [
     "AioflowsError",
     "Batch",
+    "CorruptObject",
     "Failed",
     "Filter",
     "Flow",
@@ -60,12 +67,17 @@ __all__ = [
     "FlowRun",
     "Graph",
     "HttpClient",
+    "InvalidArgument",
+    "InvalidArgumentType",
     "Key",
     "KeyedRateLimiter",
+    "LaunchFailed",
     "LaunchSummary",
     "Launcher",
     "LocalFileStore",
     "MemoryStore",
+    "MissingObject",
+    "OutputFileError",
     "Pipeline",
     "Promise",
     "Rate",

@@ -3,16 +3,22 @@
 Every error the library raises derives from :class:`AioflowsError`, so one ``except`` clause
 catches them all. Where the contract promises a builtin (``ValueError`` for a bad argument,
 ``TypeError`` for something that is not callable), the class derives from both, so code written
-against the builtin keeps working::
+against the builtin keeps working. All of them are importable from ``aioflows``::
 
     AioflowsError
-     ├── InvalidArgument (also ValueError)   a bad value, reported before any work starts
-     ├── InvalidArgumentType (also TypeError)   a value of the wrong kind
-     ├── RateLimited                          the remote end throttled a call
-     ├── MissingObject (also KeyError)        a store holds no object under that key
-     ├── CorruptObject                        a stored file cannot be decoded
-     ├── FlowError (also ValueError)          a flow cannot be built as declared
-     └── FlowFailed                           a flow ran and some task instances failed
+     ├── InvalidArgument (also ValueError)       a bad value, reported before any work starts
+     ├── InvalidArgumentType (also TypeError)    a value of the wrong kind
+     ├── RateLimited                             the remote end throttled a call
+     ├── MissingObject (also KeyError)           a store holds no object under that key
+     ├── CorruptObject                           a stored file cannot be decoded
+     ├── FlowError (also ValueError)             a flow cannot be built as declared
+     ├── FlowFailed                              a flow ran and some task instances failed
+     ├── OutputFileError (also ValueError)       a launcher's output file is not one it wrote,
+     │                                           or another launcher is writing it
+     └── LaunchFailed                            a launch with fault_tolerant=False stopped at a
+                                                 pair that failed (also that pair's error class
+                                                 where it can be; defined in aioflows.launcher,
+                                                 beside the scrubbing it needs)
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ __all__ = [
     "InvalidArgument",
     "InvalidArgumentType",
     "MissingObject",
+    "OutputFileError",
     "RateLimited",
 ]
 
@@ -139,3 +146,8 @@ class FlowFailed(AioflowsError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.run, self.errors))
+
+
+class OutputFileError(AioflowsError, ValueError):
+    """The output file is not a JSONL file written by the launcher, or another launcher is
+    writing it (it holds the file's lock)."""

@@ -39,7 +39,13 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from . import _validate
 from .calls import Guard
-from .errors import AioflowsError, InvalidArgument, InvalidArgumentType, RateLimited
+from .errors import (
+    AioflowsError,
+    InvalidArgument,
+    InvalidArgumentType,
+    OutputFileError,  # defined with the other errors, re-exported from here as before
+    RateLimited,
+)
 from .limits import RateLike, RateLimiter, as_rate
 from .retry import USE_DEFAULT, RetryLike, UseDefault, as_retry, throttle_delay, wait_cap
 
@@ -52,11 +58,6 @@ __all__ = ["Key", "LaunchFailed", "LaunchSummary", "Launcher", "OutputFileError"
 FSYNC_EVERY = 1.0
 #: Seconds the writer lets finished records gather between two writes.
 WRITE_EVERY = 0.02
-
-
-class OutputFileError(AioflowsError, ValueError):
-    """The output file is not a JSONL file written by the launcher, or another launcher is
-    writing it (it holds the file's lock)."""
 
 
 class LaunchFailed(AioflowsError):

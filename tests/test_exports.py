@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
+import re
+
 import aioflows as af
 
 # API.md section 1 (limits). Later sections add their names here as they land.
@@ -46,7 +49,20 @@ SECTION_4 = {"Batch", "Failed", "Filter", "Pipeline", "Stage", "Unbatch", "Union
 SECTION_6 = {"HttpClient"}
 # API.md section 5 (launcher).
 SECTION_5 = {"Key", "LaunchSummary", "Launcher", "launch"}
-PUBLIC = SECTION_1 | SECTION_2 | SECTION_3 | SECTION_4 | SECTION_5 | SECTION_6
+# The whole error hierarchy (issue 11), drawn in aioflows/errors.py's docstring.
+ERRORS = {
+    "AioflowsError",
+    "CorruptObject",
+    "FlowError",
+    "FlowFailed",
+    "InvalidArgument",
+    "InvalidArgumentType",
+    "LaunchFailed",
+    "MissingObject",
+    "OutputFileError",
+    "RateLimited",
+}
+PUBLIC = SECTION_1 | SECTION_2 | SECTION_3 | SECTION_4 | SECTION_5 | SECTION_6 | ERRORS
 
 
 def test_all_is_exactly_the_public_api() -> None:
@@ -66,3 +82,31 @@ def test_library_errors_share_one_base() -> None:
 
     for name in errors.__all__:
         assert issubclass(getattr(errors, name), af.AioflowsError)
+
+
+def test_issue11_the_whole_error_hierarchy_is_exported_and_drawn() -> None:
+    from aioflows import errors, launcher
+
+    defined = {
+        name
+        for name, obj in vars(errors).items()
+        if inspect.isclass(obj) and issubclass(obj, BaseException) and not name.startswith("_")
+    }
+    assert defined == set(errors.__all__)
+    exported = {
+        name
+        for name in af.__all__
+        if inspect.isclass(obj := getattr(af, name)) and issubclass(obj, BaseException)
+    }
+    assert defined <= exported
+    assert exported == ERRORS
+    for name in exported:
+        assert issubclass(getattr(af, name), af.AioflowsError), name
+    # The drawing names every class, and no class that is not exported.
+    doc = errors.__doc__ or ""
+    drawing = doc[doc.index("    AioflowsError") :]
+    drawn = set(re.findall(r"^    (AioflowsError)\b|── (\w+)", drawing, re.MULTILINE))
+    assert {a or b for a, b in drawn} == exported
+    # The launcher's names still import from where they always did.
+    assert launcher.OutputFileError is af.OutputFileError
+    assert launcher.LaunchFailed is af.LaunchFailed
