@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Callable
-from types import TracebackType
 
 import anyio
 import anyio.abc
@@ -120,12 +119,8 @@ class LiveDisplay:
         task_group.start_soon(self._redraw)
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
+        # The body's exception is not looked at: it propagates as it is once the display stops.
         task_group, self._task_group = self._task_group, None
         try:
             if task_group is not None:

@@ -53,9 +53,11 @@ class InvalidArgumentType(AioflowsError, TypeError):
 class RateLimited(AioflowsError):
     """Raised by a callable to say "the remote end throttled me".
 
-    A retry loop (``map``, ``imap``, and later ``Stage``, ``task`` and ``Launcher``) treats it as
-    back-pressure, not failure: it pauses the limiter the call went through for ``retry_after``
-    seconds (or its backoff when ``None``), then calls again without counting a failed attempt.
+    The one guarded call under ``map``, ``imap``, ``Stage``, ``task``, ``HttpClient`` and
+    ``Launcher`` (:mod:`aioflows.calls`) treats it as back-pressure, not failure: it pauses the
+    limiter (or key) the call went through for ``retry_after`` seconds (when ``None``, the
+    policy's backoff, or :data:`aioflows.retry.THROTTLE_BACKOFF` without a policy), then calls
+    again without counting a failed attempt.
     Throttles are bounded separately (``Retry.max_throttles``) so a call throttled forever still
     ends, with this exception.
 

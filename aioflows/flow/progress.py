@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from types import TracebackType
 from typing import TYPE_CHECKING
 
 from rich.console import Console, Group, RenderableType
@@ -315,19 +314,14 @@ class FlowProgress:
         self._display = self._live = display
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         display, self._display = self._display, None
         self._finished = True
         try:
             self._stop()  # the last frame, with the clock stopped
         finally:
             if display is not None:
-                await display.__aexit__(exc_type, exc, tb)
+                await display.__aexit__(*exc_info)
 
 
 def _complete(counts: list[int]) -> bool:
