@@ -108,25 +108,22 @@ def is_cancellation(exc: BaseException) -> bool:
     return isinstance(exc, anyio.get_cancelled_exc_class())
 
 
-class _Waiters:
+class _Waiters(collections.deque["asyncio.Future[None]"]):
     """A FIFO of tasks parked until woken: the one wait queue under :class:`Admit` and
     :class:`QueueSource`.
 
     A waiter cancelled while it waits leaves the queue; one cancelled just as it was woken
     hands what woke it on (``pass_on``), so no wake-up is ever lost. Waking pops the oldest
-    live waiter, so there is no barging past the queue.
+    live waiter. (A deque itself, so that "anyone waiting?" is a C-level truth test on the
+    hot paths that release or put.)
     """
 
-    __slots__ = ("_queue",)
-
-    def __init__(self) -> None:
-        self._queue: collections.deque[asyncio.Future[None]] = collections.deque()
+    __slots__ = ()
 
     def wake(self) -> bool:
         """Wake the oldest waiter; False if none waits."""
-        queue = self._queue
-        while queue:
-            waiter = queue.popleft()
+        while self:
+            waiter = self.popleft()
             if not waiter.done():
                 waiter.set_result(None)
                 return True
@@ -138,7 +135,7 @@ class _Waiters:
 
     async def wait(self, pass_on: Callable[[], object]) -> None:
         waiter = asyncio.get_running_loop().create_future()
-        self._queue.append(waiter)
+        self.append(waiter)
         try:
             await waiter
         except BaseException:
@@ -146,7 +143,7 @@ class _Waiters:
                 pass_on()  # woken just as we were cancelled: what woke us is another's
             else:
                 with contextlib.suppress(ValueError):
-                    self._queue.remove(waiter)
+                    self.remove(waiter)
             raise
 
 
@@ -320,7 +317,8 @@ class QueueSource(Generic[T]):
         if self._closed:
             raise RuntimeError("put() on a closed QueueSource")
         self._items.append(item)
-        self._waiters.wake()
+        if self._waiters:
+            self._waiters.wake()
         if self.on_put is not None:
             self.on_put()
 
@@ -382,7 +380,8 @@ class Admit:
             await self._waiters.wait(self.release)  # granted, then cancelled: passed on
 
     def release(self) -> None:
-        if not self._waiters.wake():  # the slot goes straight to the oldest waiter
+        waiters = self._waiters
+        if not (waiters and waiters.wake()):  # a slot goes straight to the oldest waiter
             self.free += 1
 
 
