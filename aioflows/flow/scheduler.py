@@ -1,20 +1,21 @@
 """The scheduling loop: run every task instance as soon as its own predecessors are done.
 
-One task group holds a pool of worker tasks fed by a ready queue (a memory object stream).
-Workers are started lazily, up to ``concurrency``, only when queued instances outnumber idle
-workers; an instance is queued the moment its last predecessor settles, so independent branches
-never wait for each other (no level-by-level barrier). An instance costs a queue entry and a
-small state record, never a task and an Event of its own.
+The instances run on the one worker pool (:class:`aioflows._workers.Pool`), fed by a ready
+queue (a :class:`~aioflows._workers.QueueSource`): an instance is queued the moment its last
+predecessor settles, so independent branches never wait for each other (no level-by-level
+barrier). The pool grows lazily, up to ``concurrency``, only while queued instances outnumber
+idle workers. An instance costs a queue entry and a small state record, never a task and an
+Event of its own.
 
 A task's own ``concurrency`` is a count of free slots: an instance taken while its task has
 none is *parked* (it holds no worker, so other tasks run on) and queued again, with the slot,
 when one frees; it was looked up in the store when first taken, so it is not looked up again.
 With ``resources``, a running instance holds one item of the pool for its whole run.
 
-Failure marks the failed instance's descendants UPSTREAM_FAILED; with ``fail_fast`` the task
-group is cancelled, running instances see the cancellation and mark themselves KILLED (in
-memory only: see :mod:`aioflows.flow.cache`). A cancellation from outside does the same
-marking and then propagates. Nothing outlives :meth:`Scheduler.run`.
+Failure marks the failed instance's descendants UPSTREAM_FAILED; with ``fail_fast`` the pool
+is cancelled, running instances see the cancellation and mark themselves KILLED (in memory
+only: see :mod:`aioflows.flow.cache`). A cancellation from outside does the same marking and
+then propagates. Nothing outlives :meth:`Scheduler.run`.
 
 A task that raises a ``BaseException`` that is not an ``Exception`` (``KeyboardInterrupt``,
 ``SystemExit``, a test framework's failure) is FAILED like any failure, but it stops the whole
@@ -29,10 +30,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import anyio
-import anyio.abc
-import anyio.lowlevel
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from .._workers import Pool, QueueSource
 from ..stores.records import TaskState
 from .events import SETTLED, now
 from .graph import TaskNode
@@ -43,9 +43,6 @@ if TYPE_CHECKING:
     from .graph import Graph
 
 __all__ = ["Begin", "Scheduler"]
-
-#: Instances a worker takes from the queue without yielding to the loop.
-_STREAK = 64
 
 #: Starts one instance: marks it RUNNING and returns the call of its body, for the worker to
 #: await (given the node, its slot and the resource it holds, None without resources).
@@ -90,20 +87,15 @@ class Scheduler:
         limit = concurrency if concurrency is not None else max(1, len(nodes))
         if resources is not None:
             limit = min(limit, len(resources))
-        self.limit = limit
         self.resources = list(resources) if resources is not None else None
         self.unsettled = len(nodes)
-        self.workers = self.idle = self.queued = 0
-        self.streak = 0  # instances taken from the queue since the last checkpoint
-        self.spawning = False
         self.errors: dict[str, BaseException] = {}
         # The first BaseException (not an Exception) a task raised: it ends the run.
         self.fatal: BaseException | None = None
-        self.send: MemoryObjectSendStream[TaskNode]
-        self.receive: MemoryObjectReceiveStream[TaskNode]
+        self.ready: QueueSource[TaskNode] = QueueSource()
+        self.pool = Pool(self._instance, self.ready, limit, grow=True)
         self.resource_send: MemoryObjectSendStream[Any]
         self.resource_receive: MemoryObjectReceiveStream[Any]
-        self.task_group: anyio.abc.TaskGroup | None = None
         self.cancelled = anyio.get_cancelled_exc_class()
         # Per-task concurrency: free slots, and the instances parked until one frees.
         self.task_slots = {
@@ -119,7 +111,6 @@ class Scheduler:
 
     async def run(self) -> None:
         """Run every instance; failures are in :attr:`errors` and :attr:`fatal` after."""
-        self.send, self.receive = anyio.create_memory_object_stream[TaskNode](math.inf)
         if self.resources is not None:
             res_send, res_receive = anyio.create_memory_object_stream[Any](math.inf)
             for item in self.resources:
@@ -128,8 +119,7 @@ class Scheduler:
         try:
             await self.events.delivering(self._schedule_all)
         finally:
-            self.send.close()
-            self.receive.close()
+            self.ready.close()
             if self.resources is not None:
                 self.resource_send.close()
                 self.resource_receive.close()
@@ -140,110 +130,54 @@ class Scheduler:
                     await cache.record_killed()
 
     async def _schedule_all(self) -> None:
-        try:
-            async with anyio.create_task_group() as tg:
-                self.task_group = tg
-                if self.unsettled == 0:
-                    self.send.close()
-                for node in self.nodes:
-                    if self.slots[node].remaining == 0:
-                        self._enqueue(node)
-        finally:
-            self.task_group = None
+        if self.unsettled == 0:
+            self.ready.close()
+        for node in self.nodes:
+            if self.slots[node].remaining == 0:
+                self._enqueue(node)
+        await self.pool.run()
 
     def _enqueue(self, node: TaskNode) -> None:
         self._set(node, TaskState.SCHEDULED)
-        self.send.send_nowait(node)
-        self.queued += 1
-        if not self.idle:
-            self._spawn()
+        self.ready.put(node)
 
-    def _spawn(self) -> None:
-        """Add a worker if all are busy, at most one per loop pass.
+    async def _instance(self, node: TaskNode) -> None:
+        """Run one queued instance: the pool's call.
 
-        Growing by one per pass (the new worker spawns the next if the queue still outruns
-        the pool) keeps the pool as small as the work allows: instances that finish without
-        waiting are served by few workers, while instances that wait grow the pool up to
-        ``concurrency``. Thousands of idle tasks would cost memory and garbage-collector time.
+        A running instance's stack is the pool's worker, this, then the task's own function
+        (its guard first, if it has limiters, a retry or a timeout): every level more is a
+        frame and a traceback entry per instance to unwind when the run is cancelled, so the
+        cache lookup and the state changes are steps of their own, not levels around the call.
         """
-        if self.spawning or self.workers >= self.limit or self.task_group is None:
+        slot = self.slots[node]
+        if slot.state is not TaskState.SCHEDULED or not await self._ready(node, slot):
             return
-        self.spawning = True
-        self.workers += 1
-        self.task_group.start_soon(self._worker)
-
-    async def _worker(self) -> None:
-        # A running instance's stack is this worker, then the task's own function (its guard
-        # first, if it has limiters, a retry or a timeout): every level more is a frame and a
-        # traceback entry per instance to unwind when the run is cancelled, so taking a node,
-        # the cache lookup and the state changes are steps of their own, not levels around
-        # the call.
-        self.spawning = False
-        slots = self.slots
+        resource: Any = None
+        held = False
         try:
-            while True:
-                node = await self._take()
-                if node is None:
-                    return
-                slot = slots[node]
-                if slot.state is not TaskState.SCHEDULED or not await self._ready(node, slot):
-                    continue
-                resource: Any = None
-                held = False
-                try:
-                    if self.resources is not None:
-                        resource = await self.resource_receive.receive()
-                        held = True
-                    slot.value = await self.begin(node, slot, resource)
-                    slot.ended = now()
-                    if self.cache is not None:
-                        await self.cache.save_result(node, slot)
-                except self.cancelled:
-                    self._kill(node, slot)
-                    raise
-                except BaseException as exc:
-                    await self._fail(node, slot, exc)
-                else:
-                    self._set(node, TaskState.FINISHED)
-                    self._done(node)
-                finally:
-                    if held:
-                        self.resource_send.send_nowait(resource)
-                    if node.task in self.task_slots:
-                        self._free_task_slot(node.task)
+            if self.resources is not None:
+                resource = await self.resource_receive.receive()
+                held = True
+            slot.value = await self.begin(node, slot, resource)
+            slot.ended = now()
+            if self.cache is not None:
+                await self.cache.save_result(node, slot)
         except self.cancelled:
-            # The task group is being cancelled: fail-fast, or from outside, where the host
-            # task raises the cancellation on its own. The running instance has marked itself
-            # KILLED; the worker just ends. Letting the exception out would keep it on the
-            # finished task, and with it its traceback and every frame of the instance's
-            # stack, as a reference cycle only a full garbage collection frees: with
-            # thousands of instances that collection would cost more than the cancellation.
-            return
-
-    async def _take(self) -> TaskNode | None:
-        """The next queued instance (None once the queue is closed and empty)."""
-        receive = self.receive
-        try:
-            node = receive.receive_nowait()
-            self.streak += 1
-            if self.streak >= _STREAK:  # instances that never wait must not starve the loop
-                self.streak = 0
-                await anyio.lowlevel.checkpoint()
-        except anyio.WouldBlock:
-            self.streak = 0
-            self.idle += 1
-            try:
-                node = await receive.receive()
-            except anyio.EndOfStream:
-                return None
-            finally:
-                self.idle -= 1
-        except anyio.EndOfStream:
-            return None
-        self.queued -= 1
-        if self.queued and not self.idle:
-            self._spawn()
-        return node
+            self._kill(node, slot)
+            # The pool is being cancelled (fail-fast, or from outside): its worker ends. A
+            # CancelledError the task raised of its own kills only this instance.
+            if anyio.current_effective_deadline() == -math.inf:
+                raise
+        except BaseException as exc:
+            await self._fail(node, slot, exc)
+        else:
+            self._set(node, TaskState.FINISHED)
+            self._done(node)
+        finally:
+            if held:
+                self.resource_send.send_nowait(resource)
+            if node.task in self.task_slots:
+                self._free_task_slot(node.task)
 
     # --- one instance -----------------------------------------------------------------------
 
@@ -281,15 +215,12 @@ class Scheduler:
         # no instance queued meanwhile takes it first and the parked one parks again.
         node = parked.popleft()
         self.slots[node].held = True
-        self.send.send_nowait(node)
-        self.queued += 1
-        if not self.idle:
-            self._spawn()
+        self.ready.put(node)
 
     def _settle(self, node: TaskNode) -> None:
         self.unsettled -= 1
         if self.unsettled == 0:
-            self.send.close()
+            self.ready.close()
 
     def _done(self, node: TaskNode) -> None:
         """``node`` finished or was cached: queue the successors it was the last one for."""
@@ -313,8 +244,8 @@ class Scheduler:
                 self._set(succ, TaskState.UPSTREAM_FAILED)
                 self._settle(succ)
                 stack.extend(succ.successors)
-        if self.fail_fast and self.task_group is not None:
-            self.task_group.cancel_scope.cancel()
+        if self.fail_fast:
+            self.pool.cancel()
 
     def _kill(self, node: TaskNode, slot: Slot) -> None:
         """A cancelled running instance: KILLED in memory only, no await (the records of all
@@ -352,5 +283,4 @@ class Scheduler:
             add_note = getattr(exc, "add_note", None)  # Python 3.11+
             if add_note is not None:
                 add_note(f"raised by flow task instance {node.unique_name}; the run was stopped")
-        if self.task_group is not None:
-            self.task_group.cancel_scope.cancel()
+        self.pool.cancel()
