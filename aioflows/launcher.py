@@ -2,10 +2,13 @@
 
 Each call takes the key whose buckets free soonest (a request bucket per key, and a token
 bucket when ``tokens_per_key`` and ``cost`` are given), so keys share the load by their limits
-rather than in turn. A throttle (``RateLimited``, HTTP 429) pauses only that key, for as long as
-the server asked, and puts the sample back without counting an attempt; a throttle asking for
-more than ``Retry.max_wait`` is not waited for (the pair fails with ``RateLimited``), and no key
-rests longer than that.
+rather than in turn. The calls run on the one worker pool (:mod:`aioflows._workers`), pulling
+the input as they free up, and each goes through the one guarded loop of :mod:`aioflows.calls`
+(the retry and throttle rules of ``map``), whose "limiter" here is the pick of a key: a throttle
+(``RateLimited``, HTTP 429) rests only that key, for as long as the server asked, and the sample
+goes again, on any key, without counting an attempt; a throttle asking for more than
+``Retry.max_wait`` is not waited for (the pair fails with ``RateLimited``), and no key rests
+longer than that.
 
 Every finished (id, sample) pair is one JSON line, written by a single writer task as results
 come in and fsynced periodically. The file is the resume state: on start, pairs already in it
@@ -20,17 +23,28 @@ carry the key's label.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import math
 import os
 import sys
 import time
 import types
-from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, BinaryIO, TypeAlias
+from typing import Any, BinaryIO, Concatenate, ParamSpec, TypeAlias
 
 import anyio
 import anyio.lowlevel
@@ -38,6 +52,7 @@ import anyio.to_thread
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from . import _validate
+from ._workers import Pool, Source
 from .calls import Guard
 from .errors import (
     AioflowsError,
@@ -53,6 +68,15 @@ if sys.platform != "win32":
     import fcntl
 
 __all__ = ["Key", "LaunchFailed", "LaunchSummary", "Launcher", "OutputFileError", "launch"]
+
+P = ParamSpec("P")
+
+#: What a launcher calls: ``fn(sample, key)``.
+LaunchFn: TypeAlias = "Callable[[dict[str, Any], Key], Awaitable[Any]]"
+#: What a launcher runs over: dicts, from an iterable or an async iterable.
+LaunchData: TypeAlias = Iterable[dict[str, Any]] | AsyncIterable[dict[str, Any]]
+#: One call to make: an input and its sample number.
+_Work: TypeAlias = tuple[dict[str, Any], int]
 
 #: Seconds between fsyncs of the output file (every write is flushed at once).
 FSYNC_EVERY = 1.0
@@ -307,13 +331,43 @@ def _clean_error(
 class Launcher:
     """Run ``fn(sample, key)`` over many inputs, ``samples`` times each, across API keys.
 
-    See docs/launcher.md. Every argument is checked here, before anything runs; the input is
-    checked (ids present and unique) when :meth:`run` starts, before the first call.
+    Usage::
+
+        launcher = af.Launcher(ask, keys=api_keys, rate_per_key="60/min", output="out.jsonl")
+        summary = await launcher.run(prompts)
+
+    Args:
+        fn: ``async fn(sample, key)``: ``sample`` is a copy of the input with its ``"sample"``
+            number, ``key`` the :class:`Key` the call must use.
+        keys: The API key strings, or a mapping of key string to that key's rate. Empty: one
+            unlimited key, ``"default"``, whose secret is None.
+        rate_per_key: Requests per unit of time for each key (None: no limit).
+        tokens_per_key: A token budget for each key, such as ``"90000/min"``; with ``cost``.
+        cost: ``cost(sample)``: the tokens a call is expected to use, reserved before it.
+        concurrency: Most calls in flight at once.
+        samples: How many independent times each input runs.
+        retry: The policy of each call (a ``Retry``, a number of attempts, or None: no retry;
+            by default ``Retry(3)``). Throttles follow the rules of ``map``: they rest the
+            key, do not count an attempt, and the pair goes again on any key.
+        fault_tolerant: False: the first pair that fails for good stops the run, raised as a
+            :class:`LaunchFailed`.
+        output: The JSONL file each finished pair is appended to (None: no file).
+        resume: Skip the pairs already in ``output`` without an error.
+        id_key: The field that identifies an input, unique within the input.
+        input_interface: What ``fn`` receives instead of the sample.
+        output_interface: What is recorded instead of ``fn``'s result.
+        progress: Draw a progress bar on stderr.
+
+    Every argument is checked here, before anything runs; the input as :meth:`run` pulls it
+    (a list or tuple whole, before the first call). docs/launcher.md says more.
+
+    Raises:
+        ValueError, TypeError: A bad argument (``InvalidArgument``, ``InvalidArgumentType``).
     """
 
     def __init__(
         self,
-        fn: Callable[[dict[str, Any], Key], Awaitable[Any]],
+        fn: LaunchFn,
         *,
         keys: Sequence[str] | Mapping[str, RateLike | None] = (),
         rate_per_key: RateLike | None = None,
@@ -366,53 +420,50 @@ class Launcher:
         labels = [k.label for k in self._keys]
         return f"Launcher(keys={labels}, samples={self._samples}, output={self._output})"
 
-    async def run(
-        self, data: Iterable[dict[str, Any]] | AsyncIterable[dict[str, Any]]
-    ) -> LaunchSummary:
-        """Run every (input, sample) not already done in ``output``; returns the summary."""
+    async def run(self, data: LaunchData) -> LaunchSummary:
+        """Run every (input, sample) not already done in ``output``; returns the summary.
+
+        ``data`` is pulled as calls free up, never read whole: an infinite generator or a file
+        of millions of lines is fine. Each item is checked when it is pulled (a dict, with a
+        hashable id that is unique and reads back from JSON as itself); a bad one stops the run
+        with ``InvalidArgument`` once reached, after what finished has been written, so that a
+        resume goes on from there. A list or tuple, already in memory, is checked whole before
+        the first call.
+        """
         summary, _ = await self._run(data, keep=False)
         return summary
 
     async def _run(
-        self, data: Iterable[dict[str, Any]] | AsyncIterable[dict[str, Any]], keep: bool
+        self, data: LaunchData, keep: bool
     ) -> tuple[LaunchSummary, list[dict[str, Any]]]:
-        items = await self._read_input(data)
+        source = _Input(data, self._id_key, self._samples, keep)  # a list is checked here, whole
         if self._output is None:
-            return await self._go(items, {}, None, keep)
+            return await self._go(source, {}, None)
         # Read even without resume: a file that is not ours is refused, never appended to.
         # Shielded, so that a cancellation cannot drop the open, locked handle on its way here.
         with anyio.CancelScope(shield=True):
             handle, done = await anyio.to_thread.run_sync(_open_output, self._output)
         try:
-            return await self._go(items, done if self._resume else {}, handle, keep)
+            return await self._go(source, done if self._resume else {}, handle)
         finally:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(handle.close)  # and the lock goes with it
 
     async def _go(
         self,
-        items: list[dict[str, Any]],
+        source: _Input,
         done: dict[tuple[Any, int], dict[str, Any]],
         handle: BinaryIO | None,
-        keep: bool,
     ) -> tuple[LaunchSummary, list[dict[str, Any]]]:
         """Run what ``done`` does not hold, appending to ``handle``; the summary and records."""
-        ids = {item[self._id_key] for item in items}
-        skipped = sum(1 for (i, s) in done if i in ids and s < self._samples)
-        work = [
-            (item, sample)
-            for item in items
-            for sample in range(self._samples)
-            if (item[self._id_key], sample) not in done
-        ]
-        run = _Run(self, work, handle, keep)
+        run = _Run(self, handle, source.start(done), keep=source.order is not None)
         started = time.monotonic()
-        await run.go()
+        await run.go(source.pairs)
         summary = LaunchSummary(
-            total=len(items) * self._samples,
+            total=source.total,
             succeeded=run.succeeded,
             failed=run.failed,
-            skipped=skipped,
+            skipped=source.skipped,
             retried=run.retried,
             duration_s=time.monotonic() - started,
             per_key=dict(run.per_key),
@@ -420,64 +471,126 @@ class Launcher:
         if run.error is not None:
             raise run.error from None  # a clean error: nothing chained, nothing to leak
         records = []
-        if keep:
+        if source.order is not None:
             by_pair = {(r["id"], r["sample"]): r for r in run.records}
-            for item in items:
-                for sample in range(self._samples):
-                    pair = (item[self._id_key], sample)
-                    record = by_pair.get(pair) or done.get(pair)
-                    if record is not None:
-                        records.append(record)
+            for pair in source.order:
+                record = by_pair.get(pair) or done.get(pair)
+                if record is not None:
+                    records.append(record)
         return summary, records
 
-    async def _read_input(
-        self, data: Iterable[dict[str, Any]] | AsyncIterable[dict[str, Any]]
-    ) -> list[dict[str, Any]]:
-        if isinstance(data, AsyncIterable):
-            items = [item async for item in data]
-        elif isinstance(data, Iterable) and not isinstance(data, (str, bytes, Mapping)):
-            items = list(data)
-        else:
+
+class _Input:
+    """A run's input as it is pulled: each item checked as it comes, then its pairs not done.
+
+    A list or tuple is checked whole when the run starts (it is in memory already, and then a
+    bad item fails before any work); any other iterable item by item, as the pool pulls it.
+    What the checks keep is the ids seen (they must be unique); with ``keep`` (``launch``),
+    the order of the pairs as well, for the records it returns.
+    """
+
+    __slots__ = (
+        "_done",
+        "_id_key",
+        "_list",
+        "_samples",
+        "_seen",
+        "order",
+        "pairs",
+        "skipped",
+        "total",
+    )
+
+    def __init__(self, data: LaunchData, id_key: str, samples: int, keep: bool) -> None:
+        if not isinstance(data, AsyncIterable) and (
+            not isinstance(data, Iterable) or isinstance(data, (str, bytes, Mapping))
+        ):
             raise InvalidArgumentType(f"data must be an iterable of dicts, got {data!r}")
-        seen: set[Any] = set()
-        for index, item in enumerate(items):
-            if not isinstance(item, Mapping):
-                raise InvalidArgument(f"input item #{index} is not a dict: {item!r:.80}")
-            if self._id_key not in item:
-                raise InvalidArgument(f"input item #{index} has no {self._id_key!r}: {item!r:.80}")
-            ident = item[self._id_key]
-            try:
-                duplicate = ident in seen
-            except TypeError:
-                raise InvalidArgument(
-                    f"input item #{index}: id {_show(ident)} is not hashable"
-                ) from None
-            if duplicate:
-                raise InvalidArgument(f"duplicate id {_show(ident)} in the input (item #{index})")
-            if not _faithful(ident):  # the file is the resume state: an id must come back as is
-                raise InvalidArgument(
-                    f"input item #{index}: id {_show(ident)} cannot be written to the output and "
-                    "read back as the same value; an id is a str, an int, a finite float, a "
-                    "bool, None, or a tuple of these"
-                )
-            seen.add(ident)
-        return items
+        self._id_key = id_key
+        self._samples = samples
+        self._seen: set[Any] = set()
+        self._done: dict[tuple[Any, int], dict[str, Any]] = {}
+        self.order: list[tuple[Any, int]] | None = [] if keep else None
+        self.total = self.skipped = 0  # pairs pulled so far, and those of them found done
+        self._list = data if isinstance(data, (list, tuple)) else None
+        for index, item in enumerate(self._list or ()):
+            self._check(index, item)
+        self.pairs: Iterable[_Work] | AsyncIterable[_Work] = (
+            self._async_pairs(data) if isinstance(data, AsyncIterable) else self._sync_pairs(data)
+        )
+
+    def start(self, done: dict[tuple[Any, int], dict[str, Any]]) -> int | None:
+        """Skip the pairs of ``done``; the number of pairs to run, if known before (a list)."""
+        self._done = done
+        if self._list is None:
+            return None
+        samples, id_key = range(self._samples), self._id_key
+        return sum((item[id_key], s) not in done for item in self._list for s in samples)
+
+    def _check(self, index: int, item: Any) -> Any:
+        """``item``'s id, once the item is known good (and its id new); else InvalidArgument."""
+        if not isinstance(item, Mapping):
+            raise InvalidArgument(f"input item #{index} is not a dict: {item!r:.80}")
+        if self._id_key not in item:
+            raise InvalidArgument(f"input item #{index} has no {self._id_key!r}: {item!r:.80}")
+        ident = item[self._id_key]
+        try:
+            duplicate = ident in self._seen
+        except TypeError:
+            raise InvalidArgument(
+                f"input item #{index}: id {_show(ident)} is not hashable"
+            ) from None
+        if duplicate:
+            raise InvalidArgument(f"duplicate id {_show(ident)} in the input (item #{index})")
+        if not _faithful(ident):  # the file is the resume state: an id must come back as is
+            raise InvalidArgument(
+                f"input item #{index}: id {_show(ident)} cannot be written to the output and "
+                "read back as the same value; an id is a str, an int, a finite float, a "
+                "bool, None, or a tuple of these"
+            )
+        self._seen.add(ident)
+        return ident
+
+    def _pairs_of(self, item: dict[str, Any], ident: Any) -> Iterator[_Work]:
+        for sample in range(self._samples):
+            pair = (ident, sample)
+            self.total += 1
+            if self.order is not None:
+                self.order.append(pair)
+            if pair in self._done:
+                self.skipped += 1
+            else:
+                yield item, sample
+
+    def _sync_pairs(self, data: Iterable[dict[str, Any]]) -> Iterator[_Work]:
+        for index, item in enumerate(data):
+            ident = item[self._id_key] if self._list is not None else self._check(index, item)
+            yield from self._pairs_of(item, ident)
+
+    async def _async_pairs(self, data: AsyncIterable[dict[str, Any]]) -> AsyncIterator[_Work]:
+        items = aiter(data)
+        try:
+            index = 0
+            async for item in items:
+                for pair in self._pairs_of(item, self._check(index, item)):
+                    yield pair
+                index += 1
+        finally:
+            # Stopped early (a failure, a cancellation): the input's own cleanup runs now.
+            closer = getattr(items, "aclose", None)
+            if closer is not None:
+                await closer()
 
 
 class _Run:
-    """The state of one :meth:`Launcher.run`: workers, the writer, counters."""
+    """The state of one :meth:`Launcher.run`: the pool of calls, the writer, counters."""
 
     def __init__(
-        self,
-        launcher: Launcher,
-        work: list[tuple[dict[str, Any], int]],
-        handle: BinaryIO | None,
-        keep: bool,
+        self, launcher: Launcher, handle: BinaryIO | None, total: int | None, keep: bool
     ) -> None:
         self.launcher = launcher
         self.handle = handle
-        self.work = iter(work)
-        self.total = len(work)
+        self.total = total  # pairs to run, when known before the first (a list or tuple input)
         self.keep = keep
         self.records: list[dict[str, Any]] = []
         self.succeeded = self.failed = self.retried = self.finished = 0
@@ -486,31 +599,41 @@ class _Run:
         self.written = anyio.Event()
         self.send: MemoryObjectSendStream[_Finished]
         self.call = _KeyedCall(self)
+        self.pool: Pool
 
-    async def go(self) -> None:
-        launcher = self.launcher
+    async def go(self, pairs: Iterable[_Work] | AsyncIterable[_Work]) -> None:
+        """Run the calls on the one worker pool while the writer writes what finishes."""
+        concurrency = self.launcher._concurrency
         send, receive = anyio.create_memory_object_stream[_Finished](math.inf)
         self.send = send
-        workers = min(launcher._concurrency, max(1, self.total))
+        self.pool = Pool(self._work, Source(pairs), concurrency)
+        failure: Exception | None = None
         # Closed here too: a writer cancelled before its first step has no finally to run.
         with receive:
             async with anyio.create_task_group() as outer:
                 outer.start_soon(self._writer, receive)
-                if launcher._progress:
+                if self.launcher._progress:
                     outer.start_soon(self._show_progress)
                 with send:
-                    async with anyio.create_task_group() as tg:
-                        self.task_group = tg
-                        for _ in range(workers):
-                            tg.start_soon(self._worker)
+                    try:
+                        await self.pool.run(
+                            None if self.total is None else max(1, min(concurrency, self.total))
+                        )
+                    except Exception as exc:  # the input failed: a bad item, its iterator raised
+                        failure = exc  # raised once the writer has written what finished
+        if failure is not None:
+            raise failure
 
-    async def _worker(self) -> None:
-        for item, sample in self.work:
-            record, line = await self._call(item, sample)
-            self.send.send_nowait((record, line))
-            if record["error"] is not None and not self.launcher._fault_tolerant:
-                self.task_group.cancel_scope.cancel()  # admit nothing more, stop the rest
-                return
+    async def _work(self, pair: _Work) -> None:
+        if self.error is not None:
+            # Stopping (fault_tolerant=False): this item is not started, and the worker ends
+            # here, at the checkpoint of its cancelled pool, before it pulls another.
+            await anyio.lowlevel.checkpoint()
+            return
+        record, line = await self._call(*pair)
+        self.send.send_nowait((record, line))
+        if record["error"] is not None and not self.launcher._fault_tolerant:
+            self.pool.cancel()  # admit nothing more, stop the rest
 
     async def _pick(self, cost: float) -> _KeyState:
         """The key whose buckets free soonest (ties go round the keys), its buckets taken."""
@@ -889,12 +1012,39 @@ def _read_done(raw: bytes, path: Path) -> dict[tuple[Any, int], dict[str, Any]]:
     return done
 
 
-async def launch(
-    fn: Callable[[dict[str, Any], Key], Awaitable[Any]],
-    data: Iterable[dict[str, Any]] | AsyncIterable[dict[str, Any]],
-    **options: Any,
-) -> list[dict[str, Any]]:
-    """Run a :class:`Launcher` once and return every record, in input and sample order
-    (including those found done in ``output`` on resume)."""
-    _, records = await Launcher(fn, **options)._run(data, keep=True)
-    return records
+def _run_once(
+    make: Callable[Concatenate[LaunchFn, P], Launcher],
+) -> Callable[Concatenate[LaunchFn, LaunchData, P], Coroutine[Any, Any, list[dict[str, Any]]]]:
+    """``launch``, whose options are :class:`Launcher`'s own, written once: type checkers and
+    IDEs take them from ``Launcher.__init__`` (a ParamSpec), ``help()`` from its signature."""
+
+    async def launch(
+        fn: LaunchFn, data: LaunchData, /, *args: P.args, **options: P.kwargs
+    ) -> list[dict[str, Any]]:
+        """Run a :class:`Launcher` once and return every record, in input and sample order
+        (including those found done in ``output`` on resume).
+
+        Usage::
+
+            records = await af.launch(fn, data, keys=keys, rate_per_key="60/min")
+
+        The options are those of :class:`Launcher`, with the same defaults and checks.
+        """
+        _, records = await make(fn, *args, **options)._run(data, keep=True)
+        return records
+
+    own = inspect.signature(Launcher)
+    fn, *options = own.parameters.values()
+    first = inspect.Parameter.POSITIONAL_ONLY
+    data = inspect.Parameter("data", first, annotation="LaunchData")
+    # In the function's __dict__, where inspect looks first (an attribute mypy does not know).
+    launch.__dict__["__signature__"] = own.replace(
+        parameters=[fn.replace(kind=first), data, *options],
+        return_annotation="list[dict[str, Any]]",
+    )
+    launch.__qualname__ = "launch"
+    return launch
+
+
+#: ``await af.launch(fn, data, **options)``: a :class:`Launcher` with those options, run once.
+launch = _run_once(Launcher)

@@ -12,11 +12,12 @@ import textwrap
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import httpx
 import pytest
 from local_server import ServerState, serve
@@ -883,3 +884,110 @@ async def test_issue10_a_key_never_rests_longer_than_max_wait(
     gave_up = throttle.retry_after is not None
     assert [r["error"] is None for r in records] == [not gave_up, True]
     assert len(calls) == (2 if gave_up else 3)
+
+
+# --- issue 11: the launcher streams its input -------------------------------------------------
+
+
+def endless(pulled: list[int]) -> Iterator[dict[str, Any]]:
+    n = 0
+    while True:
+        if n > 10_000:  # read ahead, as a list() of it would: fail rather than eat the memory
+            raise AssertionError("the input was read ahead of the calls")
+        pulled.append(n)
+        yield {"id": n}
+        n += 1
+
+
+async def endless_async(pulled: list[int]) -> AsyncIterator[dict[str, Any]]:
+    for item in endless(pulled):
+        yield item
+
+
+@pytest.mark.parametrize("make", [endless, endless_async], ids=["sync", "async"])
+async def test_issue11_an_endless_input_is_pulled_lazily(make: Any, tmp_path: Path) -> None:
+    pulled: list[int] = []
+    calls = 0
+
+    async def fn(sample: dict[str, Any], key: af.Key) -> int:
+        nonlocal calls
+        calls += 1
+        assert len(pulled) <= calls + 4  # never more than the calls in flight ahead
+        await anyio.lowlevel.checkpoint()
+        if sample["id"] == 50:
+            raise RuntimeError("enough")
+        return 1
+
+    output = tmp_path / "out.jsonl"
+    launcher = af.Launcher(fn, concurrency=4, fault_tolerant=False, retry=1, output=output)
+    with anyio.fail_after(10), pytest.raises(RuntimeError, match="enough"):
+        await launcher.run(make(pulled))
+    assert 51 <= len(pulled) <= 51 + 4
+    assert len(read_records(output)) >= 50  # what finished is in the file
+
+
+async def test_issue11_an_endless_input_stops_on_cancellation() -> None:
+    pulled: list[int] = []
+
+    async def fn(sample: dict[str, Any], key: af.Key) -> int:
+        await anyio.lowlevel.checkpoint()
+        return 1
+
+    with anyio.move_on_after(0.2):
+        await af.Launcher(fn, concurrency=8).run(endless(pulled))
+    assert pulled  # it ran, and ended when cancelled
+
+
+async def test_issue11_a_bad_streamed_item_stops_the_run_once_reached_and_resume_goes_on(
+    tmp_path: Path,
+) -> None:
+    calls: list[Any] = []
+
+    async def fn(sample: dict[str, Any], key: af.Key) -> int:
+        calls.append(sample["id"])
+        return sample["id"] * 10
+
+    def stream(bad: Any) -> Iterator[Any]:
+        yield from data(5)
+        yield bad
+        yield from ({"id": n} for n in range(6, 8))
+
+    output = tmp_path / "out.jsonl"
+    with pytest.raises(af.AioflowsError, match=r"item #5 is not a dict"):
+        await af.launch(fn, stream("not a dict"), output=output, concurrency=1)
+    assert calls == [0, 1, 2, 3, 4]
+    assert sorted(r["id"] for r in read_records(output)) == [0, 1, 2, 3, 4]
+    with pytest.raises(ValueError, match=r"duplicate id 2 in the input \(item #5\)"):
+        await af.launch(fn, stream({"id": 2}), output=output, concurrency=1)
+
+    calls.clear()
+    summary = await af.Launcher(fn, output=output, samples=2).run(stream({"id": 5}))
+    assert (summary.total, summary.skipped, summary.succeeded) == (16, 5, 11)
+    assert sorted(calls) == sorted([*range(5), *range(5, 8), *range(5, 8)])
+    records = await af.launch(fn, stream({"id": 5}), output=output, samples=2)
+    assert [(r["id"], r["sample"]) for r in records] == [(n, s) for n in range(8) for s in (0, 1)]
+
+
+async def test_issue11_a_list_is_still_checked_whole_before_any_call(tmp_path: Path) -> None:
+    calls: list[Any] = []
+
+    async def fn(sample: dict[str, Any], key: af.Key) -> int:
+        calls.append(sample)
+        return 1
+
+    output = tmp_path / "out.jsonl"
+    for data_type in (list, tuple):
+        with pytest.raises(ValueError, match=r"item #6 has no 'id'"):
+            await af.launch(fn, data_type([*data(6), {"name": "x"}]), output=output)
+    assert calls == []
+    assert not output.exists() or output.read_text() == ""
+
+
+def test_issue11_launch_takes_the_launchers_options() -> None:
+    import inspect
+
+    options = list(inspect.signature(af.Launcher).parameters.values())[1:]
+    launch = inspect.signature(af.launch).parameters
+    assert list(launch) == ["fn", "data", *(p.name for p in options)]
+    assert [launch[p.name] for p in options] == options  # the same kinds, types and defaults
+    assert repr(launch["retry"].default) == "Retry(3)"
