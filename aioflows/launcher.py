@@ -22,20 +22,15 @@ carry the key's label.
 
 from __future__ import annotations
 
-import contextlib
 import inspect
-import json
 import math
 import os
-import sys
 import time
-import types
 from collections.abc import (
     AsyncIterable,
     AsyncIterator,
     Awaitable,
     Callable,
-    Coroutine,
     Iterable,
     Iterator,
     Mapping,
@@ -53,19 +48,26 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from . import _validate
 from ._workers import Pool, Source
+from .apikeys import (
+    Key,
+    KeyState,
+    LaunchFailed,  # re-exported from here, as before
+    clean_error,
+    describe,
+    make_keys,
+    redact_value,
+    text_of,
+)
 from .calls import Guard
 from .errors import (
-    AioflowsError,
     InvalidArgument,
     InvalidArgumentType,
     OutputFileError,  # defined with the other errors, re-exported from here as before
     RateLimited,
 )
-from .limits import RateLike, RateLimiter, as_rate
+from .jsonl import append, encode_line, faithful, finish, open_output, show
+from .limits import RateLike, as_rate
 from .retry import USE_DEFAULT, RetryLike, UseDefault, as_retry, throttle_delay, wait_cap
-
-if sys.platform != "win32":
-    import fcntl
 
 __all__ = ["Key", "LaunchFailed", "LaunchSummary", "Launcher", "OutputFileError", "launch"]
 
@@ -84,71 +86,6 @@ FSYNC_EVERY = 1.0
 WRITE_EVERY = 0.02
 
 
-class LaunchFailed(AioflowsError):
-    """What a run with ``fault_tolerant=False`` raises when a pair fails for good.
-
-    The pair's own exception is not raised: its text, its chained ``__cause__`` and
-    ``__context__``, and the locals of its traceback may all hold the key the call was made
-    with. This error carries what can be said safely instead: ``error_type`` (the original
-    class name), ``message`` (its text, secrets replaced by ``<key-N>``), and the pair
-    (``id``, ``sample``, ``key`` label); it chains nothing. Where the original class can be
-    subclassed, the error raised is also an instance of it, so ``except ValueError`` still
-    catches a ``ValueError`` of ``fn``; its simple attributes (numbers, booleans, ``None``,
-    strings scrubbed) are copied over, nothing else of the original is.
-    """
-
-    def __init__(self, message: str, *, error_type: str, id: Any, sample: int, key: str) -> None:
-        # Not super().__init__: in the class mixed with the original type the next __init__
-        # is the original's, whose signature is anyone's guess.
-        Exception.__init__(self, message)
-        self.message = message
-        self.error_type = error_type
-        self.id = id
-        self.sample = sample
-        self.key = key
-
-    def __str__(self) -> str:
-        return (
-            f"{self.error_type}: {self.message} (id {self.id!r}, sample {self.sample}, {self.key})"
-        )
-
-    def __repr__(self) -> str:
-        return f"LaunchFailed({str(self)!r})"
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        mixed = type(self) is not LaunchFailed  # made by _launch_failed: (LaunchFailed, original)
-        base = type(self).__bases__[1] if mixed else None
-        fields = (self.message, self.error_type, self.id, self.sample, self.key)
-        return (_launch_failed, (base, *fields), _simple_attributes(self.__dict__))
-
-
-def _launch_failed(
-    base: type[BaseException] | None, message: str, error_type: str, id: Any, sample: int, key: str
-) -> LaunchFailed:
-    """A LaunchFailed that is also a ``base``, when such a class can be made and instantiated."""
-    fields: dict[str, Any] = {"error_type": error_type, "id": id, "sample": sample, "key": key}
-    if base is not None and base is not LaunchFailed:
-        try:
-            cls = types.new_class("LaunchFailed", (LaunchFailed, base), exec_body=_name_as_ours)
-            return cls(message, **fields)  # type: ignore[no-any-return]
-        except Exception:  # a final class, a metaclass conflict, a __new__ wanting more
-            pass
-    return LaunchFailed(message, **fields)
-
-
-def _name_as_ours(namespace: dict[str, Any]) -> None:
-    namespace["__module__"] = LaunchFailed.__module__
-    namespace["__qualname__"] = "LaunchFailed"
-
-
-def _simple_attributes(attributes: Mapping[str, Any]) -> dict[str, Any]:
-    return {
-        name: value
-        for name, value in attributes.items()
-        if value is None or isinstance(value, (str, int, float))
-    }
-
-
 @dataclass(frozen=True, slots=True)
 class LaunchSummary:
     """What a run did. ``per_key`` counts the calls made with each key, by label."""
@@ -162,170 +99,8 @@ class LaunchSummary:
     per_key: dict[str, int] = field(default_factory=dict)
 
 
-class _KeyState:
-    """One API key and its buckets, shared by every call that uses it."""
-
-    __slots__ = ("label", "paused_until", "requests", "secret", "tokens")
-
-    def __init__(
-        self,
-        label: str,
-        secret: str | None,
-        requests: RateLimiter | None,
-        tokens: RateLimiter | None,
-    ) -> None:
-        self.label = label
-        self.secret = secret
-        self.requests = requests
-        self.tokens = tokens
-        self.paused_until = -math.inf  # a throttle rests the key even when it has no bucket
-
-    def delay(self, cost: float) -> float:
-        wait = self.requests.delay(1.0) if self.requests is not None else 0.0
-        wait = max(wait, self.paused_until - anyio.current_time())
-        if self.tokens is not None and cost > 0:
-            wait = max(wait, self.tokens.delay(min(cost, self.tokens.burst)))
-        return wait
-
-    def pause(self, seconds: float) -> None:
-        self.paused_until = max(self.paused_until, anyio.current_time() + seconds)
-        for bucket in (self.requests, self.tokens):
-            if bucket is not None:
-                bucket.pause(seconds)
-
-
-class Key:
-    """The key a call runs with: ``label`` (``"key-0"``...) and ``secret`` (the key string).
-
-    ``report_usage(tokens)`` tells the key's token budget what the call really used: the
-    difference from the estimate reserved before the call is charged or refunded. The repr
-    shows the label only, so a key can be logged safely.
-    """
-
-    __slots__ = ("_reserved", "_state")
-
-    def __init__(self, state: _KeyState, reserved: float) -> None:
-        self._state = state
-        self._reserved = reserved
-
-    @property
-    def label(self) -> str:
-        return self._state.label
-
-    @property
-    def secret(self) -> str | None:
-        return self._state.secret
-
-    def report_usage(self, tokens: float) -> None:
-        """Reconcile this call's token estimate with ``tokens`` actually used."""
-        tokens = _validate.number("tokens", tokens)
-        bucket = self._state.tokens
-        if bucket is None:
-            return
-        difference = tokens - self._reserved
-        if difference > 0:
-            bucket.charge(difference)
-        elif difference < 0:
-            bucket.refund(-difference)
-        self._reserved = tokens
-
-    def __repr__(self) -> str:
-        return f"Key({self._state.label!r})"
-
-
 def _check_positive_int(value: object, what: str) -> int:
     return _validate.count(what, value)
-
-
-def _keys(
-    keys: Sequence[str] | Mapping[str, RateLike | None],
-    rate_per_key: RateLike | None,
-    tokens_per_key: RateLike | None,
-) -> list[_KeyState]:
-    if isinstance(keys, str):
-        raise InvalidArgumentType(
-            "keys must be a sequence or a mapping of key strings, not one str"
-        )
-    pairs: list[tuple[str, RateLike | None]]
-    if isinstance(keys, Mapping):
-        pairs = [(k, r if r is not None else rate_per_key) for k, r in keys.items()]
-    else:
-        pairs = [(k, rate_per_key) for k in keys]
-    token_rate = as_rate(tokens_per_key, "tokens_per_key") if tokens_per_key is not None else None
-    states = []
-    for i, (secret, rate) in enumerate(pairs):
-        if not isinstance(secret, str) or not secret:
-            raise InvalidArgument(f"key #{i} must be a non-empty str")
-        states.append(
-            _KeyState(
-                f"key-{i}",
-                secret,
-                RateLimiter(rate) if rate is not None else None,
-                RateLimiter(token_rate, burst=token_rate.limit) if token_rate else None,
-            )
-        )
-    if len({s.secret for s in states}) != len(states):
-        raise InvalidArgument("keys holds the same key twice")
-    if not states:
-        states.append(
-            _KeyState(
-                "default",
-                None,
-                RateLimiter(rate_per_key) if rate_per_key is not None else None,
-                RateLimiter(token_rate, burst=token_rate.limit) if token_rate else None,
-            )
-        )
-    return states
-
-
-def _redact(text: str, keys: Sequence[_KeyState]) -> str:
-    for key in keys:
-        if key.secret:
-            text = text.replace(key.secret, f"<{key.label}>")
-    return text
-
-
-def _redact_value(value: Any, keys: Sequence[_KeyState]) -> Any:
-    """``value`` with secrets replaced inside its strings (never in its structure)."""
-    if isinstance(value, str):
-        return _redact(value, keys)
-    if isinstance(value, dict):
-        return {_redact_value(k, keys): _redact_value(v, keys) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_redact_value(v, keys) for v in value]
-    return value
-
-
-def _text(exc: BaseException) -> str:
-    """``str(exc)``, even for an exception whose own ``__str__`` fails."""
-    try:
-        return str(exc)
-    except Exception:
-        return f"<{type(exc).__name__} whose str() failed>"
-
-
-def _describe(exc: BaseException, keys: Sequence[_KeyState]) -> str:
-    """A record's ``error``: ``"Type: message"``, secrets replaced."""
-    return _redact(f"{type(exc).__name__}: {_text(exc)}", keys)
-
-
-def _clean_error(
-    exc: BaseException, keys: Sequence[_KeyState], ident: Any, sample: int, key: str
-) -> LaunchFailed:
-    """The error to raise for ``exc``: its type and scrubbed text, none of its chain or frames."""
-    error = _launch_failed(
-        type(exc),
-        _redact(_text(exc), keys),
-        type(exc).__name__,
-        ident,
-        sample,
-        key,
-    )
-    with contextlib.suppress(Exception):  # vars() of an exotic exception, a read-only name
-        for name, value in _simple_attributes(vars(exc)).items():
-            if name not in vars(error):
-                setattr(error, name, _redact(value, keys) if isinstance(value, str) else value)
-    return error
 
 
 class Launcher:
@@ -398,7 +173,7 @@ class Launcher:
         if rate_per_key is not None:
             as_rate(rate_per_key, "rate_per_key")
         self._fn = fn
-        self._keys = _keys(keys, rate_per_key, tokens_per_key)
+        self._keys = make_keys(keys, rate_per_key, tokens_per_key)
         self._cost = cost
         self._concurrency = _check_positive_int(concurrency, "concurrency")
         self._samples = _check_positive_int(samples, "samples")
@@ -442,7 +217,7 @@ class Launcher:
         # Read even without resume: a file that is not ours is refused, never appended to.
         # Shielded, so that a cancellation cannot drop the open, locked handle on its way here.
         with anyio.CancelScope(shield=True):
-            handle, done = await anyio.to_thread.run_sync(_open_output, self._output)
+            handle, done = await anyio.to_thread.run_sync(open_output, self._output)
         try:
             return await self._go(source, done if self._resume else {}, handle)
         finally:
@@ -538,13 +313,13 @@ class _Input:
             duplicate = ident in self._seen
         except TypeError:
             raise InvalidArgument(
-                f"input item #{index}: id {_show(ident)} is not hashable"
+                f"input item #{index}: id {show(ident)} is not hashable"
             ) from None
         if duplicate:
-            raise InvalidArgument(f"duplicate id {_show(ident)} in the input (item #{index})")
-        if not _faithful(ident):  # the file is the resume state: an id must come back as is
+            raise InvalidArgument(f"duplicate id {show(ident)} in the input (item #{index})")
+        if not faithful(ident):  # the file is the resume state: an id must come back as is
             raise InvalidArgument(
-                f"input item #{index}: id {_show(ident)} cannot be written to the output and "
+                f"input item #{index}: id {show(ident)} cannot be written to the output and "
                 "read back as the same value; an id is a str, an int, a finite float, a "
                 "bool, None, or a tuple of these"
             )
@@ -635,7 +410,7 @@ class _Run:
         if record["error"] is not None and not self.launcher._fault_tolerant:
             self.pool.cancel()  # admit nothing more, stop the rest
 
-    async def _pick(self, cost: float) -> _KeyState:
+    async def _pick(self, cost: float) -> KeyState:
         """The key whose buckets free soonest (ties go round the keys), its buckets taken."""
         launcher = self.launcher
         keys = launcher._keys
@@ -668,7 +443,7 @@ class _Run:
                 # Not waited for (`Retry-After: 1000000000` is valid HTTP, and a spent daily
                 # quota says "tomorrow"); the key rests for the cap, so later pairs still run.
                 exc = _too_long(asked, cap)
-            error = _describe(exc, launcher._keys)
+            error = describe(exc, launcher._keys)
             self._failed(exc, pair.ident, sample, pair.key)
         ident, key_label = pair.ident, pair.key
         record = {
@@ -683,15 +458,15 @@ class _Run:
         }
         try:
             if error is None:
-                record["output"] = _redact_value(output, launcher._keys)
-            line = _line(record)
+                record["output"] = redact_value(output, launcher._keys)
+            line = encode_line(record)
         except Exception as exc:  # a tuple as a dict key, a cycle, NaN, an object, 10**5000
             # The pair fails here, in its worker: the writer only ever gets lines it can write.
-            not_json = TypeError(f"the output is not JSON ({_text(exc)})")
+            not_json = TypeError(f"the output is not JSON ({text_of(exc)})")
             record["output"] = None
-            record["error"] = error = _describe(not_json, launcher._keys)
+            record["error"] = error = describe(not_json, launcher._keys)
             self._failed(not_json, ident, sample, key_label)
-            line = _line(record)  # the id was checked, the rest is ours: this one always goes
+            line = encode_line(record)  # the id was checked, the rest is ours: this one always goes
         if error is None:
             self.succeeded += 1
         else:
@@ -702,7 +477,7 @@ class _Run:
         """Keep the first failure, as a clean error, when it is to stop the run."""
         launcher = self.launcher
         if not launcher._fault_tolerant and self.error is None:
-            self.error = _clean_error(exc, launcher._keys, ident, sample, key)
+            self.error = clean_error(exc, launcher._keys, ident, sample, key)
 
     async def _writer(self, receive: MemoryObjectReceiveStream[_Finished]) -> None:
         handle = self.handle
@@ -719,7 +494,7 @@ class _Run:
                     text = b"".join(line for _, line in batch)
                     sync = time.monotonic() - last_sync >= FSYNC_EVERY
                     with anyio.CancelScope(shield=True):
-                        await anyio.to_thread.run_sync(_append, handle, text, sync)
+                        await anyio.to_thread.run_sync(append, handle, text, sync)
                     if sync:
                         last_sync = time.monotonic()
                     # Let results gather: one thread hop per interval, not per finished call.
@@ -733,7 +508,7 @@ class _Run:
                 if handle is not None:
                     text = b"".join(line for _, line in rest)
                     with anyio.CancelScope(shield=True):
-                        await anyio.to_thread.run_sync(_finish, handle, text)
+                        await anyio.to_thread.run_sync(finish, handle, text)
             finally:
                 self.written.set()
 
@@ -798,7 +573,7 @@ class _Pair:
         self.cost = 0.0
 
 
-class _KeyedCall(Guard[_Pair, _KeyState, Any]):
+class _KeyedCall(Guard[_Pair, KeyState, Any]):
     """The launcher's calls through the one guarded loop (:class:`aioflows.calls.Guard`).
 
     Its "limiter" is the pick of a key: each attempt takes the key whose buckets free soonest,
@@ -812,7 +587,7 @@ class _KeyedCall(Guard[_Pair, _KeyState, Any]):
         super().__init__(run.launcher._retry, None)
         self._run = run
 
-    async def enter(self, item: _Pair) -> _KeyState:
+    async def enter(self, item: _Pair) -> KeyState:
         run = self._run
         prepared = dict(item.item)
         prepared["sample"] = item.sample
@@ -825,7 +600,7 @@ class _KeyedCall(Guard[_Pair, _KeyState, Any]):
         run.per_key[key.label] += 1
         return key
 
-    async def attempt(self, item: _Pair, held: _KeyState) -> Any:
+    async def attempt(self, item: _Pair, held: KeyState) -> Any:
         launcher = self._run.launcher
         argument = item.prepared
         if launcher._input_interface is not None:
@@ -835,11 +610,11 @@ class _KeyedCall(Guard[_Pair, _KeyState, Any]):
             output = launcher._output_interface(output)
         return output
 
-    def throttled(self, item: _Pair, held: _KeyState, seconds: float) -> bool:
+    def throttled(self, item: _Pair, held: KeyState, seconds: float) -> bool:
         held.pause(seconds)
         return True  # the next pick waits, or takes another key
 
-    def retrying(self, item: _Pair, held: _KeyState, throttled: bool) -> None:
+    def retrying(self, item: _Pair, held: KeyState, throttled: bool) -> None:
         self._run.retried += 1
         if throttled:
             item.attempts -= 1  # a throttle is not an attempt
@@ -870,151 +645,14 @@ def _too_long(after: float, cap: float) -> RateLimited:
     return throttle
 
 
-def _line(record: dict[str, Any]) -> bytes:
-    """One strict JSON line (no NaN) in UTF-8, readable where it can be.
-
-    A string with a lone surrogate (an API reply cut mid-emoji) has no UTF-8 form; such a line
-    is written with ``\\uXXXX`` escapes instead, which read back as the same string.
-    """
-    text = json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n"
-    try:
-        return text.encode("utf-8")
-    except UnicodeEncodeError:
-        return (json.dumps(record, ensure_ascii=True, allow_nan=False) + "\n").encode("ascii")
-
-
-def _faithful(ident: Any) -> bool:
-    """Whether ``ident`` written as JSON reads back as the same value, of the same types."""
-    if type(ident) is str or (type(ident) is int and ident.bit_length() < 4000):
-        return True  # the usual ids, without a round trip (an int of 1,200 digits reads back)
-    try:
-        back = _decode_id(json.loads(json.dumps(ident, ensure_ascii=True, allow_nan=False)))
-    except (TypeError, ValueError, RecursionError):  # not JSON; NaN; more digits than int() reads
-        return False
-    return _same(ident, back)
-
-
-def _same(a: Any, b: Any) -> bool:
-    if type(a) is not type(b):  # an Enum or a str subclass comes back as the plain value
-        return False
-    if isinstance(a, tuple):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
-    return bool(a == b)
-
-
-def _decode_id(value: Any) -> Any:
-    """An id as read from the file: JSON lists were tuples (a list cannot be an id)."""
-    if isinstance(value, list):
-        return tuple(_decode_id(v) for v in value)
-    return value
-
-
-def _show(value: Any) -> str:
-    """A short repr, even of a value whose repr fails (an int of 5,000 digits)."""
-    try:
-        text = repr(value)
-    except Exception:
-        return f"<a {type(value).__name__}>"
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
-# --- the output file, in worker threads -----------------------------------------------------------
-
-
-def _open_output(path: Path) -> tuple[BinaryIO, dict[tuple[Any, int], dict[str, Any]]]:
-    """Open the output for a run: locked, read, a torn last line cut; the handle and the pairs
-    done. Anything refused (the lock held, a file not ours) leaves the file as it was."""
-    handle = open(path, "a+b")  # noqa: SIM115 - the run closes it, and so drops the lock
-    try:
-        _lock(handle, path)
-        handle.seek(0)
-        raw = handle.read()
-        done = _read_done(raw, path)
-        end = raw.rfind(b"\n") + 1
-        if end < len(raw):  # a line left unfinished by a crash: the next line starts clean
-            handle.truncate(end)
-    except BaseException:
-        handle.close()
-        raise
-    return handle, done
-
-
-def _lock(handle: BinaryIO, path: Path) -> None:
-    """Take the output's exclusive lock for the run, or refuse at once.
-
-    Two launchers appending to one file would each run every pair. ``flock`` rather than
-    ``lockf``: its lock belongs to this open file, so a second launcher in the same process is
-    refused too, and closing some other descriptor of the file does not drop it. The kernel
-    drops it when the handle is closed, also when the process dies (``kill -9``).
-    """
-    if sys.platform == "win32":  # no flock: one launcher per file is then the user's to keep
-        return
-    try:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        raise OutputFileError(
-            f"{path} is in use by another launcher, which holds its lock: two runs appending "
-            "to one file would write every pair twice; wait for it to end, or use another file"
-        ) from None
-
-
-def _append(handle: BinaryIO, text: bytes, sync: bool) -> None:
-    handle.write(text)
-    handle.flush()
-    if sync:
-        os.fsync(handle.fileno())
-
-
-def _finish(handle: BinaryIO, text: bytes) -> None:
-    if text:
-        handle.write(text)
-    handle.flush()
-    os.fsync(handle.fileno())
-
-
 #: What a worker hands the writer: the record and its line, made in the worker, so that a
 #: record that cannot be written fails its own pair and never the writer.
 _Finished: TypeAlias = "tuple[dict[str, Any], bytes]"
 
-_FIELDS = frozenset({"id", "sample", "key", "attempts", "output", "error"})
-
-
-def _read_done(raw: bytes, path: Path) -> dict[tuple[Any, int], dict[str, Any]]:
-    """Pairs already done without error, from the output's bytes (a torn last line ignored).
-
-    Anything else that does not parse as one of our records is an OutputFileError.
-    """
-    done: dict[tuple[Any, int], dict[str, Any]] = {}
-    lines = raw.split(b"\n")
-    complete = lines[:-1]  # the part after the last newline is a torn line (or empty)
-    for number, line in enumerate(complete, start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except ValueError:
-            raise OutputFileError(
-                f"{path} line {number} is not JSON: it was not written by the launcher"
-            ) from None
-        if not isinstance(record, dict) or not record.keys() >= _FIELDS:
-            raise OutputFileError(
-                f"{path} line {number} is not a launcher record (fields {sorted(_FIELDS)})"
-            )
-        if record["error"] is None:
-            ident = _decode_id(record["id"])
-            record["id"] = ident
-            try:
-                done[(ident, record["sample"])] = record
-            except TypeError:  # a dict as id: not ours
-                raise OutputFileError(
-                    f"{path} line {number} has an id the launcher does not write: {_show(ident)}"
-                ) from None
-    return done
-
 
 def _run_once(
     make: Callable[Concatenate[LaunchFn, P], Launcher],
-) -> Callable[Concatenate[LaunchFn, LaunchData, P], Coroutine[Any, Any, list[dict[str, Any]]]]:
+) -> Callable[Concatenate[LaunchFn, LaunchData, P], Awaitable[list[dict[str, Any]]]]:
     """``launch``, whose options are :class:`Launcher`'s own, written once: type checkers and
     IDEs take them from ``Launcher.__init__`` (a ParamSpec), ``help()`` from its signature."""
 

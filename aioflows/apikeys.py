@@ -1,0 +1,262 @@
+"""The launcher's API keys, and keeping their secrets out of everything but the calls.
+
+A :class:`KeyState` is one key with its buckets (requests, tokens) and its rest after a
+throttle, shared by every call that uses it; a :class:`Key` is what one call gets (its label,
+its secret, and ``report_usage`` for its token estimate). Records, logs, reprs and error texts
+carry a key's label, never its string: :func:`redact` and :func:`describe` replace secrets in
+text, and :func:`clean_error` turns the exception a pair failed with into a
+:class:`LaunchFailed` holding nothing that could leak one (no chain, no frames).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import types
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import anyio
+
+from . import _validate
+from .errors import AioflowsError, InvalidArgument, InvalidArgumentType
+from .limits import RateLike, RateLimiter, as_rate
+
+__all__ = [
+    "Key",
+    "KeyState",
+    "LaunchFailed",
+    "clean_error",
+    "describe",
+    "make_keys",
+    "redact",
+    "redact_value",
+    "text_of",
+]
+
+
+class LaunchFailed(AioflowsError):
+    """What a run with ``fault_tolerant=False`` raises when a pair fails for good.
+
+    The pair's own exception is not raised: its text, its chained ``__cause__`` and
+    ``__context__``, and the locals of its traceback may all hold the key the call was made
+    with. This error carries what can be said safely instead: ``error_type`` (the original
+    class name), ``message`` (its text, secrets replaced by ``<key-N>``), and the pair
+    (``id``, ``sample``, ``key`` label); it chains nothing. Where the original class can be
+    subclassed, the error raised is also an instance of it, so ``except ValueError`` still
+    catches a ``ValueError`` of ``fn``; its simple attributes (numbers, booleans, ``None``,
+    strings scrubbed) are copied over, nothing else of the original is.
+    """
+
+    def __init__(self, message: str, *, error_type: str, id: Any, sample: int, key: str) -> None:
+        # Not super().__init__: in the class mixed with the original type the next __init__
+        # is the original's, whose signature is anyone's guess.
+        Exception.__init__(self, message)
+        self.message = message
+        self.error_type = error_type
+        self.id = id
+        self.sample = sample
+        self.key = key
+
+    def __str__(self) -> str:
+        return (
+            f"{self.error_type}: {self.message} (id {self.id!r}, sample {self.sample}, {self.key})"
+        )
+
+    def __repr__(self) -> str:
+        return f"LaunchFailed({str(self)!r})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        mixed = type(self) is not LaunchFailed  # made by _launch_failed: (LaunchFailed, original)
+        base = type(self).__bases__[1] if mixed else None
+        fields = (self.message, self.error_type, self.id, self.sample, self.key)
+        return (_launch_failed, (base, *fields), _simple_attributes(self.__dict__))
+
+
+def _launch_failed(
+    base: type[BaseException] | None, message: str, error_type: str, id: Any, sample: int, key: str
+) -> LaunchFailed:
+    """A LaunchFailed that is also a ``base``, when such a class can be made and instantiated."""
+    fields: dict[str, Any] = {"error_type": error_type, "id": id, "sample": sample, "key": key}
+    if base is not None and base is not LaunchFailed:
+        try:
+            cls = types.new_class("LaunchFailed", (LaunchFailed, base), exec_body=_name_as_ours)
+            return cls(message, **fields)  # type: ignore[no-any-return]
+        except Exception:  # a final class, a metaclass conflict, a __new__ wanting more
+            pass
+    return LaunchFailed(message, **fields)
+
+
+def _name_as_ours(namespace: dict[str, Any]) -> None:
+    namespace["__module__"] = LaunchFailed.__module__
+    namespace["__qualname__"] = "LaunchFailed"
+
+
+def _simple_attributes(attributes: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        name: value
+        for name, value in attributes.items()
+        if value is None or isinstance(value, (str, int, float))
+    }
+
+
+class KeyState:
+    """One API key and its buckets, shared by every call that uses it."""
+
+    __slots__ = ("label", "paused_until", "requests", "secret", "tokens")
+
+    def __init__(
+        self,
+        label: str,
+        secret: str | None,
+        requests: RateLimiter | None,
+        tokens: RateLimiter | None,
+    ) -> None:
+        self.label = label
+        self.secret = secret
+        self.requests = requests
+        self.tokens = tokens
+        self.paused_until = -math.inf  # a throttle rests the key even when it has no bucket
+
+    def delay(self, cost: float) -> float:
+        wait = self.requests.delay(1.0) if self.requests is not None else 0.0
+        wait = max(wait, self.paused_until - anyio.current_time())
+        if self.tokens is not None and cost > 0:
+            wait = max(wait, self.tokens.delay(min(cost, self.tokens.burst)))
+        return wait
+
+    def pause(self, seconds: float) -> None:
+        self.paused_until = max(self.paused_until, anyio.current_time() + seconds)
+        for bucket in (self.requests, self.tokens):
+            if bucket is not None:
+                bucket.pause(seconds)
+
+
+class Key:
+    """The key a call runs with: ``label`` (``"key-0"``...) and ``secret`` (the key string).
+
+    ``report_usage(tokens)`` tells the key's token budget what the call really used: the
+    difference from the estimate reserved before the call is charged or refunded. The repr
+    shows the label only, so a key can be logged safely.
+    """
+
+    __slots__ = ("_reserved", "_state")
+
+    def __init__(self, state: KeyState, reserved: float) -> None:
+        self._state = state
+        self._reserved = reserved
+
+    @property
+    def label(self) -> str:
+        return self._state.label
+
+    @property
+    def secret(self) -> str | None:
+        return self._state.secret
+
+    def report_usage(self, tokens: float) -> None:
+        """Reconcile this call's token estimate with ``tokens`` actually used."""
+        tokens = _validate.number("tokens", tokens)
+        bucket = self._state.tokens
+        if bucket is None:
+            return
+        difference = tokens - self._reserved
+        if difference > 0:
+            bucket.charge(difference)
+        elif difference < 0:
+            bucket.refund(-difference)
+        self._reserved = tokens
+
+    def __repr__(self) -> str:
+        return f"Key({self._state.label!r})"
+
+
+def make_keys(
+    keys: Sequence[str] | Mapping[str, RateLike | None],
+    rate_per_key: RateLike | None,
+    tokens_per_key: RateLike | None,
+) -> list[KeyState]:
+    if isinstance(keys, str):
+        raise InvalidArgumentType(
+            "keys must be a sequence or a mapping of key strings, not one str"
+        )
+    pairs: list[tuple[str, RateLike | None]]
+    if isinstance(keys, Mapping):
+        pairs = [(k, r if r is not None else rate_per_key) for k, r in keys.items()]
+    else:
+        pairs = [(k, rate_per_key) for k in keys]
+    token_rate = as_rate(tokens_per_key, "tokens_per_key") if tokens_per_key is not None else None
+    states = []
+    for i, (secret, rate) in enumerate(pairs):
+        if not isinstance(secret, str) or not secret:
+            raise InvalidArgument(f"key #{i} must be a non-empty str")
+        states.append(
+            KeyState(
+                f"key-{i}",
+                secret,
+                RateLimiter(rate) if rate is not None else None,
+                RateLimiter(token_rate, burst=token_rate.limit) if token_rate else None,
+            )
+        )
+    if len({s.secret for s in states}) != len(states):
+        raise InvalidArgument("keys holds the same key twice")
+    if not states:
+        states.append(
+            KeyState(
+                "default",
+                None,
+                RateLimiter(rate_per_key) if rate_per_key is not None else None,
+                RateLimiter(token_rate, burst=token_rate.limit) if token_rate else None,
+            )
+        )
+    return states
+
+
+def redact(text: str, keys: Sequence[KeyState]) -> str:
+    for key in keys:
+        if key.secret:
+            text = text.replace(key.secret, f"<{key.label}>")
+    return text
+
+
+def redact_value(value: Any, keys: Sequence[KeyState]) -> Any:
+    """``value`` with secrets replaced inside its strings (never in its structure)."""
+    if isinstance(value, str):
+        return redact(value, keys)
+    if isinstance(value, dict):
+        return {redact_value(k, keys): redact_value(v, keys) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [redact_value(v, keys) for v in value]
+    return value
+
+
+def text_of(exc: BaseException) -> str:
+    """``str(exc)``, even for an exception whose own ``__str__`` fails."""
+    try:
+        return str(exc)
+    except Exception:
+        return f"<{type(exc).__name__} whose str() failed>"
+
+
+def describe(exc: BaseException, keys: Sequence[KeyState]) -> str:
+    """A record's ``error``: ``"Type: message"``, secrets replaced."""
+    return redact(f"{type(exc).__name__}: {text_of(exc)}", keys)
+
+
+def clean_error(
+    exc: BaseException, keys: Sequence[KeyState], ident: Any, sample: int, key: str
+) -> LaunchFailed:
+    """The error to raise for ``exc``: its type and scrubbed text, none of its chain or frames."""
+    error = _launch_failed(
+        type(exc),
+        redact(text_of(exc), keys),
+        type(exc).__name__,
+        ident,
+        sample,
+        key,
+    )
+    with contextlib.suppress(Exception):  # vars() of an exotic exception, a read-only name
+        for name, value in _simple_attributes(vars(exc)).items():
+            if name not in vars(error):
+                setattr(error, name, redact(value, keys) if isinstance(value, str) else value)
+    return error
