@@ -155,7 +155,7 @@ class CallPolicy:
             self.rate is None
             and self.per_key_rate is None
             and self.retry is None
-            and (self.timeout is None)
+            and self.timeout is None
         )
 
     def __repr__(self) -> str:

@@ -282,3 +282,21 @@ async def test_in_memory_responses_give_their_slot_back() -> None:
         with anyio.fail_after(10):
             for n in range(3):
                 assert (await client.get(f"https://a.example/{n}")).json() == {"path": f"/{n}"}
+
+
+@pytest.mark.looptime
+async def test_with_retry_none_a_429_is_returned_at_once_and_its_host_rests_issue11() -> None:
+    # The rules of map (docs/limits.md): retry=None sends each request once; a throttle with
+    # no Retry-After still rests the host's bucket, for 1 s (THROTTLE_BACKOFF), not 0 s.
+    sent: list[float] = []
+
+    def throttling(request: httpx.Request) -> httpx.Response:
+        sent.append(anyio.current_time())
+        return httpx.Response(429 if len(sent) == 1 else 200)
+
+    transport = httpx.MockTransport(throttling)
+    async with af.HttpClient(per_host_rate=1000, retry=None, transport=transport) as client:
+        start = anyio.current_time()
+        assert (await client.get("https://a.example/")).status_code == 429
+        assert (await client.get("https://a.example/")).status_code == 200
+    assert [round(t - start, 3) for t in sent] == [0.0, 1.0]
