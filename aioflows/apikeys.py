@@ -80,8 +80,10 @@ def _launch_failed(
     fields: dict[str, Any] = {"error_type": error_type, "id": id, "sample": sample, "key": key}
     if base is not None and base is not LaunchFailed:
         try:
-            cls = types.new_class("LaunchFailed", (LaunchFailed, base), exec_body=_name_as_ours)
-            return cls(message, **fields)  # type: ignore[no-any-return]
+            cls: type[LaunchFailed] = types.new_class(
+                "LaunchFailed", (LaunchFailed, base), exec_body=_name_as_ours
+            )
+            return cls(message, **fields)
         except Exception:  # a final class, a metaclass conflict, a __new__ wanting more
             pass
     return LaunchFailed(message, **fields)
