@@ -353,8 +353,14 @@ async def test_waiting_for_a_limiters_tokens_does_not_count_against_timeout_issu
         (None, af.RateLimited(5), [0]),
         # asking for more than max_wait: raised at once, not waited for
         (af.Retry(3, max_wait=10), af.RateLimited(11), [0]),
+        # the policy's own backoff above max_wait: cut to max_wait, and retried
+        (
+            af.Retry(2, backoff=50, jitter=False, max_wait=2, max_throttles=2),
+            af.RateLimited(),
+            [0, 2, 4],
+        ),
     ],
-    ids=["backoff", "retry-after", "none", "none-retry-after", "over-max-wait"],
+    ids=["backoff", "retry-after", "none", "none-retry-after", "over-max-wait", "backoff-capped"],
 )
 async def test_map_and_launch_treat_a_throttle_alike_issue11(
     retry: af.Retry | None, throttle: af.RateLimited, expected_calls: list[float]
