@@ -768,3 +768,28 @@ async def test_a_queue_source_wakes_one_waiter_per_item_and_all_on_close() -> No
     assert got == [(0, "a"), DONE, DONE]
     with pytest.raises(RuntimeError):
         queue.put("late")
+
+
+async def test_map_of_calls_that_never_wait_lets_other_tasks_run() -> None:
+    """map's fast path passes a checkpoint every STREAK items too: a long map of calls that
+    return without waiting (cached, say) no longer holds the event loop from start to end."""
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    async def instant(x: int) -> int:
+        return x
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(ticker)
+        await asyncio.sleep(0)
+        start = ticks
+        results = await af.map(instant, range(64 * 20), concurrency=1)
+        seen = ticks - start
+        tg.cancel_scope.cancel()
+    assert results == list(range(64 * 20))
+    assert seen >= 10
