@@ -44,13 +44,13 @@ if TYPE_CHECKING:
 
 __all__ = ["Begin", "Scheduler"]
 
-#: Starts one instance: marks it RUNNING and returns the call of its body, for the worker to
-#: await (given the node, its slot and the resource it holds, None without resources).
+#: Starts one instance: marks it RUNNING and returns the call of its body, for the scheduler
+#: to await (given the node, its slot and the resource it holds, None without resources).
 Begin = Callable[[TaskNode, "Slot", Any], Awaitable[Any]]
 
 
 class Scheduler:
-    """Runs ``nodes`` (a subset of ``graph``'s, closed under predecessors) in one task group.
+    """Runs ``nodes`` (a subset of ``graph``'s, closed under predecessors) on one worker pool.
 
     Args:
         graph: The expanded flow (its specs' per-task ``concurrency``).
@@ -150,7 +150,11 @@ class Scheduler:
         cache lookup and the state changes are steps of their own, not levels around the call.
         """
         slot = self.slots[node]
-        if slot.state is not TaskState.SCHEDULED or not await self._ready(node, slot):
+        if slot.state is not TaskState.SCHEDULED:
+            return
+        # Without a store or per-task slots there is nothing to wait for before the run: no
+        # coroutine for _ready then (its cost is per instance).
+        if (self.cache is not None or self.task_slots) and not await self._ready(node, slot):
             return
         resource: Any = None
         held = False
