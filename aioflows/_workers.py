@@ -161,6 +161,10 @@ class Source(Generic[T]):
 
     __slots__ = ("_aiter", "_count", "_done", "_lock", "iterator")
 
+    #: Whether BLOCKED means that the pull will wait (nothing there yet). Here it only means
+    #: that it must be awaited (an async iterator), which may never suspend.
+    blocks: Final = False
+
     def __init__(self, items: Iterable[T] | AsyncIterable[T]) -> None:
         self._count = 0
         self._done = False
@@ -247,6 +251,7 @@ class StreamSource(Generic[T]):
 
     is_sync: Final = False
     iterator: Final = None
+    blocks: Final = True
     backlog: Final = 1  # unknown, as for an iterable
 
     def __init__(self, receive: MemoryObjectReceiveStream[tuple[int, T]]) -> None:
@@ -292,6 +297,7 @@ class QueueSource(Generic[T]):
 
     is_sync: Final = False
     iterator: Final = None
+    blocks: Final = True
 
     def __init__(self) -> None:
         self._items: collections.deque[T] = collections.deque()
@@ -576,9 +582,11 @@ class Pool:
     A worker passes a checkpoint every :data:`STREAK` items it takes in a row, so a run of
     items that never wait cannot starve the event loop (nor ignore a cancel()). "In a row" is
     read off the indices, which every source hands out in the order items are taken: when
-    another worker has taken one since, this worker has yielded, and its count starts again.
-    Telling that costs one comparison per item, where a checkpoint every 64 items of workers
-    that yield anyway would cost a loop pass each time (measured: about 2 % of ``map``).
+    another worker has taken one since, this worker has yielded, and its count starts again;
+    so it does when its pull had to wait. Telling that costs a comparison per item, where a
+    checkpoint every 64 items of workers that yield anyway costs a loop pass each time, and
+    more in a pipeline, where it breaks up the bursts a one-worker stage drains (measured
+    with callgrind: +4 % instructions per item of the streams benchmark's pipeline).
 
     The first exception of ``call`` (unless ``return_exceptions``), of the source or of the
     sink (a flat stage makes its outputs as they are delivered) is recorded in :attr:`error`,
@@ -647,7 +655,7 @@ class Pool:
                     count = 1 if self._grow else self._concurrency if workers is None else workers
                     self._workers = count
                     for _ in range(count):
-                        tg.start_soon(self._worker)
+                        self._start(tg)
         finally:
             self._task_group = None
             if isinstance(self.source, QueueSource):
@@ -686,32 +694,34 @@ class Pool:
             return
         self._spawning = True
         self._workers += 1
-        self._task_group.start_soon(self._worker)
+        self._start(self._task_group)
 
-    async def _worker(self) -> None:
-        self._spawning = False
-        source, sink = self.source, self._sink
-        try:
-            if (
-                type(sink) is Collect
-                and source.iterator is not None
-                and self.admit is None
-                and self._call_sync is None
-                and not self._grow
-            ):
-                await self._collect(source.iterator, sink.results)
-            else:
-                await self._serve()
-        except anyio.get_cancelled_exc_class() as exc:
-            # Cancelled: by the pool (a failure, cancel()) or from outside, where the task
-            # that runs the pool raises the cancellation on its own. The worker just ends:
-            # letting the exception out would keep it on the finished task, and with it its
-            # traceback and every frame of the call's stack, as a reference cycle only a full
-            # garbage collection frees (with thousands of workers and calls, that collection
-            # costs more than the cancellation). A CancelledError that no cancellation explains
-            # (a call raised one of its own) is a failure, so that it is not lost.
-            if anyio.current_effective_deadline() != -math.inf:
-                self.fail(exc)
+    def _start(self, tg: TaskGroup) -> None:
+        """Start a worker: the fast path's loop where it applies, else the general one. Each
+        is the task itself, not a level under a common wrapper: every level is one more frame
+        that each resume of the worker (once per item that waits) passes through."""
+        sink, iterator = self._sink, self.source.iterator
+        if (
+            type(sink) is Collect
+            and iterator is not None
+            and self.admit is None
+            and self._call_sync is None
+            and not self._grow
+        ):
+            tg.start_soon(self._collect, iterator, sink.results)
+        else:
+            tg.start_soon(self._serve)
+
+    def _cancelled(self, exc: BaseException) -> None:
+        """A worker was cancelled: by the pool (a failure, cancel()) or from outside, where the
+        task that runs the pool raises the cancellation on its own. The worker just ends:
+        letting the exception out would keep it on the finished task, and with it its
+        traceback and every frame of the call's stack, as a reference cycle only a full garbage
+        collection frees (with thousands of workers and calls, that collection costs more than
+        the cancellation). A CancelledError that no cancellation explains (a call raised one of
+        its own) is a failure, so that it is not lost."""
+        if anyio.current_effective_deadline() != -math.inf:
+            self.fail(exc)
 
     def _settle(self, exc: BaseException) -> bool:
         """What a worker does with an exception from a call, the source or the sink: True if
@@ -742,28 +752,31 @@ class Pool:
         ``next``, one append and the checkpoint every :data:`STREAK` items.
         """
         call, append, countdown, after = self._call, results.append, STREAK, -1
-        while True:
-            try:
-                item = next(iterator)
-            except StopIteration:
-                return
-            except BaseException as exc:  # the input itself failed
-                self._failed(exc)
-                return
-            index = len(results)
-            append(None)
-            # Another worker took an item since this one's last: this one has yielded.
-            countdown = countdown - 1 if index == after else STREAK
-            if not countdown:
-                countdown = STREAK
-                await anyio.lowlevel.checkpoint()
-            after = index + 1
-            try:
-                results[index] = await call(item)
-            except BaseException as exc:
-                if not self._settle(exc):
+        try:
+            while True:
+                try:
+                    item = next(iterator)
+                except StopIteration:
                     return
-                results[index] = exc
+                except BaseException as exc:  # the input itself failed
+                    self._failed(exc)
+                    return
+                index = len(results)
+                append(None)
+                # Another worker took an item since this one's last: this one has yielded.
+                countdown = countdown - 1 if index == after else STREAK
+                if not countdown:
+                    countdown = STREAK
+                    await anyio.lowlevel.checkpoint()
+                after = index + 1
+                try:
+                    results[index] = await call(item)
+                except BaseException as exc:
+                    if not self._settle(exc):
+                        return
+                    results[index] = exc
+        except anyio.get_cancelled_exc_class() as exc:
+            self._cancelled(exc)
 
     async def _pull_idle(self) -> Pulled[Any]:
         """A growing pool's awaited pull: the worker counts as idle while it waits."""
@@ -775,47 +788,54 @@ class Pool:
 
     async def _serve(self) -> None:
         """The worker loop: admission, pull, call, deliver; each without waiting if it can."""
+        self._spawning = False
         source, call, sink, admit = self.source, self._call, self._sink, self.admit
         pull_nowait, deliver_nowait = source.pull_nowait, sink.deliver_nowait
-        call_sync, grow, countdown, after = self._call_sync, self._grow, STREAK, -1
-        while True:
-            if admit is not None:
-                if admit.free > 0:  # try_acquire, inlined: this runs once per item
-                    admit.free -= 1
-                else:
-                    await admit.acquire()
-            try:
-                pulled = pull_nowait()
-                if pulled is BLOCKED:
-                    pulled = await (self._pull_idle() if grow else source.pull())
-            except BaseException as exc:  # the input itself failed
-                self._failed(exc)
-                return
-            if pulled is DONE:
+        call_sync, grow, blocks = self._call_sync, self._grow, source.blocks
+        countdown, after = STREAK, -1
+        try:
+            while True:
                 if admit is not None:
-                    admit.release()
-                return
-            if grow and source.backlog and not self._idle:
-                self._spawn()
-            index, item = pulled
-            # Another worker took an item since this one's last: this one has yielded.
-            countdown = countdown - 1 if index == after else STREAK
-            if not countdown:
-                countdown = STREAK
-                await anyio.lowlevel.checkpoint()
-            after = index + 1
-            try:
-                result: Any = await call(item) if call_sync is None else call_sync(item)
-            except BaseException as exc:
-                if not self._settle(exc):
+                    if admit.free > 0:  # try_acquire, inlined: this runs once per item
+                        admit.free -= 1
+                    else:
+                        await admit.acquire()
+                try:
+                    pulled = pull_nowait()
+                    if pulled is BLOCKED:
+                        pulled = await (self._pull_idle() if grow else source.pull())
+                        if blocks:
+                            after = -1  # it waited: the loop has run, the count starts again
+                except BaseException as exc:  # the input itself failed
+                    self._failed(exc)
                     return
-                result = exc
-            try:
-                if not deliver_nowait(index, result):
-                    await sink(index, result)
-            except BaseException as exc:  # a flat stage makes its outputs as they go out
-                self._failed(exc)
-                return
+                if pulled is DONE:
+                    if admit is not None:
+                        admit.release()
+                    return
+                if grow and source.backlog and not self._idle:
+                    self._spawn()
+                index, item = pulled
+                # Another worker took an item since this one's last: this one has yielded.
+                countdown = countdown - 1 if index == after else STREAK
+                if not countdown:
+                    countdown = STREAK
+                    await anyio.lowlevel.checkpoint()
+                after = index + 1
+                try:
+                    result: Any = await call(item) if call_sync is None else call_sync(item)
+                except BaseException as exc:
+                    if not self._settle(exc):
+                        return
+                    result = exc
+                try:
+                    if not deliver_nowait(index, result):
+                        await sink(index, result)
+                except BaseException as exc:  # a flat stage makes its outputs as they go out
+                    self._failed(exc)
+                    return
+        except anyio.get_cancelled_exc_class() as exc:
+            self._cancelled(exc)
 
 
 def feeding(pool: Pool, send: MemoryObjectSendStream[Any]) -> Callable[[], Awaitable[None]]:
