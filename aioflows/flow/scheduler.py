@@ -94,6 +94,7 @@ class Scheduler:
         self.fatal: BaseException | None = None
         self.ready: QueueSource[TaskNode] = QueueSource()
         self.pool = Pool(self._instance, self.ready, limit, grow=True)
+        self.stopping = False  # the pool is cancelled: by fail-fast or a fatal error
         self.resource_send: MemoryObjectSendStream[Any]
         self.resource_receive: MemoryObjectReceiveStream[Any]
         self.cancelled = anyio.get_cancelled_exc_class()
@@ -169,8 +170,10 @@ class Scheduler:
         except self.cancelled:
             self._kill(node, slot)
             # The pool is being cancelled (fail-fast, or from outside): its worker ends. A
-            # CancelledError the task raised of its own kills only this instance.
-            if anyio.current_effective_deadline() == -math.inf:
+            # CancelledError the task raised of its own kills only this instance. (The test
+            # of the deadline costs a look-up of the event loop: not for each of thousands
+            # of instances stopped by fail-fast.)
+            if self.stopping or anyio.current_effective_deadline() == -math.inf:
                 raise
         except BaseException as exc:
             await self._fail(node, slot, exc)
@@ -249,7 +252,7 @@ class Scheduler:
                 self._settle(succ)
                 stack.extend(succ.successors)
         if self.fail_fast:
-            self.pool.cancel()
+            self._stop()
 
     def _kill(self, node: TaskNode, slot: Slot) -> None:
         """A cancelled running instance: KILLED in memory only, no await (the records of all
@@ -287,4 +290,9 @@ class Scheduler:
             add_note = getattr(exc, "add_note", None)  # Python 3.11+
             if add_note is not None:
                 add_note(f"raised by flow task instance {node.unique_name}; the run was stopped")
+        self._stop()
+
+    def _stop(self) -> None:
+        """Cancel every running instance and start none more."""
+        self.stopping = True
         self.pool.cancel()
