@@ -200,7 +200,13 @@ class Pool:
             if self._return_exceptions:
                 return True
         elif is_cancellation(exc):
-            raise exc
+            # Raised again without keeping it in this frame: the frame goes on its traceback,
+            # and holding ``exc`` there would make a cycle per cancelled worker that only a
+            # full garbage collection frees (fail-fast of 10,000 flow instances: +250 ms).
+            try:
+                raise exc
+            finally:
+                del exc
         # Not an Exception (KeyboardInterrupt, a test framework's failure) is never a result,
         # and is raised by run() as itself rather than leaving the worker, where the task
         # group would wrap it (and asyncio end the loop for some).
@@ -210,7 +216,10 @@ class Pool:
     def _failed(self, exc: BaseException) -> None:
         """The source or the sink failed: never a result."""
         if is_cancellation(exc):
-            raise exc
+            try:
+                raise exc  # without keeping it in this frame, as in _settle
+            finally:
+                del exc
         self.fail(exc)
 
     async def _collect(self, iterator: Iterator[Any], results: list[Any]) -> None:
