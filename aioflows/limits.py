@@ -29,7 +29,6 @@ import time
 from collections import deque
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
-from types import TracebackType
 from typing import TypeAlias
 
 from . import _validate
@@ -452,12 +451,7 @@ class RateLimiter:
     async def __aenter__(self) -> None:
         await self.acquire()
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         return None
 
     # -- reconciling --------------------------------------------------------------------------
@@ -502,12 +496,7 @@ class _KeySlot:
     async def __aenter__(self) -> None:
         await self._keyed.acquire(self._key)
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         return None
 
 
