@@ -648,29 +648,34 @@ async def test_a_growing_pool_grows_to_concurrency_when_items_wait() -> None:
     assert now() - started < 20  # 61 one-second items on 8 workers, not one after another
 
 
+class _Ticker:
+    """Counts the loop passes another task gets: what a run that never waits must leave it."""
+
+    def __init__(self) -> None:
+        self.ticks = 0
+
+    async def run(self) -> None:
+        while True:
+            self.ticks += 1
+            await asyncio.sleep(0)
+
+
+async def _instant(x: int) -> int:
+    return x
+
+
 async def test_a_pool_of_items_that_never_wait_lets_the_loop_run() -> None:
     """A checkpoint every STREAK items taken without waiting: nothing else starves."""
     from aioflows._workers import STREAK, Collect, Pool, Source
 
-    ticks = 0
-
-    async def ticker() -> None:
-        nonlocal ticks
-        while True:
-            ticks += 1
-            await asyncio.sleep(0)
-
-    async def instant(x: int) -> int:
-        return x
-
     for source in (lambda: Source(range(STREAK * 10)), lambda: Source(aiter_of(STREAK * 10))):
-        ticks = 0
+        ticker = _Ticker()
         async with anyio.create_task_group() as tg:
-            tg.start_soon(ticker)
+            tg.start_soon(ticker.run)
             await asyncio.sleep(0)
             sink = Collect()
-            await Pool(instant, source(), 1, sink=sink).run()
-            seen = ticks
+            await Pool(_instant, source(), 1, sink=sink).run()
+            seen = ticker.ticks
             tg.cancel_scope.cancel()
         assert sink.results == list(range(STREAK * 10))
         assert seen >= 9
@@ -773,23 +778,13 @@ async def test_a_queue_source_wakes_one_waiter_per_item_and_all_on_close() -> No
 async def test_map_of_calls_that_never_wait_lets_other_tasks_run() -> None:
     """map's fast path passes a checkpoint every STREAK items too: a long map of calls that
     return without waiting (cached, say) no longer holds the event loop from start to end."""
-    ticks = 0
-
-    async def ticker() -> None:
-        nonlocal ticks
-        while True:
-            ticks += 1
-            await asyncio.sleep(0)
-
-    async def instant(x: int) -> int:
-        return x
-
+    ticker = _Ticker()
     async with anyio.create_task_group() as tg:
-        tg.start_soon(ticker)
+        tg.start_soon(ticker.run)
         await asyncio.sleep(0)
-        start = ticks
-        results = await af.map(instant, range(64 * 20), concurrency=1)
-        seen = ticks - start
+        start = ticker.ticks
+        results = await af.map(_instant, range(64 * 20), concurrency=1)
+        seen = ticker.ticks - start
         tg.cancel_scope.cancel()
     assert results == list(range(64 * 20))
     assert seen >= 10
