@@ -20,6 +20,7 @@ from .errors import InvalidArgumentType as InvalidArgumentType
 from .errors import MissingObject as MissingObject
 from .errors import OutputFileError as OutputFileError
 from .errors import RateLimited as RateLimited
+from .errors import RedisUnavailable as RedisUnavailable
 from .flow.config import expand_config as expand_config
 from .flow.context import TaskContext as TaskContext
 from .flow.graph import Graph as Graph
@@ -83,6 +84,7 @@ __all__ = [
     "Rate",
     "RateLimited",
     "RateLimiter",
+    "RedisUnavailable",
     "ResultStore",
     "Retry",
     "Stage",

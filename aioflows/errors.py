@@ -13,6 +13,8 @@ against the builtin keeps working. All of them are importable from ``aioflows``:
      ├── CorruptObject                           a stored file cannot be decoded
      ├── FlowError (also ValueError)             a flow cannot be built as declared
      ├── FlowFailed                              a flow ran and some task instances failed
+     ├── RedisUnavailable                        a Redis server cannot be reached or answered
+     │                                           with an error (the redis-py error is chained)
      ├── OutputFileError (also ValueError)       a launcher's output file is not one it wrote,
      │                                           or another launcher is writing it
      └── LaunchFailed                            a launch with fault_tolerant=False stopped at a
@@ -35,6 +37,7 @@ __all__ = [
     "MissingObject",
     "OutputFileError",
     "RateLimited",
+    "RedisUnavailable",
 ]
 
 
@@ -153,3 +156,10 @@ class FlowFailed(AioflowsError):
 class OutputFileError(AioflowsError, ValueError):
     """The output file is not a JSONL file written by the launcher, or another launcher is
     writing it (it holds the file's lock)."""
+
+
+class RedisUnavailable(AioflowsError):
+    """A Redis-backed limiter or store could not talk to its server (refused, reset, timed out,
+    or a server error). Never a grant: a limiter that cannot reach Redis raises rather than let a
+    call through. The redis-py exception is chained as ``__cause__``; the message names the
+    server's address but never a password in its URL."""
