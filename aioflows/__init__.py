@@ -13,6 +13,7 @@ from .concurrency import imap as imap
 from .concurrency import map as map
 from .errors import AioflowsError as AioflowsError
 from .errors import CorruptObject as CorruptObject
+from .errors import EndpointLoadFailed as EndpointLoadFailed
 from .errors import FlowError as FlowError
 from .errors import FlowFailed as FlowFailed
 from .errors import InvalidArgument as InvalidArgument
@@ -21,6 +22,7 @@ from .errors import MissingObject as MissingObject
 from .errors import OutputFileError as OutputFileError
 from .errors import RateLimited as RateLimited
 from .errors import RedisUnavailable as RedisUnavailable
+from .errors import ServingError as ServingError
 from .flow.config import expand_config as expand_config
 from .flow.context import TaskContext as TaskContext
 from .flow.graph import Graph as Graph
@@ -42,6 +44,10 @@ from .limits import KeyedRateLimiter as KeyedRateLimiter
 from .limits import Rate as Rate
 from .limits import RateLimiter as RateLimiter
 from .retry import Retry as Retry
+from .serving import Client as Client
+from .serving import Endpoint as Endpoint
+from .serving import Server as Server
+from .serving import Stats as Stats
 from .stores import LocalFileStore as LocalFileStore
 from .stores import MemoryStore as MemoryStore
 from .stores import Promise as Promise
@@ -59,7 +65,10 @@ from .stream import Union as Union
 __all__ = [
     "AioflowsError",
     "Batch",
+    "Client",
     "CorruptObject",
+    "Endpoint",
+    "EndpointLoadFailed",
     "Failed",
     "Filter",
     "Flow",
@@ -87,7 +96,10 @@ __all__ = [
     "RedisUnavailable",
     "ResultStore",
     "Retry",
+    "Server",
+    "ServingError",
     "Stage",
+    "Stats",
     "Sweep",
     "TaskContext",
     "TaskEvent",

@@ -15,6 +15,10 @@ against the builtin keeps working. All of them are importable from ``aioflows``:
      ├── FlowFailed                              a flow ran and some task instances failed
      ├── RedisUnavailable                        a Redis server cannot be reached or answered
      │                                           with an error (the redis-py error is chained)
+     ├── EndpointLoadFailed                      a served endpoint's load() raised: the server
+     │                                           does not start (the error is chained)
+     ├── ServingError                            an aioflows server answered a Client with an
+     │                                           HTTP error (status and its JSON error kept)
      ├── OutputFileError (also ValueError)       a launcher's output file is not one it wrote,
      │                                           or another launcher is writing it
      └── LaunchFailed                            a launch with fault_tolerant=False stopped at a
@@ -30,6 +34,7 @@ from typing import Any
 __all__ = [
     "AioflowsError",
     "CorruptObject",
+    "EndpointLoadFailed",
     "FlowError",
     "FlowFailed",
     "InvalidArgument",
@@ -38,6 +43,7 @@ __all__ = [
     "OutputFileError",
     "RateLimited",
     "RedisUnavailable",
+    "ServingError",
 ]
 
 
@@ -163,3 +169,39 @@ class RedisUnavailable(AioflowsError):
     or a server error). Never a grant: a limiter that cannot reach Redis raises rather than let a
     call through. The redis-py exception is chained as ``__cause__``; the message names the
     server's address but never a password in its URL."""
+
+
+class EndpointLoadFailed(AioflowsError):
+    """An endpoint's ``load`` hook raised while the server started.
+
+    A server never serves an endpoint that failed to load: entering ``async with server:``
+    (or the app's lifespan, or ``aioflows serve``) raises this, naming the endpoint, with the
+    hook's own exception chained as ``__cause__``.
+    """
+
+    def __init__(self, endpoint: str, error: BaseException | str) -> None:
+        self.endpoint = endpoint
+        #: What went wrong, as ``Type: message``.
+        self.reason = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+        super().__init__(f"endpoint {endpoint!r} failed to load: {self.reason}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.endpoint, self.reason))
+
+
+class ServingError(AioflowsError):
+    """An aioflows server answered an :class:`~aioflows.Client` call with an HTTP error.
+
+    ``status_code`` is the HTTP status, ``error`` the server's ``{"error": ...}`` message and
+    ``payload`` its whole JSON body (``/predict`` of a failed request adds the request's
+    ``id``). The message never holds the API key.
+    """
+
+    def __init__(self, status_code: int, error: str, payload: dict[str, Any] | None = None) -> None:
+        self.status_code = status_code
+        self.error = error
+        self.payload = {} if payload is None else payload
+        super().__init__(f"HTTP {status_code}: {error}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.status_code, self.error, self.payload))

@@ -62,9 +62,11 @@ ERRORS = {
     "OutputFileError",
     "RateLimited",
     "RedisUnavailable",
+    "EndpointLoadFailed",
+    "ServingError",
 }
 # API.md section 7 (serving).
-SECTION_7: set[str] = set()
+SECTION_7 = {"Client", "Endpoint", "Server", "Stats"}
 # API.md section 8 (beyond one machine), one set per part.
 SECTION_8_REDIS_LIMITS: set[str] = set()
 SECTION_8_REDIS_STORE: set[str] = set()
