@@ -227,6 +227,14 @@ class Book:
             self._expiry.append(record)
             self.sweep()
 
+    def abandon(self, record: Record) -> None:
+        """The server stopped before ``record`` finished: CANCELLED here (waiters are told),
+        and left as it is in the store, where a restart finds it unfinished."""
+        record.state, record.finished_at = State.CANCELLED, time.time()
+        record.error = "the server stopped before the request finished"
+        if record.done is not None:
+            record.done.set()
+
     def sweep(self) -> list[Record]:
         """Forget the requests whose TTL has passed; return them (the store's copies are the
         caller's to delete)."""

@@ -204,6 +204,12 @@ class Runner:
                 record.state = State.FAILURE
                 record.error = f"{type(exc).__name__}: {exc}"
                 record.timed_out = isinstance(exc, TimeoutError)
+            except BaseException:
+                # The server stops past its drain_timeout: in memory the request is over, but
+                # the store keeps it STARTED, so that a restarted server runs it again.
+                if not scope.cancel_called:
+                    book.abandon(record)
+                raise
             finally:
                 del self.running[record.id]
         if scope.cancel_called or record.state is State.STARTED:
