@@ -61,8 +61,10 @@ async def serving_double() -> AsyncIterator[str]:
 
 
 async def _until(predicate: Any, seconds: float = 10) -> None:
+    """Wait until ``predicate()`` holds: what the server's tasks change has no event to wait on
+    from a test."""
     with anyio.fail_after(seconds):
-        while not predicate():
+        while not predicate():  # noqa: ASYNC110
             await anyio.sleep(0.01)
 
 
@@ -427,14 +429,16 @@ async def test_a_failing_load_fails_the_start_with_the_endpoint_name() -> None:
 async def test_an_app_whose_server_was_not_started_answers_503_saying_how_to_fix_it() -> None:
     server = af.Server()
     server.add("double", Double())
-    async with uvicorn_serving(server.asgi(), lifespan="off") as url:
-        async with httpx.AsyncClient(base_url=url) as http:
-            for answer in (
-                await http.post("/v1/endpoints/double/predict", json={"x": 1}),
-                await http.get("/healthz"),
-            ):
-                assert answer.status_code == 503
-                assert "async with server:" in answer.json()["error"]
+    async with (
+        uvicorn_serving(server.asgi(), lifespan="off") as url,
+        httpx.AsyncClient(base_url=url) as http,
+    ):
+        for answer in (
+            await http.post("/v1/endpoints/double/predict", json={"x": 1}),
+            await http.get("/healthz"),
+        ):
+            assert answer.status_code == 503
+            assert "async with server:" in answer.json()["error"]
 
 
 async def test_a_flow_endpoint_merges_overrides_and_refuses_unknown_tasks_and_keys() -> None:
@@ -550,7 +554,7 @@ def test_bad_arguments_are_refused_before_anything_runs() -> None:
         server.add("has space", Double())
     with pytest.raises(TypeError, match="instance"):
         server.add("cls", Double)  # type: ignore[arg-type]
-    with pytest.raises(TypeError, match="Endpoint or an af.Flow"):
+    with pytest.raises(TypeError, match=r"Endpoint or an af\.Flow"):
         server.add("fn", print)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="Batch"):
         server.add("b", Double(), batch=(8, 0.1))  # type: ignore[arg-type]
