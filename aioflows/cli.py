@@ -566,10 +566,6 @@ def _cmd_show(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(main())
-
-
 # --- serve -----------------------------------------------------------------------------------
 
 
@@ -626,3 +622,7 @@ async def _serve(server: Any, listener: socket.socket, uvicorn: Any) -> None:
     except EndpointLoadFailed as exc:
         cause = exc.__cause__ if exc.__cause__ is not None else exc
         raise _UserCodeError(str(exc), cause) from exc
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
