@@ -586,3 +586,31 @@ def test_records_are_json_and_ids_do_not_repeat() -> None:
     record = Record(new_id(), "e", {"x": 1})
     assert json.loads(json.dumps(record.stored()))["body"] == {"x": 1}
     assert Record.from_stored(record.stored()).public() == record.public()
+
+
+async def test_a_predict_lives_as_long_as_its_http_request(tmp_path: Any) -> None:
+    """/predict answers with the result itself: nothing of a successful one is kept (memory
+    would grow with the request rate for the whole TTL), nor written to the store; a failed one
+    is kept, since its 500 gives the id to look it up."""
+
+    class Picky(af.Endpoint):
+        async def process(self, data: Any, state: dict[str, Any], stats: af.Stats) -> Any:
+            if data == "bad":
+                raise ValueError("bad")
+            return data
+
+    store = af.LocalFileStore(tmp_path)
+    server = af.Server(store)
+    server.add("picky", Picky())
+    async with uvicorn_serving(server.asgi()) as url, af.Client(url) as client:
+        for i in range(20):
+            assert await client.predict("picky", i) == i
+        assert len(server.book) == 0
+        with pytest.raises(af.ServingError) as failed:
+            await client.predict("picky", "bad")
+        assert (await client.get(failed.value.payload["id"]))["state"] == "FAILURE"
+        assert len(server.book) == 1
+        request_id = await client.submit("picky", 1)  # a submitted one is written
+        await client.wait(request_id, timeout=10)
+    stored = await store.get_results(task="aioflows-serving", config_hash="requests")
+    assert list(stored) == [request_id]

@@ -76,6 +76,9 @@ class Record:
     attempts: int = 0
     #: Whether its FAILURE is the endpoint's timeout (``/predict`` answers 504, not 500).
     timed_out: bool = False
+    #: A ``/predict`` request: its HTTP request is its lifetime, so it is never written to the
+    #: store, and it is forgotten once answered unless it failed (its id is in the error).
+    ephemeral: bool = False
     #: Set when someone waits for the final state; created lazily (most requests are polled
     #: or never waited on), set once the final record is written.
     done: anyio.Event | None = None
@@ -152,19 +155,19 @@ class Book:
             self._records.pop(record.id, None)
 
     async def write(self, record: Record) -> None:
-        """Write ``record`` through to the store, if there is one."""
-        if self.store is not None:
+        """Write ``record`` through to the store, if there is one (and it is not ephemeral)."""
+        if self.store is not None and not record.ephemeral:
             await self.store.save(
                 record.stored(), record.id, task=STORE_TASK, config_hash=STORE_RUN
             )
 
-    async def write_all(self, records: Iterable[Record]) -> None:
+    async def write_all(self, records: list[Record]) -> None:
         """Write many records, a few at once (a batch submission answers once all are in)."""
-        if self.store is None:
+        if self.store is None or all(record.ephemeral for record in records):
             return
         from ..concurrency import map as map_
 
-        await map_(self.write, list(records), concurrency=16)
+        await map_(self.write, records, concurrency=16)
 
     def local(self, request_id: str) -> Record | None:
         """The record in this server's memory, unless it has expired."""
@@ -224,7 +227,10 @@ class Book:
         finally:
             if record.done is not None:
                 record.done.set()
-            self._expiry.append(record)
+            if record.ephemeral and record.state is State.SUCCESS:
+                self._records.pop(record.id, None)
+            else:
+                self._expiry.append(record)
             self.sweep()
 
     def abandon(self, record: Record) -> None:

@@ -121,11 +121,11 @@ def app(server: Server) -> Starlette:
                 headers={"Retry-After": "1"},
             ) from None
 
-    async def accept(runner: Runner, bodies: list[Any]) -> list[Record]:
+    async def accept(runner: Runner, bodies: list[Any], *, predict: bool = False) -> list[Record]:
         """Book the requests, write them to the store, then queue them: a request is
         durable before it is answered, and before it can start."""
         reserve(runner, len(bodies))
-        records = [Record(new_id(), runner.name, body) for body in bodies]
+        records = [Record(new_id(), runner.name, body, ephemeral=predict) for body in bodies]
         for record in records:
             server.book.add(record)
         try:
@@ -139,8 +139,11 @@ def app(server: Server) -> Starlette:
             raise _Refused(
                 500, f"could not store the request: {type(exc).__name__}: {exc}"
             ) from exc
-        for record in records:
-            runner.put(record)
+        if not all([runner.put(record) for record in records]) and server.book.store is None:
+            # Stopped while they were written, and nothing keeps them: not accepted. (With a
+            # persistent store they are, and a restarted server runs them.)
+            server.book.forget(records)
+            raise _Refused(503, _not_serving(server.phase))
         return records
 
     async def submit(request: Request) -> Response:
@@ -164,7 +167,7 @@ def app(server: Server) -> Starlette:
         runner = runner_of(request)
         body = await body_of(request)
         checked(runner, body)
-        (record,) = await accept(runner, [body])
+        (record,) = await accept(runner, [body], predict=True)
         record = await server.book.wait(record, math.inf)
         if record.state is State.SUCCESS:
             return _json({"result": record.result})

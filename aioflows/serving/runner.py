@@ -150,9 +150,14 @@ class Runner:
         """Give back a reservation whose requests were not accepted after all."""
         self.queued -= count
 
-    def put(self, record: Record) -> None:
-        """Queue a request reserved with :meth:`reserve`."""
+    def put(self, record: Record) -> bool:
+        """Queue a request reserved with :meth:`reserve`; False if the endpoint has closed
+        meanwhile (the server is stopping)."""
+        if self._queue.closed:
+            self.queued -= 1
+            return False
         self._queue.put(record)
+        return True
 
     def describe(self) -> dict[str, Any]:
         """What ``GET /v1/endpoints`` says of this endpoint."""
