@@ -45,6 +45,7 @@ from .retry import Retry as Retry
 from .stores import LocalFileStore as LocalFileStore
 from .stores import MemoryStore as MemoryStore
 from .stores import Promise as Promise
+from .stores import RedisStore as RedisStore
 from .stores import ResultStore as ResultStore
 from .stores import TaskInfo as TaskInfo
 from .stores import TaskState as TaskState
@@ -84,6 +85,7 @@ __all__ = [
     "Rate",
     "RateLimited",
     "RateLimiter",
+    "RedisStore",
     "RedisUnavailable",
     "ResultStore",
     "Retry",
