@@ -7,8 +7,8 @@ from __future__ import annotations
 import sys
 import textwrap
 import uuid
-from datetime import datetime, timezone
 from collections.abc import AsyncIterator
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
