@@ -330,3 +330,8 @@ async def test_a_flow_runs_and_caches_on_a_redis_store(store: af.RedisStore) -> 
     assert calls == []  # everything came from Redis
     assert set(again.states.values()) == {af.TaskState.CACHED}
     assert again.values("total") == first.values("total") == [{1, 4, 9}]
+    # A record torn by someone else is a CorruptObject, which the flow answers by re-running.
+    await store.redis.hset(f"{store.prefix}:run:square/{node.config_hash}", "_taskinfo", "{torn")
+    third = await flow.run(store=store)
+    assert calls == ["square2"]
+    assert third.values("total") == [{1, 4, 9}]
