@@ -4,6 +4,8 @@ a lost server, and which client it closes."""
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import sys
 import textwrap
 import uuid
@@ -244,6 +246,32 @@ def test_the_password_of_a_url_stays_out_of_the_repr_and_bad_arguments_are_refus
     decoding = redis.asyncio.Redis.from_url("redis://127.0.0.1:1/0", decode_responses=True)
     with pytest.raises(ValueError, match="decode_responses"):
         af.RedisStore(decoding)
+
+
+# The first loop's connection is left open on purpose, as a script that never closes the store
+# leaves it: it can only be collected, which warns.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+@pytest.mark.filterwarnings("ignore::ResourceWarning")
+def test_a_store_from_a_url_is_used_in_one_event_loop_after_another(
+    redis_server: rs.RedisServer,
+) -> None:
+    store = af.RedisStore(redis_server.url, prefix=f"test-{uuid.uuid4().hex}")
+
+    async def save(store: af.RedisStore) -> None:
+        await store.save(1, "m", **KEY)  # not closed: its connection stays with this loop
+
+    async def load_and_close(store: af.RedisStore) -> Any:
+        async with store:
+            value = await store.load("m", **KEY)
+            await store.delete_run(**KEY)
+            return value
+
+    asyncio.run(save(store))
+    assert asyncio.run(load_and_close(store)) == 1  # a new client for the new loop
+    with pytest.raises(af.MissingObject):  # and again, after it was closed
+        asyncio.run(load_and_close(store))
+    del store
+    gc.collect()  # the first loop's connection is collected here, not in another test
 
 
 def test_open_is_for_file_stores_only() -> None:

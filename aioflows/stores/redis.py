@@ -26,6 +26,7 @@ through), so every str the key checks accept is a usable key and reads back as t
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import TYPE_CHECKING, Any, Final
 
@@ -107,6 +108,8 @@ class RedisStore(ResultStore):
         self._prefix = prefix
         self._p = _b(prefix) + b":"
         self._tasks_key = self._p + b"tasks"
+        self._url = url_or_client if self._owned else None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._delete_run_script = self._redis.register_script(_DELETE_RUN)
 
     @property
@@ -115,16 +118,36 @@ class RedisStore(ResultStore):
 
     @property
     def redis(self) -> Redis:
-        """The client the store talks through (its own, or the one passed in)."""
-        return self._redis
+        """The client the store talks through (its own for this event loop, or the one passed
+        in)."""
+        return self._client()
 
     def __repr__(self) -> str:
         return f"RedisStore({self._shown!r}, prefix={self._prefix!r})"
 
+    def _client(self) -> Redis:
+        """The client, for the running event loop.
+
+        redis-py's connections belong to the loop that opened them. A client the store made
+        from a URL is made again for a new loop, so a store used in one ``asyncio.run`` after
+        another keeps working (close it in each, with ``async with store:``, so that no
+        connection of a finished loop is left open). A client passed in is used as it is.
+        """
+        if self._url is not None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # outside any loop (the `redis` property): as it is
+                return self._redis
+            if loop is not self._loop:
+                if self._loop is not None:
+                    self._redis = _redis.client(self._url, "RedisStore")[0]
+                self._loop = loop
+        return self._redis
+
     async def aclose(self) -> None:
         """Close the client if the store made it from a URL; a client passed in stays open."""
         if self._owned:
-            await self._redis.aclose()
+            await self._client().aclose()
 
     async def __aenter__(self) -> RedisStore:
         return self
@@ -149,8 +172,9 @@ class RedisStore(ResultStore):
         self, obj: Any, name: str, task: str, config_hash: str, type_: StoreType
     ) -> None:
         value = type_.extension.encode() + _SEP + type_.encode(obj, name)
-        with _redis.unavailable(self._redis):
-            await self._redis.hset(self._run_key(task, config_hash), _b(name), value)
+        redis = self._client()
+        with _redis.unavailable(redis):
+            await redis.hset(self._run_key(task, config_hash), _b(name), value)
 
     def _decode(self, key: bytes, field: bytes, value: bytes) -> Any:
         extension, sep, data = value.partition(_SEP)
@@ -164,29 +188,33 @@ class RedisStore(ResultStore):
         raise CorruptObject(self._where(key, field), reason)
 
     async def _load(self, name: str, task: str, config_hash: str) -> Any:
-        key, field = self._run_key(task, config_hash), _b(name)
-        with _redis.unavailable(self._redis):
-            value = await self._redis.hget(key, field)
+        key, field, redis = self._run_key(task, config_hash), _b(name), self._client()
+        with _redis.unavailable(redis):
+            value = await redis.hget(key, field)
         return MISSING if value is None else self._decode(key, field, _raw(value))
 
     async def _exists(self, name: str, task: str, config_hash: str) -> bool:
-        with _redis.unavailable(self._redis):
-            return bool(await self._redis.hexists(self._run_key(task, config_hash), _b(name)))
+        redis = self._client()
+        with _redis.unavailable(redis):
+            return bool(await redis.hexists(self._run_key(task, config_hash), _b(name)))
 
     async def _delete(self, name: str, task: str, config_hash: str) -> None:
         # A hash whose last field goes is removed by Redis itself: nothing is left behind.
-        with _redis.unavailable(self._redis):
-            await self._redis.hdel(self._run_key(task, config_hash), _b(name))
+        redis = self._client()
+        with _redis.unavailable(redis):
+            await redis.hdel(self._run_key(task, config_hash), _b(name))
 
     async def _delete_run(self, task: str, config_hash: str) -> None:
         keys = [self._run_key(task, config_hash), self._infos_key(task), self._tasks_key]
-        with _redis.unavailable(self._redis):
-            await self._delete_run_script(keys=keys, args=[_b(config_hash), _b(task)])
+        args = [_b(config_hash), _b(task)]
+        redis = self._client()
+        with _redis.unavailable(redis):
+            await self._delete_run_script(keys=keys, args=args, client=redis)
 
     async def _get_results(self, task: str, config_hash: str) -> dict[str, Any]:
-        key = self._run_key(task, config_hash)
-        with _redis.unavailable(self._redis):
-            fields = await self._redis.hgetall(key)
+        key, redis = self._run_key(task, config_hash), self._client()
+        with _redis.unavailable(redis):
+            fields = await redis.hgetall(key)
         return {
             _s(field): self._decode(key, _raw(field), _raw(value))
             for field, value in fields.items()
@@ -221,12 +249,13 @@ class RedisStore(ResultStore):
             await self._write_infos(batch.task, _advice_rows(batch))
 
     async def _write_infos(self, task: str, rows: list[tuple[str, bytes]]) -> None:
-        pipe = self._redis.pipeline(transaction=True)
+        redis = self._client()
+        pipe = redis.pipeline(transaction=True)
         for config_hash, data in rows:
             pipe.hset(self._run_key(task, config_hash), _INFO, data)
         pipe.sadd(self._infos_key(task), *(_b(config_hash) for config_hash, _ in rows))
         pipe.sadd(self._tasks_key, _b(task))
-        with _redis.unavailable(self._redis):
+        with _redis.unavailable(redis):
             await pipe.execute()
 
     def _parse_info(self, key: bytes, data: bytes) -> TaskInfo:
@@ -240,18 +269,19 @@ class RedisStore(ResultStore):
             ) from exc
 
     async def _load_info(self, task: str, config_hash: str) -> TaskInfo | None:
-        key = self._run_key(task, config_hash)
-        with _redis.unavailable(self._redis):
-            data = await self._redis.hget(key, _INFO)
+        key, redis = self._run_key(task, config_hash), self._client()
+        with _redis.unavailable(redis):
+            data = await redis.hget(key, _INFO)
         return None if data is None else self._parse_info(key, _raw(data))
 
     async def _list_infos(self, task: str | None) -> list[TaskInfo]:
-        with _redis.unavailable(self._redis):
+        redis = self._client()
+        with _redis.unavailable(redis):
             if task is None:
-                tasks = sorted(_s(t) for t in await self._redis.smembers(self._tasks_key))
+                tasks = sorted(_s(t) for t in await redis.smembers(self._tasks_key))
             else:
                 tasks = [task]
-            pipe = self._redis.pipeline(transaction=False)
+            pipe = redis.pipeline(transaction=False)
             for name in tasks:
                 pipe.smembers(self._infos_key(name))
             runs = [
@@ -259,7 +289,7 @@ class RedisStore(ResultStore):
                 for name, hashes in zip(tasks, await pipe.execute(), strict=True)
                 for config_hash in hashes
             ]
-            pipe = self._redis.pipeline(transaction=False)
+            pipe = redis.pipeline(transaction=False)
             for key in runs:
                 pipe.hget(key, _INFO)
             found = await pipe.execute() if runs else []
