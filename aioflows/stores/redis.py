@@ -171,7 +171,7 @@ class RedisStore(ResultStore):
     async def _save(
         self, obj: Any, name: str, task: str, config_hash: str, type_: StoreType
     ) -> None:
-        value = type_.extension.encode() + _SEP + type_.encode(obj, name)
+        value = _b(type_.extension) + _SEP + type_.encode(obj, name)
         redis = self._client()
         with _redis.unavailable(redis):
             await redis.hset(self._run_key(task, config_hash), _b(name), value)
@@ -180,7 +180,7 @@ class RedisStore(ResultStore):
         extension, sep, data = value.partition(_SEP)
         if sep:
             for stype in self._types:
-                if stype.extension.encode() == extension:
+                if _b(stype.extension) == extension:
                     return stype.decode(data, self._where(key, field))
             reason = f"its type (extension {_s(extension)!r}) is not registered in this store"
         else:
