@@ -51,6 +51,7 @@ from .serving import Stats as Stats
 from .stores import LocalFileStore as LocalFileStore
 from .stores import MemoryStore as MemoryStore
 from .stores import Promise as Promise
+from .stores import RedisStore as RedisStore
 from .stores import ResultStore as ResultStore
 from .stores import TaskInfo as TaskInfo
 from .stores import TaskState as TaskState
@@ -93,6 +94,7 @@ __all__ = [
     "Rate",
     "RateLimited",
     "RateLimiter",
+    "RedisStore",
     "RedisUnavailable",
     "ResultStore",
     "Retry",
