@@ -173,7 +173,8 @@ class Server:
         await tg.__aenter__()
         self._task_group = tg
         for runner in self.runners.values():
-            tg.start_soon(runner.run, self.book, self.metrics, tg, name=f"endpoint {runner.name}")
+            runner.bind(self.book, self.metrics)
+            tg.start_soon(runner.run, tg, name=f"endpoint {runner.name}")
         tg.start_soon(self._sweep, name="aioflows request expiry")
         for record in again:
             self._requeue(record)
