@@ -330,7 +330,7 @@ async def test_the_aiohttp_transport_keeps_limits_retries_and_the_httpx_api(
 
 
 def test_the_aiohttp_transport_refuses_http2_and_unknown_transports() -> None:
-    with pytest.raises(ValueError, match="HTTP/1.1 only"):
+    with pytest.raises(ValueError, match=r"HTTP/1\.1 only"):
         af.HttpClient(transport="aiohttp", http2=True)
     with pytest.raises(TypeError, match="'aiohttp'"):
         af.HttpClient(transport="curl")  # type: ignore[arg-type]
