@@ -4,13 +4,14 @@ upstream; one that completes, its body, its errors and outer cancellation are un
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
 import anyio.abc
 import anyio.lowlevel
 import httpx
+import pytest
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
 from serving_support import uvicorn_serving
@@ -39,8 +40,17 @@ class Handlers:
         self.finished = 0
 
 
-def make_app(upstream: Upstream, handlers: Handlers, limiter: af.RateLimiter) -> FastAPI:
+def make_app(
+    upstream: Upstream, handlers: Handlers, limiter: af.RateLimiter, *, middleware: bool = False
+) -> FastAPI:
     app = FastAPI()
+    if middleware:  # a BaseHTTPMiddleware wraps receive(): the disconnect must still get through
+
+        @app.middleware("http")
+        async def passthrough(
+            request: Request, call_next: Callable[[Request], Awaitable[Response]]
+        ) -> Response:
+            return await call_next(request)
 
     @app.get("/fan")
     async def fan(request: Request, n: int) -> Response:
@@ -122,10 +132,11 @@ async def close_all(streams: list[anyio.abc.SocketStream]) -> None:
         await stream.aclose()
 
 
-async def test_ten_clients_that_leave_stop_their_upstream_calls() -> None:
+@pytest.mark.parametrize("middleware", [False, True], ids=["bare", "BaseHTTPMiddleware"])
+async def test_ten_clients_that_leave_stop_their_upstream_calls(middleware: bool) -> None:
     upstream, handlers = Upstream(), Handlers()
     # One limiter shared by every request, as an app's lifespan would create it.
-    app = make_app(upstream, handlers, af.RateLimiter("300/s", burst=10))
+    app = make_app(upstream, handlers, af.RateLimiter("300/s", burst=10), middleware=middleware)
     async with uvicorn_serving(app) as url:
         # The control: without the helper, the calls go on after the client has left.
         plain = [await connect(url, get("/plain?n=100")) for _ in range(2)]
