@@ -53,9 +53,9 @@ async def cancel_on_disconnect(request: Request) -> AsyncIterator[anyio.CancelSc
     disconnects while the body is being read gets its block cancelled at its first checkpoint.
 
     Args:
-        request: The Starlette (or FastAPI) request of the handler; any ASGI server that sends
-            ``http.disconnect`` when the client goes (uvicorn, hypercorn, httpx's ASGI transport)
-            works.
+        request: The Starlette (or FastAPI) request of the handler, under any ASGI server
+            that answers ``receive()`` with ``http.disconnect`` when the client goes, as the
+            ASGI spec asks (tested under uvicorn, with and without ``BaseHTTPMiddleware``).
 
     Yields:
         The block's ``anyio.CancelScope``: ``cancelled_caught`` says whether the client left

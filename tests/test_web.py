@@ -4,6 +4,8 @@ upstream; one that completes, its body, its errors and outer cancellation are un
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -204,3 +206,9 @@ async def test_the_body_errors_and_outer_cancellation_pass_through() -> None:
         await uploading.aclose()
         await wait_for(lambda: handlers.cut_short == 1)
     assert handlers.finished == 0
+
+
+def test_importing_aioflows_does_not_import_starlette() -> None:
+    # Starlette is the server extra's: the helper imports it when it is entered.
+    code = "import sys, aioflows; assert 'starlette' not in sys.modules, sorted(sys.modules)"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
