@@ -145,7 +145,7 @@ async def test_ten_clients_that_leave_stop_their_upstream_calls(middleware: bool
         await wait_for(lambda: handlers.entered == 2 and upstream.started >= 8)
         await close_all(plain)
         left_at = upstream.started
-        await anyio.sleep(0.5)
+        await anyio.sleep(0.3)
         assert upstream.started - left_at >= 10, "the control should show the calls going on"
         await wait_for(lambda: handlers.finished == 2)  # all 200 calls ran for nobody
         assert upstream.started == 200
@@ -166,7 +166,7 @@ async def test_ten_clients_that_leave_stop_their_upstream_calls(middleware: bool
             # 10,000 calls at 300/s would take half a minute: the ten must end long before.
             await wait_for(lambda: handlers.cut_short == 10)
             after_disconnect = upstream.started - left_at
-            await anyio.sleep(0.5)
+            await anyio.sleep(0.3)
         calls_later = upstream.started - left_at - after_disconnect
     # A few may start between the close and uvicorn noticing it: a generous bound. The stayer
     # adds its 20.
