@@ -62,6 +62,7 @@ from .stream import Pipeline as Pipeline
 from .stream import Stage as Stage
 from .stream import Unbatch as Unbatch
 from .stream import Union as Union
+from .web import cancel_on_disconnect as cancel_on_disconnect
 
 __all__ = [
     "AioflowsError",
@@ -112,6 +113,7 @@ __all__ = [
     "TaskState",
     "Unbatch",
     "Union",
+    "cancel_on_disconnect",
     "expand_config",
     "imap",
     "launch",

@@ -21,6 +21,7 @@ EXPECTED = {
     "result_store.py": "Stored",
     "serve_sentiment.py": "Served",
     "stream_enrich.py": "Enriched",
+    "web_app.py": "Web app stopped cleanly",
 }
 
 
