@@ -11,13 +11,17 @@ the site at the next build, without editing a page:
   that page's section on the site;
 - a griffe extension (``extensions:`` of the python handler) that turns the Sphinx roles the
   code's docstrings use (``:class:`Retry```) into links to the reference where the target is
-  public, and code otherwise; and gives a method that overrides a documented one without a
-  docstring of its own (``MemoryStore.save``) its base's, as ``help()`` does.
+  public, and code otherwise; gives a method that overrides a documented one without a
+  docstring of its own its base's, as ``help()`` does; and documents a public function that
+  is made at import time (``launch = _run_once(Launcher)``, an attribute to static analysis)
+  with the signature and docstring it has at run time.
 """
 
 from __future__ import annotations
 
 import ast
+import importlib
+import inspect
 import re
 from pathlib import Path
 from typing import Any
@@ -111,6 +115,8 @@ def on_page_markdown(markdown: str, page: Any, **kwargs: Any) -> str:
     return _EXAMPLE_LINK.sub(r"](examples.md#\1)", markdown)
 
 
+#: reStructuredText's "::" that ends the line before a literal block; Markdown needs no mark.
+_LITERAL = re.compile(r"(?<=\w)::$", re.M)
 _ROLE = re.compile(r":(?:py:)?(?:class|func|meth|attr|exc|data|obj|mod):`(~?)([^`]+)`")
 
 
@@ -137,7 +143,26 @@ class DocstringsForTheSite(griffe.Extension):
     def on_package(self, *, pkg: griffe.Module, **kwargs: Any) -> None:
         if pkg.name != "aioflows":
             return
+        self._made_at_import(pkg)
         self._walk(pkg, set())
+
+    def _made_at_import(self, pkg: griffe.Module) -> None:
+        module = importlib.import_module("aioflows")
+        for name in sorted(self._public):
+            member = pkg.members.get(name)
+            if member is None:
+                continue
+            try:
+                found = member.final_target if isinstance(member, griffe.Alias) else member
+            except griffe.AliasResolutionError:
+                continue
+            runtime = getattr(module, name, None)
+            parent = found.parent
+            if not isinstance(found, griffe.Attribute) or not inspect.isfunction(runtime):
+                continue
+            if not isinstance(parent, (griffe.Module, griffe.Class)):
+                continue
+            parent.set_member(found.name, _function(found, runtime))
 
     def _walk(self, obj: griffe.Object, seen: set[str]) -> None:
         if obj.path in seen:
@@ -146,16 +171,15 @@ class DocstringsForTheSite(griffe.Extension):
         if isinstance(obj, griffe.Class):
             self._inherit(obj)
         if obj.docstring is not None:
-            obj.docstring.value = _ROLE.sub(
-                lambda m: _role_to_markdown(self._public, m), obj.docstring.value
-            )
+            value = _ROLE.sub(lambda m: _role_to_markdown(self._public, m), obj.docstring.value)
+            obj.docstring.value = _LITERAL.sub(":", value)  # "Usage::" -> "Usage:", then code
         for member in obj.members.values():
             if isinstance(member, griffe.Object):  # an Alias is documented where it points
                 self._walk(member, seen)
 
     def _inherit(self, cls: griffe.Class) -> None:
         for name, member in cls.members.items():
-            if member.is_alias or member.docstring is not None:
+            if isinstance(member, griffe.Alias) or member.docstring is not None:
                 continue
             for base in cls.mro():
                 inherited = base.members.get(name)
@@ -164,3 +188,32 @@ class DocstringsForTheSite(griffe.Extension):
                         inherited.docstring.value, parent=member, parser=inherited.docstring.parser
                     )
                     break
+
+
+def _function(attribute: griffe.Attribute, runtime: Any) -> griffe.Function:
+    """A griffe Function for ``runtime``, standing where ``attribute`` was found."""
+    signature = inspect.signature(runtime)
+    empty = inspect.Parameter.empty
+    parameters = griffe.Parameters(
+        *(
+            griffe.Parameter(
+                p.name,
+                annotation=None if p.annotation is empty else str(p.annotation),
+                kind=griffe.ParameterKind(p.kind.description),  # the same words
+                default=None if p.default is empty else repr(p.default),
+            )
+            for p in signature.parameters.values()
+        )
+    )
+    returns = signature.return_annotation
+    function = griffe.Function(
+        attribute.name,
+        parameters=parameters,
+        returns=None if returns is inspect.Signature.empty else str(returns),
+        lineno=attribute.lineno,
+        endlineno=attribute.endlineno,
+        docstring=griffe.Docstring(inspect.getdoc(runtime) or "", parser="google"),
+    )
+    if inspect.iscoroutinefunction(runtime):
+        function.labels.add("async")
+    return function

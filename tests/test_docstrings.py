@@ -217,6 +217,13 @@ def test_public_name_documents_its_parameters(name: str) -> None:
     assert found == [], "\n".join(found)
 
 
+def test_the_package_docstring_names_only_what_exists() -> None:
+    """``aioflows/__init__.py`` says what the package holds; every name it gives is public."""
+    named = set(re.findall(r"``(\w+)``", aioflows.__doc__ or ""))
+    assert named, "the package docstring names what it holds"
+    assert named <= set(aioflows.__all__)
+
+
 if __name__ == "__main__":
     for line in problems():
         print(line)
