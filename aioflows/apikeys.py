@@ -162,7 +162,7 @@ class Key:
 
     @property
     def label(self) -> str:
-        """``"key-0"``, ``"key-1"``...: the key's place in ``keys``, safe to log."""
+        """``"key-0"``, ``"key-1"``... (its place in ``keys``), or ``"default"``: safe to log."""
         return self._state.label
 
     @property
