@@ -94,7 +94,8 @@ def examples_markdown() -> str:
         doc = ast.get_docstring(ast.parse(source)) or ""
         summary = doc.split("\n\n")[0].replace("\n", " ").strip()
         parts.append(f"## examples/{path.name} {{#{path.stem}}}\n\n{summary}\n")
-        parts.append(f'```py title="examples/{path.name}"\n{source.rstrip()}\n```\n')
+        fence = "`" * max(3, *(len(run) + 1 for run in re.findall("`+", source)))
+        parts.append(f'{fence}py title="examples/{path.name}"\n{source.rstrip()}\n{fence}\n')
     return "\n".join(parts)
 
 
