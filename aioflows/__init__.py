@@ -1,7 +1,10 @@
 """aioflows: run many async things well.
 
-Rate-limited concurrent calls, task graphs, streaming pipelines, resumable batch jobs and a
-submit-and-poll server, async-native on anyio. ``import aioflows as af``.
+Rate-limited concurrent calls (``map``, ``imap``), task graphs over config grids whose results
+are kept in a store (``Flow``, ``LocalFileStore``), streaming pipelines (``Pipeline``),
+resumable batch jobs over many API keys (``Launcher``), a rate-limited HTTP client
+(``HttpClient``) and a submit-and-poll server for models and flows (``Server``), async-native
+on anyio. ``import aioflows as af``; the API reference is docs/reference.md.
 """
 
 from __future__ import annotations

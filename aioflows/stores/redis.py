@@ -114,6 +114,7 @@ class RedisStore(ResultStore):
 
     @property
     def prefix(self) -> str:
+        """What every key of this store starts with (before a ``:``)."""
         return self._prefix
 
     @property
