@@ -41,6 +41,7 @@ from .launcher import launch as launch
 from .limits import KeyedRateLimiter as KeyedRateLimiter
 from .limits import Rate as Rate
 from .limits import RateLimiter as RateLimiter
+from .redislimits import RedisRateLimiter as RedisRateLimiter
 from .retry import Retry as Retry
 from .stores import LocalFileStore as LocalFileStore
 from .stores import MemoryStore as MemoryStore
@@ -84,6 +85,7 @@ __all__ = [
     "Rate",
     "RateLimited",
     "RateLimiter",
+    "RedisRateLimiter",
     "RedisUnavailable",
     "ResultStore",
     "Retry",

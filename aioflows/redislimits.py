@@ -1,0 +1,532 @@
+"""Per-key token buckets kept in Redis, shared by every process that uses them:
+:class:`RedisRateLimiter`.
+
+Every call is one atomic Lua script (EVALSHA; redis-py loads it again after a NOSCRIPT), and
+the script reads the time with Redis's ``TIME``: the clocks of the client machines never enter
+the arithmetic, so two machines whose clocks disagree by seconds still share one bucket
+correctly. A bucket is a hash of its tokens, the time they were counted, a pause and at most
+one claim; it expires (PEXPIRE) at the moment it would be full and idle again, when a missing
+key and the bucket mean the same thing, so Redis holds only the keys in use.
+
+Waiting. The script answers a refused request with how long until it could be granted; the
+caller sleeps that long and asks again. Callers of one process that wait on one key queue in
+that process first, in arrival order, and only the head of the queue talks to Redis: N local
+waiters cost one round trip per grant, not N. A grant tells the next waiter how long its own
+cost will take, so the queue does not ask early.
+
+Starvation. A waiting request records a *claim* on its bucket: the tokens it needs are then
+reserved for it, and requests of other processes can take only what is above them. The claim
+goes to the waiter that has waited longest (by the Redis clock), so a big request is not
+overtaken forever by a stream of small ones, whatever process they come from. Beyond that no
+order across processes is promised: a request that arrives when there are tokens above the
+claim is served at once, ahead of other processes' waiters. A claim whose holder stops asking
+(a process that died) lapses one second after it was due (:data:`CLAIM_GRACE`).
+
+Lost state. The buckets' keys live in the Redis keyspace and a Redis restart without
+persistence (or a ``FLUSHDB``) empties it: buckets would come back full and grant their burst
+again at once. An *epoch* key guards against that: every client remembers the epoch it has
+seen, and a script that finds the epoch gone while the client knew one starts a new epoch in
+which every bucket starts empty at that moment, so the loss is paid in waiting, never in an
+over-grant. (A client that has never seen an epoch cannot tell a loss from a first use.)
+While Redis cannot be reached, every call raises :class:`~aioflows.errors.RedisUnavailable`:
+a failure is never a grant.
+
+Names. A key is never written to Redis: its bucket is ``{prefix}:rl:{digest}``, a 128-bit
+BLAKE2b digest of the key (API keys and other secrets may be keys). The epoch lives in
+``{prefix}:rl:epoch``. A script touches the epoch and the bucket together, so the limiter
+needs one Redis server (or a primary with replicas), not a Redis Cluster.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections import deque
+from collections.abc import Hashable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from . import _redis, _validate
+from .errors import InvalidArgument, InvalidArgumentType, RedisUnavailable
+from .limits import Rate, RateLike, _check_cost, _positive_number, _token_count, as_rate
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+__all__ = ["CLAIM_GRACE", "RedisRateLimiter"]
+
+#: Seconds a claim outlives the time its holder was told to ask again: long enough for a busy
+#: event loop to be late, short enough that a dead holder does not hold its tokens long.
+CLAIM_GRACE = 1.0
+
+#: Microseconds per second: the script counts time in whole microseconds of the Redis clock,
+#: which a double holds exactly for the next 200 years.
+_US = 1_000_000.0
+
+# One script, every operation (one SHA to load). KEYS[1] is the epoch, KEYS[2..] buckets.
+# ARGV: mode, the epoch the client knows ('' if none), an id for a new epoch, then the
+# mode's arguments. Every reply starts with the epoch when the client's is out of date
+# (else nil). Numbers are written with %.17g: Lua's own tostring keeps 14 digits, which
+# would round microsecond timestamps.
+_SCRIPT = """
+local mode, known, fresh = ARGV[1], ARGV[2], ARGV[3]
+local tm = redis.call('TIME')
+local now = tonumber(tm[1]) * 1000000 + tonumber(tm[2])
+local epoch = redis.call('GET', KEYS[1])
+if not epoch then
+  if known == '' then epoch = fresh else epoch = fresh .. '~' .. string.format('%d', now) end
+  redis.call('SET', KEYS[1], epoch)
+end
+local lost_at = nil
+local sep = string.find(epoch, '~', 1, true)
+if sep then lost_at = tonumber(string.sub(epoch, sep + 1)) end
+local told = false
+if epoch ~= known then told = epoch end
+local grace = GRACE_US
+
+local function fmt(x) return string.format('%.17g', x) end
+
+local function load(key, per_us, burst)
+  local h = redis.call('HMGET', key, 't', 'u', 'p', 'ci', 'cc', 'cs', 'cx')
+  local t, u = tonumber(h[1]), tonumber(h[2])
+  if t == nil then
+    t, u = burst, now
+    if lost_at then t = math.min(burst, math.max(0, now - lost_at) * per_us) end
+  elseif now > u then
+    t = math.min(burst, t + (now - u) * per_us)
+    u = now
+  end
+  local b = {t = t, u = u, p = tonumber(h[3]) or 0, ci = h[4], cc = tonumber(h[5]) or 0,
+             cs = tonumber(h[6]) or 0, cx = tonumber(h[7]) or 0}
+  if b.ci and b.cx <= now then b.ci = false end
+  return b
+end
+
+local function save(key, b, per_us, burst)
+  local full = b.u + (burst - b.t) / per_us
+  local last = math.max(full, b.p)
+  if b.ci then last = math.max(last, b.cx) end
+  if b.t >= burst and last <= now then
+    redis.call('DEL', key)
+    return
+  end
+  redis.call('HSET', key, 't', fmt(b.t), 'u', fmt(b.u), 'p', fmt(b.p))
+  if b.ci then
+    redis.call('HSET', key, 'ci', b.ci, 'cc', fmt(b.cc), 'cs', fmt(b.cs), 'cx', fmt(b.cx))
+  else
+    redis.call('HDEL', key, 'ci', 'cc', 'cs', 'cx')
+  end
+  local ttl = math.ceil((last - now) / 1000) + 1
+  if ttl > 1e15 then redis.call('PERSIST', key) else redis.call('PEXPIRE', key, ttl) end
+end
+
+-- Microseconds until `cost` could be granted to `claimant` (whose claim is not reserved).
+local function wait_for(b, cost, claimant, per_us, slack)
+  local reserved = 0
+  if b.ci and b.ci ~= claimant then reserved = b.cc end
+  local short = reserved + cost - b.t
+  local w = 0
+  if short > slack then w = short / per_us end
+  return math.ceil(math.max(w, b.p - now, 0))
+end
+
+if mode == 'take' then
+  local cost, per_us, burst = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+  local claimant, since, claim, nxt = ARGV[7], tonumber(ARGV[8]), ARGV[9], tonumber(ARGV[10])
+  local slack = burst * 1e-9
+  local b = load(KEYS[2], per_us, burst)
+  local mine = b.ci == claimant
+  local reserved = 0
+  if b.ci and not mine then reserved = b.cc end
+  if now >= b.p and b.t - reserved + slack >= cost then
+    b.t = b.t - cost
+    if mine then b.ci = false end
+    save(KEYS[2], b, per_us, burst)
+    local after = 0
+    if nxt > 0 then after = wait_for(b, nxt, claimant, per_us, slack) end
+    return {told, 1, after}
+  end
+  if claim == '1' then
+    if since == 0 then since = now end
+    if (not b.ci) or mine or b.cs > since or (b.cs == since and b.ci > claimant) then
+      b.ci, b.cc, b.cs = claimant, cost, since
+      b.cx = now + wait_for(b, cost, claimant, per_us, slack) + grace
+      save(KEYS[2], b, per_us, burst)
+    end
+  end
+  return {told, 0, wait_for(b, cost, claimant, per_us, slack), since}
+elseif mode == 'delays' then
+  local claimant = ARGV[4]
+  local out = {told}
+  for i = 2, #KEYS do
+    local j = 5 + (i - 2) * 3
+    local cost, per_us, burst = tonumber(ARGV[j]), tonumber(ARGV[j + 1]), tonumber(ARGV[j + 2])
+    local b = load(KEYS[i], per_us, burst)
+    out[i] = wait_for(b, cost, claimant, per_us, burst * 1e-9)
+  end
+  return out
+else
+  local amount, per_us, burst = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+  local b = load(KEYS[2], per_us, burst)
+  if mode == 'charge' then
+    b.t = b.t - amount
+  elseif mode == 'refund' then
+    b.t = math.min(burst, b.t + amount)
+  elseif mode == 'pause' then
+    b.p = math.max(b.p, now + amount)
+  elseif mode == 'release' then
+    if b.ci == ARGV[7] then b.ci = false end
+  elseif mode == 'available' then
+    return {told, fmt(b.t)}
+  else
+    return redis.error_reply('aioflows: unknown mode ' .. mode)
+  end
+  save(KEYS[2], b, per_us, burst)
+  return {told}
+end
+""".replace("GRACE_US", str(int(CLAIM_GRACE * _US)))
+
+
+class _Spec:
+    """One bucket as the script sees it: its Redis key, its refill per microsecond, its burst."""
+
+    __slots__ = ("burst", "name", "per_us", "rate")
+
+    def __init__(self, name: str, rate: Rate, burst: float) -> None:
+        self.name = name
+        self.rate = rate
+        self.per_us = rate.per_second / _US
+        self.burst = burst
+
+
+class _Waiter:
+    __slots__ = ("cost", "turn")
+
+    def __init__(self, cost: float) -> None:
+        self.cost = cost
+        self.turn = anyio.Event()  # set when this waiter reaches the head of its line
+
+
+class _Line:
+    """This process's waiters on one bucket, in arrival order; only the head asks Redis."""
+
+    __slots__ = ("not_before", "since", "waiters")
+
+    def __init__(self, since: int, not_before: float) -> None:
+        self.waiters: deque[_Waiter] = deque()
+        self.since = since  # when the head's claim started waiting (Redis µs), 0 for none
+        self.not_before = not_before  # loop time before which asking again is pointless
+
+
+def _key_bytes(key: object) -> bytes:
+    """A stable encoding of a key, the same in every process (``hash()`` is not)."""
+    if isinstance(key, str):
+        return b"s" + key.encode("utf-8", "surrogatepass")
+    if isinstance(key, bytes):
+        return b"b" + key
+    if key is None or isinstance(key, bool):
+        return b"o" + repr(key).encode()
+    if isinstance(key, int):
+        return b"i" + str(key).encode()
+    if isinstance(key, float):
+        # 1.0 and 1 are one key of a dict, so they are one bucket here too
+        return b"i" + str(int(key)).encode() if key.is_integer() else b"f" + repr(key).encode()
+    if isinstance(key, tuple):
+        parts = [_key_bytes(part) for part in key]
+        return b"t" + b"".join(len(part).to_bytes(8, "big") + part for part in parts)
+    raise InvalidArgumentType(
+        "a RedisRateLimiter key must be a str, bytes, int, float, bool, None or a tuple of "
+        f"those (it is named in Redis by a digest of its bytes), got {type(key).__name__}"
+    )
+
+
+def bucket_name(prefix: str, key: object) -> str:
+    """The Redis key of ``key``'s bucket: a digest, never the key itself."""
+    digest = hashlib.blake2b(_key_bytes(key), digest_size=16, person=b"aioflows.rl").hexdigest()
+    return f"{prefix}:rl:{digest}"
+
+
+class _KeySlot:
+    """``async with limiter(key):`` acquires one token of ``key`` on entry."""
+
+    __slots__ = ("_key", "_limiter")
+
+    def __init__(self, limiter: RedisRateLimiter, key: Hashable) -> None:
+        self._limiter = limiter
+        self._key = key
+
+    async def __aenter__(self) -> None:
+        await self._limiter.acquire(self._key)
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        return None
+
+
+class RedisRateLimiter:
+    """One token bucket per key, kept in Redis so that many processes and machines share it.
+
+    Usage::
+
+        async with af.RedisRateLimiter("redis://localhost:6379/0", "10/s") as per_host:
+            async with per_host("api.example.com"):
+                ...
+            await af.map(fetch, urls, key=host_of, per_key_rate=per_host)
+
+    The API of :class:`~aioflows.KeyedRateLimiter`, with the same validation and errors (a cost
+    above the burst is an ``InvalidArgument`` at once), and the same no-over-grant bound per
+    key, now across every process using the same Redis and ``prefix``. ``acquire``,
+    ``try_acquire``, ``charge``, ``refund``, ``pause``, ``delay`` and ``available`` are
+    coroutines: each is one round trip to Redis. Every process must give a key the same rate
+    and burst (they are sent with each call, not stored). Keys are str, bytes, numbers, None
+    or tuples of those: they are named in Redis by a digest, which must be the same in every
+    process.
+
+    A limiter made from a URL owns its client: close it with ``await limiter.aclose()`` or
+    ``async with``. A client passed in is left open.
+
+    Args:
+        url_or_client: A ``redis://`` URL or a ``redis.asyncio.Redis`` client.
+        rate: Default rate of every key.
+        burst: Bucket capacity of every key (default: one second's worth of its rate, at least 1).
+        overrides: Per-key rates that replace the default for those keys.
+        prefix: The start of every Redis key the limiter writes.
+
+    Raises:
+        ValueError, TypeError: A bad rate, burst, override or prefix.
+        RedisUnavailable: (from each call) Redis could not be reached or answered an error.
+    """
+
+    def __init__(
+        self,
+        url_or_client: Any,
+        rate: RateLike,
+        *,
+        burst: float | None = None,
+        overrides: Mapping[Hashable, RateLike] | None = None,
+        prefix: str = "aioflows",
+    ) -> None:
+        if not isinstance(prefix, str):
+            raise InvalidArgumentType(f"prefix must be a str, got {prefix!r}")
+        if not prefix:
+            raise InvalidArgument("prefix must be a non-empty str")
+        self._burst = None if burst is None else _token_count(burst, "burst")
+        self._default = self._rate(as_rate(rate))
+        self._overrides = {
+            key: self._rate(as_rate(value, f"overrides[{key!r}]"))
+            for key, value in (overrides or {}).items()
+        }
+        self._prefix = prefix
+        self._where = (
+            _redis.redacted(url_or_client) if isinstance(url_or_client, str) else None
+        )
+        self._redis, self._owned = _redis.client(url_or_client, "RedisRateLimiter")
+        self._script = self._redis.register_script(_SCRIPT)
+        self._epoch_key = f"{prefix}:rl:epoch"
+        self._epoch = ""  # the epoch this limiter has seen ('' until its first call)
+        self._fresh = uuid.uuid4().hex  # the id of an epoch this limiter starts
+        self._claimant = uuid.uuid4().hex[:16]  # this limiter's claims, on every key
+        self._lines: dict[str, _Line] = {}
+
+    def _rate(self, rate: Rate) -> tuple[Rate, float]:
+        burst = max(1.0, rate.per_second) if self._burst is None else self._burst
+        return rate, burst
+
+    # -- inspection ---------------------------------------------------------------------------
+
+    @property
+    def rate(self) -> Rate:
+        """The default rate of a key."""
+        return self._default[0]
+
+    @property
+    def prefix(self) -> str:
+        return self._prefix
+
+    def rate_for(self, key: Hashable) -> Rate:
+        """The rate that applies to ``key``."""
+        return self._overrides.get(key, self._default)[0]
+
+    def bucket_name(self, key: Hashable) -> str:
+        """The Redis key of ``key``'s bucket (a digest of the key, never the key)."""
+        return bucket_name(self._prefix, key)
+
+    def __repr__(self) -> str:
+        where = self._where if self._where is not None else _redis.address(self._redis)
+        return (
+            f"{type(self).__name__}({where!r}, rate={str(self.rate)!r}, "
+            f"overrides={len(self._overrides)}, prefix={self._prefix!r})"
+        )
+
+    # -- the client's life --------------------------------------------------------------------
+
+    async def aclose(self) -> None:
+        """Close the Redis client if this limiter made it (from a URL)."""
+        if self._owned:
+            await self._redis.aclose()
+
+    async def __aenter__(self) -> RedisRateLimiter:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    # -- talking to Redis ---------------------------------------------------------------------
+
+    def _spec(self, key: Hashable) -> _Spec:
+        rate, burst = self._overrides.get(key, self._default) if self._overrides else self._default
+        return _Spec(bucket_name(self._prefix, key), rate, burst)
+
+    async def _run(self, mode: str, names: Sequence[str], args: Sequence[Any]) -> list[Any]:
+        """One script call; keeps the epoch the reply tells."""
+        from redis.exceptions import RedisError
+
+        try:
+            reply: list[Any] = await self._script(
+                keys=[self._epoch_key, *names],
+                args=[mode, self._epoch, self._fresh, *args],
+            )
+        except RedisError as exc:
+            raise RedisUnavailable(
+                f"Redis at {_redis.address(self._redis)} failed: {type(exc).__name__}: {exc}"
+            ) from exc
+        told = reply[0]
+        if told is not None:
+            self._epoch = told.decode() if isinstance(told, bytes) else str(told)
+        return reply
+
+    async def _take(
+        self, spec: _Spec, cost: float, *, claim: bool, since: int = 0, then: float = 0.0
+    ) -> list[Any]:
+        """``[told, 1, µs until `then` fits]`` if granted, else ``[told, 0, µs to wait, since]``."""
+        return await self._run(
+            "take",
+            (spec.name,),
+            (cost, spec.per_us, spec.burst, self._claimant, since, "1" if claim else "0", then),
+        )
+
+    async def _one(self, mode: str, spec: _Spec, amount: float) -> list[Any]:
+        return await self._run(
+            mode, (spec.name,), (amount, spec.per_us, spec.burst, self._claimant)
+        )
+
+    async def _delays(self, wanted: Sequence[tuple[_Spec, float]]) -> list[float]:
+        """Seconds until each (bucket, cost) could be granted, this process's queue first:
+        every bucket in one round trip."""
+        args: list[Any] = [self._claimant]
+        for spec, cost in wanted:
+            line = self._lines.get(spec.name)
+            queued = sum(w.cost for w in line.waiters) if line is not None else 0.0
+            args += (cost + queued, spec.per_us, spec.burst)
+        reply = await self._run("delays", [spec.name for spec, _ in wanted], args)
+        return [int(us) / _US for us in reply[1:]]
+
+    # -- acquiring ----------------------------------------------------------------------------
+
+    async def acquire(self, key: Hashable, cost: float = 1.0) -> None:
+        """Wait for ``cost`` tokens from ``key``'s bucket and take them.
+
+        One round trip when the tokens are there and no one in this process waits on the key.
+
+        Raises:
+            ValueError: ``cost <= 0`` or ``cost > burst``.
+            RedisUnavailable: Redis failed; nothing was granted.
+        """
+        spec = self._spec(key)
+        if cost != 1.0 or spec.burst < 1.0:
+            _check_cost(cost, spec.burst)
+        await self._acquire(spec, cost)
+
+    async def _acquire(self, spec: _Spec, cost: float) -> None:
+        line = self._lines.get(spec.name)
+        if line is None:
+            reply = await self._take(spec, cost, claim=True)
+            if reply[1]:
+                return
+            line = self._lines.get(spec.name)  # another caller may have queued meanwhile
+            if line is None:
+                line = _Line(int(reply[3]), anyio.current_time() + int(reply[2]) / _US)
+                self._lines[spec.name] = line
+        await self._wait_in_line(spec, cost, line)
+
+    async def _wait_in_line(self, spec: _Spec, cost: float, line: _Line) -> None:
+        waiter = _Waiter(cost)
+        line.waiters.append(waiter)
+        granted = False
+        try:
+            if line.waiters[0] is not waiter:
+                await waiter.turn.wait()
+            while True:
+                wait = line.not_before - anyio.current_time()
+                if wait > 0:
+                    await anyio.sleep(wait)
+                then = line.waiters[1].cost if len(line.waiters) > 1 else 0.0
+                reply = await self._take(spec, cost, claim=True, since=line.since, then=then)
+                now = anyio.current_time()
+                line.not_before = now + int(reply[2]) / _US
+                if reply[1]:
+                    granted = True
+                    line.since = 0  # the next waiter's claim starts when it waits
+                    return
+                line.since = int(reply[3])
+        finally:
+            head = line.waiters[0] is waiter
+            line.waiters.remove(waiter)
+            if line.waiters:
+                if head:
+                    line.waiters[0].turn.set()
+            else:
+                if self._lines.get(spec.name) is line:
+                    del self._lines[spec.name]
+                if not granted and line.since:
+                    await self._release(spec)
+
+    async def _release(self, spec: _Spec) -> None:
+        """Drop this process's claim on a bucket nobody here waits for any more: best effort
+        (a claim nobody renews lapses on its own)."""
+        with anyio.move_on_after(0.5, shield=True):
+            try:
+                await self._one("release", spec, 0.0)
+            except RedisUnavailable:
+                pass
+
+    async def try_acquire(self, key: Hashable, cost: float = 1.0) -> bool:
+        """Take ``cost`` tokens if that needs no waiting (and no one here waits on the key)."""
+        spec = self._spec(key)
+        if cost != 1.0 or spec.burst < 1.0:
+            _check_cost(cost, spec.burst)
+        if spec.name in self._lines:
+            return False
+        reply = await self._take(spec, cost, claim=False)
+        return bool(reply[1])
+
+    def __call__(self, key: Hashable) -> _KeySlot:
+        """``async with limiter(key):`` acquires one token of ``key``."""
+        return _KeySlot(self, key)
+
+    async def delay(self, key: Hashable, cost: float = 1.0) -> float:
+        """Seconds until ``cost`` more tokens of ``key`` could be granted, after this process's
+        waiters, other processes' claim and any pause: how to pick the key that frees soonest."""
+        _positive_number(cost, "cost")
+        return (await self._delays([(self._spec(key), cost)]))[0]
+
+    async def available(self, key: Hashable) -> float:
+        """Tokens in ``key``'s bucket now; negative while in debt after :meth:`charge`."""
+        reply = await self._one("available", self._spec(key), 0.0)
+        return float(reply[1])
+
+    # -- reconciling --------------------------------------------------------------------------
+
+    async def charge(self, key: Hashable, cost: float) -> None:
+        """Take ``cost`` tokens from ``key`` now; its bucket may go into debt."""
+        await self._one("charge", self._spec(key), _positive_number(cost, "cost"))
+
+    async def refund(self, key: Hashable, cost: float) -> None:
+        """Give ``cost`` tokens back to ``key`` (never above its burst)."""
+        await self._one("refund", self._spec(key), _positive_number(cost, "cost"))
+
+    async def pause(self, key: Hashable, seconds: float) -> None:
+        """Grant nothing to ``key`` until ``seconds`` from now, in every process; pauses only
+        extend."""
+        seconds = _validate.number("pause seconds", seconds)
+        await self._one("pause", self._spec(key), seconds * _US)
