@@ -39,20 +39,18 @@ needs one Redis server (or a primary with replicas), not a Redis Cluster.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import uuid
 from collections import deque
 from collections.abc import Hashable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import anyio
 
 from . import _redis, _validate
 from .errors import InvalidArgument, InvalidArgumentType, RedisUnavailable
 from .limits import Rate, RateLike, _check_cost, _positive_number, _token_count, as_rate
-
-if TYPE_CHECKING:
-    from redis.asyncio import Redis
 
 __all__ = ["CLAIM_GRACE", "RedisRateLimiter"]
 
@@ -317,9 +315,7 @@ class RedisRateLimiter:
             for key, value in (overrides or {}).items()
         }
         self._prefix = prefix
-        self._where = (
-            _redis.redacted(url_or_client) if isinstance(url_or_client, str) else None
-        )
+        self._where = _redis.redacted(url_or_client) if isinstance(url_or_client, str) else None
         self._redis, self._owned = _redis.client(url_or_client, "RedisRateLimiter")
         self._script = self._redis.register_script(_SCRIPT)
         self._epoch_key = f"{prefix}:rl:epoch"
@@ -485,10 +481,8 @@ class RedisRateLimiter:
         """Drop this process's claim on a bucket nobody here waits for any more: best effort
         (a claim nobody renews lapses on its own)."""
         with anyio.move_on_after(0.5, shield=True):
-            try:
+            with contextlib.suppress(RedisUnavailable):
                 await self._one("release", spec, 0.0)
-            except RedisUnavailable:
-                pass
 
     async def try_acquire(self, key: Hashable, cost: float = 1.0) -> bool:
         """Take ``cost`` tokens if that needs no waiting (and no one here waits on the key)."""
