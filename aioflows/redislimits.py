@@ -4,8 +4,8 @@
 Every call is one atomic Lua script (EVALSHA; redis-py loads it again after a NOSCRIPT), and
 the script reads the time with Redis's ``TIME``: the clocks of the client machines never enter
 the arithmetic, so two machines whose clocks disagree by seconds still share one bucket
-correctly. A bucket is a hash of its tokens, the time they were counted, a pause and at most
-one claim; it expires (PEXPIRE) at the moment it would be full and idle again, when a missing
+correctly. A bucket is one string (its tokens, the time they were counted, a pause and at most
+one claim), read with GET and written with one ``SET ... PX``: it expires at the moment it would be full and idle again, when a missing
 key and the bucket mean the same thing, so Redis holds only the keys in use.
 
 Waiting. The script answers a refused request with how long until it could be granted; the
@@ -86,8 +86,10 @@ local grace = GRACE_US
 local function fmt(x) return string.format('%.17g', x) end
 
 local function load(key, per_us, burst)
-  local h = redis.call('HMGET', key, 't', 'u', 'p', 'ci', 'cc', 'cs', 'cx')
-  local t, u = tonumber(h[1]), tonumber(h[2])
+  local v = redis.call('GET', key)
+  local f = {}
+  if v then for x in string.gmatch(v, '%S+') do f[#f + 1] = x end end
+  local t, u = tonumber(f[1]), tonumber(f[2])
   if t == nil then
     t, u = burst, now
     if lost_at then t = math.min(burst, math.max(0, now - lost_at) * per_us) end
@@ -95,8 +97,8 @@ local function load(key, per_us, burst)
     t = math.min(burst, t + (now - u) * per_us)
     u = now
   end
-  local b = {t = t, u = u, p = tonumber(h[3]) or 0, ci = h[4], cc = tonumber(h[5]) or 0,
-             cs = tonumber(h[6]) or 0, cx = tonumber(h[7]) or 0}
+  local b = {t = t, u = u, p = tonumber(f[3]) or 0, ci = f[4] or false, cc = tonumber(f[5]) or 0,
+             cs = tonumber(f[6]) or 0, cx = tonumber(f[7]) or 0}
   if b.ci and b.cx <= now then b.ci = false end
   return b
 end
@@ -109,14 +111,12 @@ local function save(key, b, per_us, burst)
     redis.call('DEL', key)
     return
   end
-  redis.call('HSET', key, 't', fmt(b.t), 'u', fmt(b.u), 'p', fmt(b.p))
+  local v = fmt(b.t) .. ' ' .. fmt(b.u) .. ' ' .. fmt(b.p)
   if b.ci then
-    redis.call('HSET', key, 'ci', b.ci, 'cc', fmt(b.cc), 'cs', fmt(b.cs), 'cx', fmt(b.cx))
-  else
-    redis.call('HDEL', key, 'ci', 'cc', 'cs', 'cx')
+    v = v .. ' ' .. b.ci .. ' ' .. fmt(b.cc) .. ' ' .. fmt(b.cs) .. ' ' .. fmt(b.cx)
   end
   local ttl = math.ceil((last - now) / 1000) + 1
-  if ttl > 1e15 then redis.call('PERSIST', key) else redis.call('PEXPIRE', key, ttl) end
+  if ttl > 1e15 then redis.call('SET', key, v) else redis.call('SET', key, v, 'PX', ttl) end
 end
 
 -- Microseconds until `cost` could be granted to `claimant` (whose claim is not reserved).
