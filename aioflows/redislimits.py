@@ -5,8 +5,9 @@ Every call is one atomic Lua script (EVALSHA; redis-py loads it again after a NO
 the script reads the time with Redis's ``TIME``: the clocks of the client machines never enter
 the arithmetic, so two machines whose clocks disagree by seconds still share one bucket
 correctly. A bucket is one string (its tokens, the time they were counted, a pause and at most
-one claim), read with GET and written with one ``SET ... PX``: it expires at the moment it would be full and idle again, when a missing
-key and the bucket mean the same thing, so Redis holds only the keys in use.
+one claim), read with GET and written with one ``SET ... PX``: it expires at the moment it would
+be full and idle again, when a missing key and the bucket mean the same thing, so Redis holds
+only the keys in use.
 
 Waiting. The script answers a refused request with how long until it could be granted; the
 caller sleeps that long and asks again. Callers of one process that wait on one key queue in
@@ -184,6 +185,7 @@ else
   return {told}
 end
 """.replace("GRACE_US", str(int(CLAIM_GRACE * _US)))
+_SHA = hashlib.sha1(_SCRIPT.encode()).hexdigest()
 
 
 class _Spec:
@@ -317,7 +319,10 @@ class RedisRateLimiter:
         self._prefix = prefix
         self._where = _redis.redacted(url_or_client) if isinstance(url_or_client, str) else None
         self._redis, self._owned = _redis.client(url_or_client, "RedisRateLimiter")
-        self._script = self._redis.register_script(_SCRIPT)
+        from redis.exceptions import NoScriptError, RedisError
+
+        self._errors = (RedisError, NoScriptError)
+        self._sha = _SHA
         self._epoch_key = f"{prefix}:rl:epoch"
         self._epoch = ""  # the epoch this limiter has seen ('' until its first call)
         self._fresh = uuid.uuid4().hex  # the id of an epoch this limiter starts
@@ -374,15 +379,18 @@ class RedisRateLimiter:
         return _Spec(bucket_name(self._prefix, key), rate, burst)
 
     async def _run(self, mode: str, names: Sequence[str], args: Sequence[Any]) -> list[Any]:
-        """One script call; keeps the epoch the reply tells."""
-        from redis.exceptions import RedisError
-
+        """One script call (EVALSHA; the script is loaded again after a NOSCRIPT, as redis-py's
+        ``register_script`` does); keeps the epoch the reply tells."""
+        redis = self._redis
+        words = (self._epoch_key, *names, mode, self._epoch, self._fresh, *args)
+        failure, missing = self._errors
         try:
-            reply: list[Any] = await self._script(
-                keys=[self._epoch_key, *names],
-                args=[mode, self._epoch, self._fresh, *args],
-            )
-        except RedisError as exc:
+            try:
+                reply: list[Any] = await redis.evalsha(self._sha, 1 + len(names), *words)
+            except missing:  # a restarted or flushed Redis has forgotten the script
+                self._sha = await redis.script_load(_SCRIPT)
+                reply = await redis.evalsha(self._sha, 1 + len(names), *words)
+        except failure as exc:
             raise RedisUnavailable(
                 f"Redis at {_redis.address(self._redis)} failed: {type(exc).__name__}: {exc}"
             ) from exc

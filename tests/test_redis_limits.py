@@ -347,7 +347,7 @@ async def test_keys_used_once_leave_nothing_once_full(
         spec = limiter._spec("first")
         args = ["take", limiter._epoch, limiter._fresh, 1, spec.per_us, spec.burst]
         args += [limiter._claimant, 0, "0", 0]
-        head = command("EVALSHA", limiter._script.sha, 2, limiter._epoch_key, "NAME", *args)
+        head = command("EVALSHA", limiter._sha, 2, limiter._epoch_key, "NAME", *args)
         head = head.split(b"$4\r\nNAME\r\n")
         assert len(head) == 2
         before, after = head
