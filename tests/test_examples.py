@@ -18,6 +18,7 @@ EXPECTED = {
     "quickstart.py": "cached",
     "rate_limited_map.py": "Summary",
     "result_store.py": "Stored",
+    "shared_keys.py": "Shared limits held",
     "stream_enrich.py": "Enriched",
 }
 
