@@ -197,12 +197,17 @@ def main() -> None:
     for report in reports:
         print(f"worker {report['worker']}: {report['succeeded']} answers", end="")
         print(f" (key-0: {report['key-0']} calls, key-1: {report['key-1']} calls)")
-    print(f"\nwhat the API saw, each key limited to {RATE}/s (burst {RATE}) across both workers:")
+    print(
+        f"\nwhat the API saw, each key limited to {RATE}/s (burst {RATE}) across both workers, "
+        f"so at most {2 * RATE} in a second (apart, they would allow themselves {4 * RATE}):"
+    )
     within = True
     for label, key in zip(("key-0", "key-1"), KEYS, strict=True):
         times = FakeAPI.arrivals[key]
         most = busiest_second(times)
-        within &= most <= 2 * RATE + 1  # the burst, one second of refill, a little jitter
+        # The burst and one second of refill; 15 % more for the time between a grant and the
+        # request's arrival, which a busy machine stretches. Apart, the workers would send 80.
+        within &= most <= 2 * RATE * 1.15
         print(f"  {label}: {len(times)} requests, at most {most} in any one second")
     print(
         "Shared limits held: both workers together stayed within each key's limit."

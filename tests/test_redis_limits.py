@@ -285,9 +285,12 @@ def test_four_processes_share_one_key(redis_server: RedisServer, prefix: str) ->
             proc.kill()
             proc.join()
     assert len(times) == 160
-    assert window_counts(times) <= 5 + 50
+    # The bound holds on the Redis clock; the times here are taken when each process sees its
+    # grant, and each has one acquire in flight, so a late reply can bunch at most one grant
+    # per other process into a window: 2 more allowed for that.
+    assert window_counts(times) <= 5 + 50 + 2
     assert max(times) - started >= (160 - 5) / 50
-    assert max_excess(times, 50, 5) <= 1  # every window, not only 1-second ones
+    assert max_excess(times, 50, 5) <= 3  # every window, not only 1-second ones
 
 
 # -- lost state and memory ------------------------------------------------------------------------
