@@ -151,13 +151,13 @@ class SharedBuckets:
     __slots__ = ("limiter", "requests", "tokens")
 
     def __init__(self, limiter: RedisRateLimiter, state: KeyState) -> None:
-        from .redislimits import _Spec
+        from .redislimits import _KeyRate, _Spec
 
         def spec(kind: str, bucket: RateLimiter | None) -> _Spec | None:
             if bucket is None:
                 return None
             name = limiter.bucket_name(("aioflows.launcher", kind, state.secret))
-            return _Spec(name, bucket.rate, bucket.burst)
+            return _Spec(name, _KeyRate(bucket.rate, bucket.burst))
 
         self.limiter = limiter
         self.requests = spec("requests", state.requests)

@@ -460,8 +460,8 @@ class _Run:
                 if buckets.requests is not None:
                     wanted.append((buckets.requests, 1.0))
                 if buckets.tokens is not None and cost > 0:
-                    wanted.append((buckets.tokens, min(cost, buckets.tokens.burst)))
-            found = await limiter._delays(wanted)
+                    wanted.append((buckets.tokens, min(cost, buckets.tokens.kr.burst)))
+            found = await limiter._delays(wanted) if wanted else []
             waits = dict(zip((spec.name for spec, _ in wanted), found, strict=True))
             now = anyio.current_time()
 
@@ -484,7 +484,7 @@ class _Run:
         if buckets.requests is not None:
             await limiter._acquire(buckets.requests, 1.0)
         if buckets.tokens is not None and cost > 0:
-            await limiter._acquire(buckets.tokens, min(cost, buckets.tokens.burst))
+            await limiter._acquire(buckets.tokens, min(cost, buckets.tokens.kr.burst))
         return key
 
     async def _call(self, item: dict[str, Any], sample: int) -> _Finished:

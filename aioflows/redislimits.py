@@ -1,13 +1,13 @@
 """Per-key token buckets kept in Redis, shared by every process that uses them:
 :class:`RedisRateLimiter`.
 
-Every call is one atomic Lua script (EVALSHA; redis-py loads it again after a NOSCRIPT), and
+Every call is one atomic Lua script (EVALSHA, loaded again after a NOSCRIPT), and
 the script reads the time with Redis's ``TIME``: the clocks of the client machines never enter
 the arithmetic, so two machines whose clocks disagree by seconds still share one bucket
-correctly. A bucket is one string (its tokens, the time they were counted, a pause and at most
-one claim), read with GET and written with one ``SET ... PX``: it expires at the moment it would
-be full and idle again, when a missing key and the bucket mean the same thing, so Redis holds
-only the keys in use.
+correctly. A bucket is one short string of packed doubles (its tokens, the time they were
+counted, a pause and at most one claim), read with GET and written with one ``SET ... PX``: it
+expires at the moment it would be full and idle again, when a missing key and the bucket mean
+the same thing, so Redis holds only the keys in use.
 
 Waiting. The script answers a refused request with how long until it could be granted; the
 caller sleeps that long and asks again. Callers of one process that wait on one key queue in
@@ -66,8 +66,9 @@ _US = 1_000_000.0
 # One script, every operation (one SHA to load). KEYS[1] is the epoch, KEYS[2..] buckets.
 # ARGV: mode, the epoch the client knows ('' if none), an id for a new epoch, then the
 # mode's arguments. Every reply starts with the epoch when the client's is out of date
-# (else nil). Numbers are written with %.17g: Lua's own tostring keeps 14 digits, which
-# would round microsecond timestamps.
+# (else nil). A bucket is packed doubles (struct), exact and quick to read: tokens, when they
+# were counted, paused until; and with a claim, its cost, since and expiry, then the
+# claimant.
 _SCRIPT = """
 local mode, known, fresh = ARGV[1], ARGV[2], ARGV[3]
 local tm = redis.call('TIME')
@@ -84,38 +85,37 @@ local told = false
 if epoch ~= known then told = epoch end
 local grace = GRACE_US
 
-local function fmt(x) return string.format('%.17g', x) end
-
 local function load(key, per_us, burst)
   local v = redis.call('GET', key)
-  local f = {}
-  if v then for x in string.gmatch(v, '%S+') do f[#f + 1] = x end end
-  local t, u = tonumber(f[1]), tonumber(f[2])
-  if t == nil then
-    t, u = burst, now
+  local b
+  if v then
+    local t, u, p = struct.unpack('<ddd', v)
+    if now > u then
+      t = math.min(burst, t + (now - u) * per_us)
+      u = now
+    end
+    b = {t = t, u = u, p = p, ci = false, cc = 0, cs = 0, cx = 0}
+    if #v > 24 then
+      b.cc, b.cs, b.cx = struct.unpack('<ddd', v, 25)
+      if b.cx > now then b.ci = string.sub(v, 49) end
+    end
+  else
+    local t = burst
     if lost_at then t = math.min(burst, math.max(0, now - lost_at) * per_us) end
-  elseif now > u then
-    t = math.min(burst, t + (now - u) * per_us)
-    u = now
+    b = {t = t, u = now, p = 0, ci = false, cc = 0, cs = 0, cx = 0}
   end
-  local b = {t = t, u = u, p = tonumber(f[3]) or 0, ci = f[4] or false, cc = tonumber(f[5]) or 0,
-             cs = tonumber(f[6]) or 0, cx = tonumber(f[7]) or 0}
-  if b.ci and b.cx <= now then b.ci = false end
   return b
 end
 
 local function save(key, b, per_us, burst)
-  local full = b.u + (burst - b.t) / per_us
-  local last = math.max(full, b.p)
+  local last = math.max(b.u + (burst - b.t) / per_us, b.p)
   if b.ci then last = math.max(last, b.cx) end
   if b.t >= burst and last <= now then
     redis.call('DEL', key)
     return
   end
-  local v = fmt(b.t) .. ' ' .. fmt(b.u) .. ' ' .. fmt(b.p)
-  if b.ci then
-    v = v .. ' ' .. b.ci .. ' ' .. fmt(b.cc) .. ' ' .. fmt(b.cs) .. ' ' .. fmt(b.cx)
-  end
+  local v = struct.pack('<ddd', b.t, b.u, b.p)
+  if b.ci then v = v .. struct.pack('<ddd', b.cc, b.cs, b.cx) .. b.ci end
   local ttl = math.ceil((last - now) / 1000) + 1
   if ttl > 1e15 then redis.call('SET', key, v) else redis.call('SET', key, v, 'PX', ttl) end
 end
@@ -177,7 +177,7 @@ else
   elseif mode == 'release' then
     if b.ci == ARGV[7] then b.ci = false end
   elseif mode == 'available' then
-    return {told, fmt(b.t)}
+    return {told, string.format('%.17g', b.t)}
   else
     return redis.error_reply('aioflows: unknown mode ' .. mode)
   end
@@ -188,16 +188,26 @@ end
 _SHA = hashlib.sha1(_SCRIPT.encode()).hexdigest()
 
 
-class _Spec:
-    """One bucket as the script sees it: its Redis key, its refill per microsecond, its burst."""
+class _KeyRate:
+    """A rate and burst as the script takes them, encoded once (not on every call)."""
 
-    __slots__ = ("burst", "name", "per_us", "rate")
+    __slots__ = ("burst", "per_us", "rate", "words")
 
-    def __init__(self, name: str, rate: Rate, burst: float) -> None:
-        self.name = name
+    def __init__(self, rate: Rate, burst: float) -> None:
         self.rate = rate
-        self.per_us = rate.per_second / _US
         self.burst = burst
+        self.per_us = rate.per_second / _US
+        self.words = (repr(self.per_us).encode(), repr(burst).encode())
+
+
+class _Spec:
+    """One bucket as the script sees it: its Redis key and its rate."""
+
+    __slots__ = ("kr", "name")
+
+    def __init__(self, name: str, kr: _KeyRate) -> None:
+        self.name = name
+        self.kr = kr
 
 
 class _Waiter:
@@ -326,19 +336,19 @@ class RedisRateLimiter:
         self._epoch_key = f"{prefix}:rl:epoch"
         self._epoch = ""  # the epoch this limiter has seen ('' until its first call)
         self._fresh = uuid.uuid4().hex  # the id of an epoch this limiter starts
-        self._claimant = uuid.uuid4().hex[:16]  # this limiter's claims, on every key
+        self._claimant = uuid.uuid4().hex[:16].encode()  # this limiter's claims, on every key
         self._lines: dict[str, _Line] = {}
 
-    def _rate(self, rate: Rate) -> tuple[Rate, float]:
+    def _rate(self, rate: Rate) -> _KeyRate:
         burst = max(1.0, rate.per_second) if self._burst is None else self._burst
-        return rate, burst
+        return _KeyRate(rate, burst)
 
     # -- inspection ---------------------------------------------------------------------------
 
     @property
     def rate(self) -> Rate:
         """The default rate of a key."""
-        return self._default[0]
+        return self._default.rate
 
     @property
     def prefix(self) -> str:
@@ -346,7 +356,7 @@ class RedisRateLimiter:
 
     def rate_for(self, key: Hashable) -> Rate:
         """The rate that applies to ``key``."""
-        return self._overrides.get(key, self._default)[0]
+        return self._overrides.get(key, self._default).rate
 
     def bucket_name(self, key: Hashable) -> str:
         """The Redis key of ``key``'s bucket (a digest of the key, never the key)."""
@@ -375,8 +385,8 @@ class RedisRateLimiter:
     # -- talking to Redis ---------------------------------------------------------------------
 
     def _spec(self, key: Hashable) -> _Spec:
-        rate, burst = self._overrides.get(key, self._default) if self._overrides else self._default
-        return _Spec(bucket_name(self._prefix, key), rate, burst)
+        kr = self._overrides.get(key, self._default) if self._overrides else self._default
+        return _Spec(bucket_name(self._prefix, key), kr)
 
     async def _run(self, mode: str, names: Sequence[str], args: Sequence[Any]) -> list[Any]:
         """One script call (EVALSHA; the script is loaded again after a NOSCRIPT, as redis-py's
@@ -406,13 +416,11 @@ class RedisRateLimiter:
         return await self._run(
             "take",
             (spec.name,),
-            (cost, spec.per_us, spec.burst, self._claimant, since, "1" if claim else "0", then),
+            (cost, *spec.kr.words, self._claimant, since, b"1" if claim else b"0", then),
         )
 
     async def _one(self, mode: str, spec: _Spec, amount: float) -> list[Any]:
-        return await self._run(
-            mode, (spec.name,), (amount, spec.per_us, spec.burst, self._claimant)
-        )
+        return await self._run(mode, (spec.name,), (amount, *spec.kr.words, self._claimant))
 
     async def _delays(self, wanted: Sequence[tuple[_Spec, float]]) -> list[float]:
         """Seconds until each (bucket, cost) could be granted, this process's queue first:
@@ -421,7 +429,7 @@ class RedisRateLimiter:
         for spec, cost in wanted:
             line = self._lines.get(spec.name)
             queued = sum(w.cost for w in line.waiters) if line is not None else 0.0
-            args += (cost + queued, spec.per_us, spec.burst)
+            args += (cost + queued, *spec.kr.words)
         reply = await self._run("delays", [spec.name for spec, _ in wanted], args)
         return [int(us) / _US for us in reply[1:]]
 
@@ -437,8 +445,8 @@ class RedisRateLimiter:
             RedisUnavailable: Redis failed; nothing was granted.
         """
         spec = self._spec(key)
-        if cost != 1.0 or spec.burst < 1.0:
-            _check_cost(cost, spec.burst)
+        if cost != 1.0 or spec.kr.burst < 1.0:
+            _check_cost(cost, spec.kr.burst)
         await self._acquire(spec, cost)
 
     async def _acquire(self, spec: _Spec, cost: float) -> None:
@@ -495,8 +503,8 @@ class RedisRateLimiter:
     async def try_acquire(self, key: Hashable, cost: float = 1.0) -> bool:
         """Take ``cost`` tokens if that needs no waiting (and no one here waits on the key)."""
         spec = self._spec(key)
-        if cost != 1.0 or spec.burst < 1.0:
-            _check_cost(cost, spec.burst)
+        if cost != 1.0 or spec.kr.burst < 1.0:
+            _check_cost(cost, spec.kr.burst)
         if spec.name in self._lines:
             return False
         reply = await self._take(spec, cost, claim=False)

@@ -348,7 +348,7 @@ async def test_keys_used_once_leave_nothing_once_full(
     async with af.RedisRateLimiter(redis_server.url, "1000/s", prefix=prefix) as limiter:
         await limiter.acquire("first")  # the epoch exists, the script is loaded
         spec = limiter._spec("first")
-        args = ["take", limiter._epoch, limiter._fresh, 1, spec.per_us, spec.burst]
+        args = ["take", limiter._epoch, limiter._fresh, 1, *spec.kr.words]
         args += [limiter._claimant, 0, "0", 0]
         head = command("EVALSHA", limiter._sha, 2, limiter._epoch_key, "NAME", *args)
         head = head.split(b"$4\r\nNAME\r\n")
