@@ -78,11 +78,12 @@ async def test_bound_and_weighted_costs(redis_server: RedisServer, prefix: str) 
         elapsed = time.monotonic() - started
         assert elapsed >= 15 / 50 - 0.02
         assert max_excess([t for t in times for _ in range(2)], 50, 5) <= 1
-        # A cost of a whole burst waits for a full bucket, then empties it.
-        await limiter.acquire("k", 5)
-        assert await limiter.available("k") < 1
-        assert not await limiter.try_acquire("k")
-        assert 0 < await limiter.delay("k", 5) <= 5 / 50 + 0.01
+    async with af.RedisRateLimiter(redis_server.url, "5/s", burst=5, prefix=prefix) as slow:
+        # A cost of a whole burst empties the bucket (which takes a second to refill).
+        await slow.acquire("w", 5)
+        assert await slow.available("w") < 2
+        assert not await slow.try_acquire("w", 3)
+        assert 0.3 < await slow.delay("w", 5) <= 1.0
 
 
 async def test_arguments_are_checked_like_keyed_rate_limiter(
@@ -113,31 +114,31 @@ async def test_arguments_are_checked_like_keyed_rate_limiter(
 
 
 async def test_charge_refund_pause(redis_server: RedisServer, prefix: str) -> None:
-    one = af.RedisRateLimiter(redis_server.url, "20/s", burst=4, prefix=prefix)
-    other = af.RedisRateLimiter(redis_server.url, "20/s", burst=4, prefix=prefix)  # "process" 2
+    """Reconciling from one process is seen by another (the margins allow a busy machine)."""
+    one = af.RedisRateLimiter(redis_server.url, "5/s", burst=4, prefix=prefix)
+    other = af.RedisRateLimiter(redis_server.url, "5/s", burst=4, prefix=prefix)  # "process" 2
     async with one, other:
         await one.charge("k", 6)  # 4 - 6: in debt
-        assert -2.1 < await other.available("k") < -1.5
+        assert -2.1 < await other.available("k") < -1.0
         assert not await other.try_acquire("k")
         started = time.monotonic()
-        await other.acquire("k")  # debt and one token: 3 / 20 s
-        assert time.monotonic() - started >= 0.12
+        await other.acquire("k")  # the debt and one token: 3 / 5 s
+        assert time.monotonic() - started >= 0.3
         await one.refund("k", 100)
         assert await other.available("k") == 4  # never above the burst
-        await one.pause("k", 0.3)
+        await one.pause("k", 0.6)
+        await one.pause("k", 0.05)  # pauses only extend: the longer one holds
         assert not await other.try_acquire("k")
-        assert await other.delay("k") >= 0.25
+        assert await other.delay("k") > 0.3
         started = time.monotonic()
         await other.acquire("k")
-        assert time.monotonic() - started >= 0.25
-        await one.pause("k", 0.05)
-        await one.pause("k", 0.0)  # pauses only extend
+        assert time.monotonic() - started >= 0.2
 
 
 async def test_keys_are_isolated_and_overrides_apply(
     redis_server: RedisServer, prefix: str
 ) -> None:
-    overrides = {"slow": "1/s"}
+    overrides = {"slow": "1/s", "c": "1/s"}
     async with af.RedisRateLimiter(
         redis_server.url, "100/s", burst=2, overrides=overrides, prefix=prefix
     ) as limiter:
@@ -148,7 +149,7 @@ async def test_keys_are_isolated_and_overrides_apply(
         assert await limiter.try_acquire("b", 2)  # its own full bucket
         assert await limiter.try_acquire(("tuple", 1))
         assert await limiter.try_acquire("slow", 2)
-        assert await limiter.delay("slow") > 0.9  # 1/s, not 100/s
+        assert await limiter.delay("slow") > 0.5  # 1/s, not 100/s
         assert await limiter.delay("b") < 0.05
         async with limiter("c"):
             pass
@@ -239,7 +240,7 @@ async def test_cancelled_waiters_take_nothing_and_do_not_block(
             await limiter.acquire("k", 2)  # cancelled while waiting: its claim is dropped
         with anyio.fail_after(1):
             await limiter.acquire("k")  # served at the refill, not held up
-        assert "k" not in limiter._lines
+        assert limiter.bucket_name("k") not in limiter._lines  # no line left behind
 
 
 def one_of_four(url: str, prefix: str, ready: Connection, go: Connection) -> None:
