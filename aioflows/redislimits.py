@@ -64,18 +64,20 @@ CLAIM_GRACE = 1.0
 _US = 1_000_000.0
 
 # One script, every operation (one SHA to load). KEYS[1] is the epoch, KEYS[2..] buckets.
-# ARGV: mode, the epoch the client knows ('' if none), an id for a new epoch, then the
-# mode's arguments. Every reply starts with the epoch when the client's is out of date
-# (else nil). A bucket is packed doubles (struct), exact and quick to read: tokens, when they
-# were counted, paused until; and with a claim, its cost, since and expiry, then the
-# claimant.
+# ARGV: mode, the epoch the client knows ('' if none), the client's claimant id (also the
+# start of a new epoch's id), then the mode's arguments. Every reply is an array that starts
+# with the epoch when the client's is out of date (else nil), but for the most common one:
+# a grant to a client whose epoch is current is a bare integer. A bucket is packed doubles
+# (struct), exact and quick to read: tokens, when they were counted, paused until; and with a
+# claim, its cost, since and expiry, then the claimant.
 _SCRIPT = """
-local mode, known, fresh = ARGV[1], ARGV[2], ARGV[3]
+local mode, known, claimant = ARGV[1], ARGV[2], ARGV[3]
 local tm = redis.call('TIME')
 local now = tonumber(tm[1]) * 1000000 + tonumber(tm[2])
 local epoch = redis.call('GET', KEYS[1])
 if not epoch then
-  if known == '' then epoch = fresh else epoch = fresh .. '~' .. string.format('%d', now) end
+  epoch = claimant .. ':' .. tm[1] .. '.' .. tm[2]
+  if known ~= '' then epoch = epoch .. '~' .. string.format('%d', now) end
   redis.call('SET', KEYS[1], epoch)
 end
 local lost_at = nil
@@ -130,9 +132,9 @@ local function wait_for(b, cost, claimant, per_us, slack)
   return math.ceil(math.max(w, b.p - now, 0))
 end
 
-if mode == 'take' then
+if mode == 'take' or mode == 'try' then
   local cost, per_us, burst = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
-  local claimant, since, claim, nxt = ARGV[7], tonumber(ARGV[8]), ARGV[9], tonumber(ARGV[10])
+  local since, nxt = tonumber(ARGV[7]), tonumber(ARGV[8])
   local slack = burst * 1e-9
   local b = load(KEYS[2], per_us, burst)
   local mine = b.ci == claimant
@@ -144,9 +146,10 @@ if mode == 'take' then
     save(KEYS[2], b, per_us, burst)
     local after = 0
     if nxt > 0 then after = wait_for(b, nxt, claimant, per_us, slack) end
-    return {told, 1, after}
+    if told then return {told, 1, after} end
+    return after  -- the common answer, a bare integer: granted
   end
-  if claim == '1' then
+  if mode == 'take' then
     if since == 0 then since = now end
     if (not b.ci) or mine or b.cs > since or (b.cs == since and b.ci > claimant) then
       b.ci, b.cc, b.cs = claimant, cost, since
@@ -156,10 +159,9 @@ if mode == 'take' then
   end
   return {told, 0, wait_for(b, cost, claimant, per_us, slack), since}
 elseif mode == 'delays' then
-  local claimant = ARGV[4]
   local out = {told}
   for i = 2, #KEYS do
-    local j = 5 + (i - 2) * 3
+    local j = 4 + (i - 2) * 3
     local cost, per_us, burst = tonumber(ARGV[j]), tonumber(ARGV[j + 1]), tonumber(ARGV[j + 2])
     local b = load(KEYS[i], per_us, burst)
     out[i] = wait_for(b, cost, claimant, per_us, burst * 1e-9)
@@ -175,7 +177,7 @@ else
   elseif mode == 'pause' then
     b.p = math.max(b.p, now + amount)
   elseif mode == 'release' then
-    if b.ci == ARGV[7] then b.ci = false end
+    if b.ci == claimant then b.ci = false end
   elseif mode == 'available' then
     return {told, string.format('%.17g', b.t)}
   else
@@ -335,7 +337,6 @@ class RedisRateLimiter:
         self._sha = _SHA
         self._epoch_key = f"{prefix}:rl:epoch"
         self._epoch = ""  # the epoch this limiter has seen ('' until its first call)
-        self._fresh = uuid.uuid4().hex  # the id of an epoch this limiter starts
         self._claimant = uuid.uuid4().hex[:16].encode()  # this limiter's claims, on every key
         self._lines: dict[str, _Line] = {}
 
@@ -388,15 +389,16 @@ class RedisRateLimiter:
         kr = self._overrides.get(key, self._default) if self._overrides else self._default
         return _Spec(bucket_name(self._prefix, key), kr)
 
-    async def _run(self, mode: str, names: Sequence[str], args: Sequence[Any]) -> list[Any]:
+    async def _run(self, mode: str, names: Sequence[str], args: Sequence[Any]) -> Any:
         """One script call (EVALSHA; the script is loaded again after a NOSCRIPT, as redis-py's
-        ``register_script`` does); keeps the epoch the reply tells."""
+        ``register_script`` does); keeps the epoch the reply tells. The reply: a list, or for a
+        plain grant an int."""
         redis = self._redis
-        words = (self._epoch_key, *names, mode, self._epoch, self._fresh, *args)
+        words = (self._epoch_key, *names, mode, self._epoch, self._claimant, *args)
         failure, missing = self._errors
         try:
             try:
-                reply: list[Any] = await redis.evalsha(self._sha, 1 + len(names), *words)
+                reply = await redis.evalsha(self._sha, 1 + len(names), *words)
             except missing:  # a restarted or flushed Redis has forgotten the script
                 self._sha = await redis.script_load(_SCRIPT)
                 reply = await redis.evalsha(self._sha, 1 + len(names), *words)
@@ -404,6 +406,8 @@ class RedisRateLimiter:
             raise RedisUnavailable(
                 f"Redis at {_redis.address(self._redis)} failed: {type(exc).__name__}: {exc}"
             ) from exc
+        if reply.__class__ is int:
+            return reply
         told = reply[0]
         if told is not None:
             self._epoch = told.decode() if isinstance(told, bytes) else str(told)
@@ -411,21 +415,25 @@ class RedisRateLimiter:
 
     async def _take(
         self, spec: _Spec, cost: float, *, claim: bool, since: int = 0, then: float = 0.0
-    ) -> list[Any]:
-        """``[told, 1, µs until `then` fits]`` if granted, else ``[told, 0, µs to wait, since]``."""
-        return await self._run(
-            "take",
-            (spec.name,),
-            (cost, *spec.kr.words, self._claimant, since, b"1" if claim else b"0", then),
+    ) -> tuple[bool, int, int]:
+        """(granted, µs, since): if granted, µs until ``then`` more would fit; if not, µs to
+        wait, and since when this request's claim has waited (Redis µs). ``claim=False``: a
+        refusal records no claim (``try_acquire``)."""
+        reply = await self._run(
+            "take" if claim else "try", (spec.name,), (cost, *spec.kr.words, since, then)
         )
+        if reply.__class__ is int:
+            return True, reply, 0
+        return bool(reply[1]), int(reply[2]), int(reply[3]) if len(reply) > 3 else 0
 
     async def _one(self, mode: str, spec: _Spec, amount: float) -> list[Any]:
-        return await self._run(mode, (spec.name,), (amount, *spec.kr.words, self._claimant))
+        reply: list[Any] = await self._run(mode, (spec.name,), (amount, *spec.kr.words))
+        return reply
 
     async def _delays(self, wanted: Sequence[tuple[_Spec, float]]) -> list[float]:
         """Seconds until each (bucket, cost) could be granted, this process's queue first:
         every bucket in one round trip."""
-        args: list[Any] = [self._claimant]
+        args: list[Any] = []
         for spec, cost in wanted:
             line = self._lines.get(spec.name)
             queued = sum(w.cost for w in line.waiters) if line is not None else 0.0
@@ -452,12 +460,12 @@ class RedisRateLimiter:
     async def _acquire(self, spec: _Spec, cost: float) -> None:
         line = self._lines.get(spec.name)
         if line is None:
-            reply = await self._take(spec, cost, claim=True)
-            if reply[1]:
+            granted, us, since = await self._take(spec, cost, claim=True)
+            if granted:
                 return
             line = self._lines.get(spec.name)  # another caller may have queued meanwhile
             if line is None:
-                line = _Line(int(reply[3]), anyio.current_time() + int(reply[2]) / _US)
+                line = _Line(since, anyio.current_time() + us / _US)
                 self._lines[spec.name] = line
         await self._wait_in_line(spec, cost, line)
 
@@ -473,14 +481,14 @@ class RedisRateLimiter:
                 if wait > 0:
                     await anyio.sleep(wait)
                 then = line.waiters[1].cost if len(line.waiters) > 1 else 0.0
-                reply = await self._take(spec, cost, claim=True, since=line.since, then=then)
-                now = anyio.current_time()
-                line.not_before = now + int(reply[2]) / _US
-                if reply[1]:
-                    granted = True
+                granted, us, since = await self._take(
+                    spec, cost, claim=True, since=line.since, then=then
+                )
+                line.not_before = anyio.current_time() + us / _US
+                if granted:
                     line.since = 0  # the next waiter's claim starts when it waits
                     return
-                line.since = int(reply[3])
+                line.since = since
         finally:
             head = line.waiters[0] is waiter
             line.waiters.remove(waiter)
@@ -507,8 +515,8 @@ class RedisRateLimiter:
             _check_cost(cost, spec.kr.burst)
         if spec.name in self._lines:
             return False
-        reply = await self._take(spec, cost, claim=False)
-        return bool(reply[1])
+        granted, _, _ = await self._take(spec, cost, claim=False)
+        return granted
 
     def __call__(self, key: Hashable) -> _KeySlot:
         """``async with limiter(key):`` acquires one token of ``key``."""
