@@ -168,14 +168,14 @@ class SharedBuckets:
         state.paused_until = max(state.paused_until, anyio.current_time() + seconds)
         for spec in (self.requests, self.tokens):
             if spec is not None:
-                await self.limiter._one("pause", spec, seconds * 1e6)
+                await self.limiter._one(b"pause", spec, seconds * 1e6)
         return True
 
     async def settle(self, difference: float) -> None:
         """Charge (or refund) what a call used beyond (or below) its estimate."""
         if self.tokens is None or difference == 0:
             return
-        mode = "charge" if difference > 0 else "refund"
+        mode = b"charge" if difference > 0 else b"refund"
         await self.limiter._one(mode, self.tokens, abs(difference))
 
 

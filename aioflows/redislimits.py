@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import struct
 import uuid
 from collections import deque
 from collections.abc import Hashable, Mapping, Sequence
@@ -64,14 +65,17 @@ CLAIM_GRACE = 1.0
 _US = 1_000_000.0
 
 # One script, every operation (one SHA to load). KEYS[1] is the epoch, KEYS[2..] buckets.
-# ARGV: mode, the epoch the client knows ('' if none), the client's claimant id (also the
-# start of a new epoch's id), then the mode's arguments. Every reply is an array that starts
-# with the epoch when the client's is out of date (else nil), but for the most common one:
-# a grant to a client whose epoch is current is a bare integer. A bucket is packed doubles
+# ARGV: the client's claimant id (16 characters, also the start of a new epoch's id) followed
+# by the mode, the epoch the client knows ('' if none), and the mode's numbers packed as
+# doubles (three words in all: each word costs the client more than the script's unpacking).
+# Every reply is an array that starts with the epoch when the client's is out of date (else
+# nil), but for the most common one: a grant to a client whose epoch is current is a bare
+# integer. A bucket is packed doubles
 # (struct), exact and quick to read: tokens, when they were counted, paused until; and with a
 # claim, its cost, since and expiry, then the claimant.
 _SCRIPT = """
-local mode, known, claimant = ARGV[1], ARGV[2], ARGV[3]
+local head, known, nums = ARGV[1], ARGV[2], ARGV[3]
+local claimant, mode = string.sub(head, 1, 16), string.sub(head, 17)
 local tm = redis.call('TIME')
 local now = tonumber(tm[1]) * 1000000 + tonumber(tm[2])
 local epoch = redis.call('GET', KEYS[1])
@@ -133,8 +137,7 @@ local function wait_for(b, cost, claimant, per_us, slack)
 end
 
 if mode == 'take' or mode == 'try' then
-  local cost, per_us, burst = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
-  local since, nxt = tonumber(ARGV[7]), tonumber(ARGV[8])
+  local cost, per_us, burst, since, nxt = struct.unpack('<ddddd', nums)
   local slack = burst * 1e-9
   local b = load(KEYS[2], per_us, burst)
   local mine = b.ci == claimant
@@ -161,14 +164,13 @@ if mode == 'take' or mode == 'try' then
 elseif mode == 'delays' then
   local out = {told}
   for i = 2, #KEYS do
-    local j = 4 + (i - 2) * 3
-    local cost, per_us, burst = tonumber(ARGV[j]), tonumber(ARGV[j + 1]), tonumber(ARGV[j + 2])
+    local cost, per_us, burst = struct.unpack('<ddd', nums, 1 + (i - 2) * 24)
     local b = load(KEYS[i], per_us, burst)
     out[i] = wait_for(b, cost, claimant, per_us, burst * 1e-9)
   end
   return out
 else
-  local amount, per_us, burst = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+  local amount, per_us, burst = struct.unpack('<ddd', nums)
   local b = load(KEYS[2], per_us, burst)
   if mode == 'charge' then
     b.t = b.t - amount
@@ -188,18 +190,19 @@ else
 end
 """.replace("GRACE_US", str(int(CLAIM_GRACE * _US)))
 _SHA = hashlib.sha1(_SCRIPT.encode()).hexdigest()
+_FIVE = struct.Struct("<5d").pack
+_THREE = struct.Struct("<3d").pack
 
 
 class _KeyRate:
-    """A rate and burst as the script takes them, encoded once (not on every call)."""
+    """A rate and burst as the script takes them."""
 
-    __slots__ = ("burst", "per_us", "rate", "words")
+    __slots__ = ("burst", "per_us", "rate")
 
     def __init__(self, rate: Rate, burst: float) -> None:
         self.rate = rate
         self.burst = burst
         self.per_us = rate.per_second / _US
-        self.words = (repr(self.per_us).encode(), repr(burst).encode())
 
 
 class _Spec:
@@ -389,12 +392,18 @@ class RedisRateLimiter:
         kr = self._overrides.get(key, self._default) if self._overrides else self._default
         return _Spec(bucket_name(self._prefix, key), kr)
 
-    async def _run(self, mode: str, names: Sequence[str], args: Sequence[Any]) -> Any:
+    async def _run(self, mode: bytes, names: Sequence[str], numbers: bytes) -> Any:
         """One script call (EVALSHA; the script is loaded again after a NOSCRIPT, as redis-py's
         ``register_script`` does); keeps the epoch the reply tells. The reply: a list, or for a
         plain grant an int."""
         redis = self._redis
-        words = (self._epoch_key, *names, mode, self._epoch, self._claimant, *args)
+        words: tuple[str | bytes, ...] = (
+            self._epoch_key,
+            *names,
+            self._claimant + mode,
+            self._epoch,
+            numbers,
+        )
         failure, missing = self._errors
         try:
             try:
@@ -419,26 +428,30 @@ class RedisRateLimiter:
         """(granted, µs, since): if granted, µs until ``then`` more would fit; if not, µs to
         wait, and since when this request's claim has waited (Redis µs). ``claim=False``: a
         refusal records no claim (``try_acquire``)."""
+        kr = spec.kr
         reply = await self._run(
-            "take" if claim else "try", (spec.name,), (cost, *spec.kr.words, since, then)
+            b"take" if claim else b"try",
+            (spec.name,),
+            _FIVE(cost, kr.per_us, kr.burst, since, then),
         )
         if reply.__class__ is int:
             return True, reply, 0
         return bool(reply[1]), int(reply[2]), int(reply[3]) if len(reply) > 3 else 0
 
-    async def _one(self, mode: str, spec: _Spec, amount: float) -> list[Any]:
-        reply: list[Any] = await self._run(mode, (spec.name,), (amount, *spec.kr.words))
+    async def _one(self, mode: bytes, spec: _Spec, amount: float) -> list[Any]:
+        kr = spec.kr
+        reply: list[Any] = await self._run(mode, (spec.name,), _THREE(amount, kr.per_us, kr.burst))
         return reply
 
     async def _delays(self, wanted: Sequence[tuple[_Spec, float]]) -> list[float]:
         """Seconds until each (bucket, cost) could be granted, this process's queue first:
         every bucket in one round trip."""
-        args: list[Any] = []
+        args = []
         for spec, cost in wanted:
             line = self._lines.get(spec.name)
             queued = sum(w.cost for w in line.waiters) if line is not None else 0.0
-            args += (cost + queued, *spec.kr.words)
-        reply = await self._run("delays", [spec.name for spec, _ in wanted], args)
+            args.append(_THREE(cost + queued, spec.kr.per_us, spec.kr.burst))
+        reply = await self._run(b"delays", [spec.name for spec, _ in wanted], b"".join(args))
         return [int(us) / _US for us in reply[1:]]
 
     # -- acquiring ----------------------------------------------------------------------------
@@ -506,7 +519,7 @@ class RedisRateLimiter:
         (a claim nobody renews lapses on its own)."""
         with anyio.move_on_after(0.5, shield=True):
             with contextlib.suppress(RedisUnavailable):
-                await self._one("release", spec, 0.0)
+                await self._one(b"release", spec, 0.0)
 
     async def try_acquire(self, key: Hashable, cost: float = 1.0) -> bool:
         """Take ``cost`` tokens if that needs no waiting (and no one here waits on the key)."""
@@ -530,21 +543,21 @@ class RedisRateLimiter:
 
     async def available(self, key: Hashable) -> float:
         """Tokens in ``key``'s bucket now; negative while in debt after :meth:`charge`."""
-        reply = await self._one("available", self._spec(key), 0.0)
+        reply = await self._one(b"available", self._spec(key), 0.0)
         return float(reply[1])
 
     # -- reconciling --------------------------------------------------------------------------
 
     async def charge(self, key: Hashable, cost: float) -> None:
         """Take ``cost`` tokens from ``key`` now; its bucket may go into debt."""
-        await self._one("charge", self._spec(key), _positive_number(cost, "cost"))
+        await self._one(b"charge", self._spec(key), _positive_number(cost, "cost"))
 
     async def refund(self, key: Hashable, cost: float) -> None:
         """Give ``cost`` tokens back to ``key`` (never above its burst)."""
-        await self._one("refund", self._spec(key), _positive_number(cost, "cost"))
+        await self._one(b"refund", self._spec(key), _positive_number(cost, "cost"))
 
     async def pause(self, key: Hashable, seconds: float) -> None:
         """Grant nothing to ``key`` until ``seconds`` from now, in every process; pauses only
         extend."""
         seconds = _validate.number("pause seconds", seconds)
-        await self._one("pause", self._spec(key), seconds * _US)
+        await self._one(b"pause", self._spec(key), seconds * _US)

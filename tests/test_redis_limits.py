@@ -4,6 +4,7 @@ charge/refund/pause, four processes on one key, isolation, a restart, memory, st
 from __future__ import annotations
 
 import multiprocessing
+import struct
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -349,7 +350,8 @@ async def test_keys_used_once_leave_nothing_once_full(
     async with af.RedisRateLimiter(redis_server.url, "1000/s", prefix=prefix) as limiter:
         await limiter.acquire("first")  # the epoch exists, the script is loaded
         spec = limiter._spec("first")
-        args = ["try", limiter._epoch, limiter._claimant, 1, *spec.kr.words, 0, 0]
+        numbers = struct.pack("<5d", 1, spec.kr.per_us, spec.kr.burst, 0, 0)
+        args = [limiter._claimant + b"try", limiter._epoch, numbers]
         head = command("EVALSHA", limiter._sha, 2, limiter._epoch_key, "NAME", *args)
         head = head.split(b"$4\r\nNAME\r\n")
         assert len(head) == 2
