@@ -191,6 +191,8 @@ end
 """.replace("GRACE_US", str(int(CLAIM_GRACE * _US)))
 _SHA = hashlib.sha1(_SCRIPT.encode()).hexdigest()
 _FIVE = struct.Struct("<5d").pack
+#: Keys whose bucket names a limiter keeps, so that a hot key is not digested on every call.
+_SPECS = 4096
 _THREE = struct.Struct("<3d").pack
 
 
@@ -235,17 +237,17 @@ class _Line:
 
 
 def _key_bytes(key: object) -> bytes:
-    """A stable encoding of a key, the same in every process (``hash()`` is not)."""
+    """A stable encoding of a key, the same in every process (``hash()`` is not). Keys a dict
+    holds as one (``1``, ``1.0``, ``True``) are one bucket here too."""
     if isinstance(key, str):
         return b"s" + key.encode("utf-8", "surrogatepass")
     if isinstance(key, bytes):
         return b"b" + key
-    if key is None or isinstance(key, bool):
-        return b"o" + repr(key).encode()
-    if isinstance(key, int):
-        return b"i" + str(key).encode()
+    if key is None:
+        return b"o"
+    if isinstance(key, int):  # bool included
+        return b"i" + str(int(key)).encode()
     if isinstance(key, float):
-        # 1.0 and 1 are one key of a dict, so they are one bucket here too
         return b"i" + str(int(key)).encode() if key.is_integer() else b"f" + repr(key).encode()
     if isinstance(key, tuple):
         parts = [_key_bytes(part) for part in key]
@@ -342,6 +344,7 @@ class RedisRateLimiter:
         self._epoch = ""  # the epoch this limiter has seen ('' until its first call)
         self._claimant = uuid.uuid4().hex[:16].encode()  # this limiter's claims, on every key
         self._lines: dict[str, _Line] = {}
+        self._specs: dict[Hashable, _Spec] = {}
 
     def _rate(self, rate: Rate) -> _KeyRate:
         burst = max(1.0, rate.per_second) if self._burst is None else self._burst
@@ -389,8 +392,16 @@ class RedisRateLimiter:
     # -- talking to Redis ---------------------------------------------------------------------
 
     def _spec(self, key: Hashable) -> _Spec:
-        kr = self._overrides.get(key, self._default) if self._overrides else self._default
-        return _Spec(bucket_name(self._prefix, key), kr)
+        """The key's bucket; the specs of recent keys are kept (a digest costs more than the
+        rest of the client's work on a call), at most ``_SPECS`` of them."""
+        spec = self._specs.get(key)
+        if spec is None:
+            kr = self._overrides.get(key, self._default) if self._overrides else self._default
+            spec = _Spec(bucket_name(self._prefix, key), kr)
+            if len(self._specs) >= _SPECS:
+                self._specs.clear()  # bounded; the hot keys come back at once
+            self._specs[key] = spec
+        return spec
 
     async def _run(self, mode: bytes, names: Sequence[str], numbers: bytes) -> Any:
         """One script call (EVALSHA; the script is loaded again after a NOSCRIPT, as redis-py's
