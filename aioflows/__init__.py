@@ -46,6 +46,7 @@ from .launcher import launch as launch
 from .limits import KeyedRateLimiter as KeyedRateLimiter
 from .limits import Rate as Rate
 from .limits import RateLimiter as RateLimiter
+from .redislimits import RedisRateLimiter as RedisRateLimiter
 from .retry import Retry as Retry
 from .serving import Client as Client
 from .serving import Endpoint as Endpoint
@@ -98,6 +99,7 @@ __all__ = [
     "Rate",
     "RateLimited",
     "RateLimiter",
+    "RedisRateLimiter",
     "RedisStore",
     "RedisUnavailable",
     "ResultStore",

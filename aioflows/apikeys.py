@@ -14,7 +14,7 @@ import contextlib
 import math
 import types
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
@@ -22,9 +22,13 @@ from . import _validate
 from .errors import AioflowsError, InvalidArgument, InvalidArgumentType
 from .limits import RateLike, RateLimiter, as_rate
 
+if TYPE_CHECKING:
+    from .redislimits import RedisRateLimiter, _Spec
+
 __all__ = [
     "Key",
     "KeyState",
+    "SharedBuckets",
     "LaunchFailed",
     "clean_error",
     "describe",
@@ -110,9 +114,13 @@ def _simple_attributes(attributes: Mapping[str, Any]) -> dict[str, Any]:
 
 
 class KeyState:
-    """One API key and its buckets, shared by every call that uses it."""
+    """One API key and its buckets, shared by every call that uses it.
 
-    __slots__ = ("label", "paused_until", "requests", "secret", "tokens")
+    With a shared limiter (``Launcher(shared=...)``) the buckets live in Redis (:attr:`shared`)
+    and ``requests``/``tokens`` only say their rates and bursts.
+    """
+
+    __slots__ = ("label", "paused_until", "requests", "secret", "shared", "tokens")
 
     def __init__(
         self,
@@ -126,6 +134,7 @@ class KeyState:
         self.requests = requests
         self.tokens = tokens
         self.paused_until = -math.inf  # a throttle rests the key even when it has no bucket
+        self.shared: SharedBuckets | None = None
 
     def delay(self, cost: float) -> float:
         wait = self.requests.delay(1.0) if self.requests is not None else 0.0
@@ -141,6 +150,42 @@ class KeyState:
                 bucket.pause(seconds)
 
 
+class SharedBuckets:
+    """A key's request and token buckets in a :class:`~aioflows.RedisRateLimiter`, named by a
+    digest of the key's secret (never the secret), so every launcher process using the key
+    shares them."""
+
+    __slots__ = ("limiter", "requests", "tokens")
+
+    def __init__(self, limiter: RedisRateLimiter, state: KeyState) -> None:
+        from .redislimits import _KeyRate, _Spec
+
+        def spec(kind: str, bucket: RateLimiter | None) -> _Spec | None:
+            if bucket is None:
+                return None
+            name = limiter.bucket_name(("aioflows.launcher", kind, state.secret))
+            return _Spec(name, _KeyRate(bucket.rate, bucket.burst))
+
+        self.limiter = limiter
+        self.requests = spec("requests", state.requests)
+        self.tokens = spec("tokens", state.tokens)
+
+    async def pause(self, state: KeyState, seconds: float) -> bool:
+        """A throttle rests the key here and in Redis, for every process."""
+        state.paused_until = max(state.paused_until, anyio.current_time() + seconds)
+        for spec in (self.requests, self.tokens):
+            if spec is not None:
+                await self.limiter._one(b"pause", spec, seconds * 1e6)
+        return True
+
+    async def settle(self, difference: float) -> None:
+        """Charge (or refund) what a call used beyond (or below) its estimate."""
+        if self.tokens is None or difference == 0:
+            return
+        mode = b"charge" if difference > 0 else b"refund"
+        await self.limiter._one(mode, self.tokens, abs(difference))
+
+
 class Key:
     """The key a call runs with: ``label`` (``"key-0"``...) and ``secret`` (the key string).
 
@@ -154,11 +199,12 @@ class Key:
         reserved: The tokens reserved for this call (its ``cost`` estimate).
     """
 
-    __slots__ = ("_reserved", "_state")
+    __slots__ = ("_reserved", "_state", "unsettled")
 
     def __init__(self, state: KeyState, reserved: float) -> None:
         self._state = state
         self._reserved = reserved
+        self.unsettled = 0.0  # reported but not yet sent to a shared bucket in Redis
 
     @property
     def label(self) -> str:
@@ -184,7 +230,10 @@ class Key:
         if bucket is None:
             return
         difference = tokens - self._reserved
-        if difference > 0:
+        if self._state.shared is not None:
+            # Sent to Redis when the call returns (report_usage is not a coroutine).
+            self.unsettled += difference
+        elif difference > 0:
             bucket.charge(difference)
         elif difference < 0:
             bucket.refund(-difference)

@@ -35,6 +35,7 @@ import anyio
 from . import _validate
 from .errors import InvalidArgument, InvalidArgumentType
 from .limits import KeyedRateLimiter, Rate, RateLike, RateLimiter, as_rate
+from .redislimits import RedisRateLimiter
 from .retry import (
     THROTTLE_BACKOFF,
     Retry,
@@ -62,8 +63,11 @@ R = TypeVar("R")
 
 #: ``rate=``: a rate (a fresh limiter for this call) or a RateLimiter (shared across calls).
 LimiterLike: TypeAlias = RateLike | RateLimiter
-#: ``per_key_rate=``: a rate (fresh buckets for this call) or a KeyedRateLimiter (shared).
-KeyedLimiterLike: TypeAlias = RateLike | KeyedRateLimiter
+#: ``per_key_rate=``: a rate (fresh buckets for this call) or a KeyedRateLimiter (shared), in
+#: this process or in Redis (:class:`~aioflows.RedisRateLimiter`, shared by many processes).
+KeyedLimiterLike: TypeAlias = RateLike | KeyedRateLimiter | RedisRateLimiter
+#: A keyed limiter instance, local or in Redis.
+KeyedLimiter: TypeAlias = KeyedRateLimiter | RedisRateLimiter
 
 
 def as_limiter(value: LimiterLike | None) -> RateLimiter | None:
@@ -73,9 +77,9 @@ def as_limiter(value: LimiterLike | None) -> RateLimiter | None:
     return RateLimiter(value)
 
 
-def as_keyed_limiter(value: KeyedLimiterLike | None) -> KeyedRateLimiter | None:
+def as_keyed_limiter(value: KeyedLimiterLike | None) -> KeyedLimiter | None:
     """Coerce ``per_key_rate=`` the same way."""
-    if value is None or isinstance(value, KeyedRateLimiter):
+    if value is None or isinstance(value, (KeyedRateLimiter, RedisRateLimiter)):
         return value
     return KeyedRateLimiter(value)
 
@@ -117,7 +121,7 @@ class CallPolicy:
 
     rate: Rate | RateLimiter | None
     key: Callable[[Any], Hashable] | None
-    per_key_rate: Rate | KeyedRateLimiter | None
+    per_key_rate: Rate | KeyedLimiter | None
     retry: Retry | None
     timeout: float | None
 
@@ -139,7 +143,9 @@ class CallPolicy:
             )
         if rate is not None and not isinstance(rate, RateLimiter):
             rate = as_rate(rate)
-        if per_key_rate is not None and not isinstance(per_key_rate, KeyedRateLimiter):
+        if per_key_rate is not None and not isinstance(
+            per_key_rate, (KeyedRateLimiter, RedisRateLimiter)
+        ):
             per_key_rate = as_rate(per_key_rate)
         # Frozen: the converted values are set once, here, and never again.
         object.__setattr__(self, "rate", rate)
@@ -191,10 +197,12 @@ class Guard(Generic[T, H, R]):
         """One attempt of the call, with what :meth:`enter` gave."""
         raise NotImplementedError
 
-    def throttled(self, item: T, held: H, seconds: float) -> bool:
+    def throttled(self, item: T, held: H, seconds: float) -> bool | Awaitable[bool]:
         """A throttle: rest what ``held`` stands for ``seconds`` (already capped by
         ``max_wait``). True if the next :meth:`enter` waits the rest out itself, so the loop
-        must not sleep as well; False (the default) makes the loop sleep ``seconds``."""
+        must not sleep as well; False (the default) makes the loop sleep ``seconds``. A
+        limiter in Redis rests by a round trip: the hook then returns an awaitable of that
+        answer, which the loop awaits (throttles are rare; the plain path stays a bool)."""
         return False
 
     def retrying(self, item: T, held: H, throttled: bool) -> None:
@@ -231,6 +239,8 @@ class Guard(Generic[T, H, R]):
                     else:
                         wait = THROTTLE_BACKOFF
                     rested = self.throttled(item, held, wait)
+                    if not isinstance(rested, bool):
+                        rested = await rested
                     if (
                         retry is None
                         or throttles > retry.max_throttles
@@ -285,9 +295,9 @@ class _Limited(Guard[T, Hashable, R]):
         self._fn = fn
         rate, per_key = policy.rate, policy.per_key_rate
         self._limiter = rate if rate is None or isinstance(rate, RateLimiter) else RateLimiter(rate)
-        self._keyed = (
+        self._keyed: KeyedLimiter | None = (
             per_key
-            if per_key is None or isinstance(per_key, KeyedRateLimiter)
+            if per_key is None or isinstance(per_key, (KeyedRateLimiter, RedisRateLimiter))
             else KeyedRateLimiter(per_key)
         )
         self._key = policy.key
@@ -304,11 +314,20 @@ class _Limited(Guard[T, Hashable, R]):
     async def attempt(self, item: T, held: Hashable) -> R:
         return await self._fn(item)
 
-    def throttled(self, item: T, held: Hashable, seconds: float) -> bool:
-        if self._keyed is not None:
-            self._keyed.pause(held, seconds)
+    def throttled(self, item: T, held: Hashable, seconds: float) -> bool | Awaitable[bool]:
+        keyed = self._keyed
+        if isinstance(keyed, RedisRateLimiter):
+            return _paused(keyed.pause(held, seconds))
+        if keyed is not None:
+            keyed.pause(held, seconds)
         elif self._limiter is not None:
             self._limiter.pause(seconds)
         else:
             return False
         return True
+
+
+async def _paused(pausing: Awaitable[None]) -> bool:
+    """A key paused in Redis: the next :meth:`Guard.enter` waits the pause out."""
+    await pausing
+    return True

@@ -112,7 +112,8 @@ async def map(
         concurrency: Most calls in flight at once.
         rate: Limit on calls overall; a :class:`RateLimiter` is shared with whoever else uses it.
         key: ``key(item)`` picks the bucket of ``per_key_rate`` for the call.
-        per_key_rate: Per-key limit; a :class:`KeyedRateLimiter` is shared as is.
+        per_key_rate: Per-key limit; a :class:`KeyedRateLimiter` (or a
+            :class:`~aioflows.RedisRateLimiter`, shared by many processes) is shared as is.
         retry: A :class:`Retry` or a number of attempts.
         timeout: Seconds each call may take; an overrun is a ``TimeoutError``.
         return_exceptions: Put exceptions in the result list instead of raising.

@@ -52,6 +52,7 @@ from .apikeys import (
     Key,
     KeyState,
     LaunchFailed,  # re-exported from here, as before
+    SharedBuckets,
     clean_error,
     describe,
     make_keys,
@@ -67,6 +68,7 @@ from .errors import (
 )
 from .jsonl import append, encode_line, faithful, finish, open_output, show
 from .limits import RateLike, as_rate
+from .redislimits import RedisRateLimiter
 from .retry import USE_DEFAULT, RetryLike, UseDefault, as_retry, throttle_delay, wait_cap
 
 __all__ = ["Key", "LaunchFailed", "LaunchSummary", "Launcher", "OutputFileError", "launch"]
@@ -142,6 +144,11 @@ class Launcher:
         input_interface: What ``fn`` receives instead of the sample.
         output_interface: What is recorded instead of ``fn``'s result.
         progress: Draw a progress bar on stderr.
+        shared: A :class:`~aioflows.RedisRateLimiter` where every key's request and token
+            buckets live (named by a digest of the key), so that launcher processes on one
+            machine or many that use the same keys stay within each key's limits together,
+            and a throttle rests the key for all of them. The rates still come from
+            ``rate_per_key``, ``keys`` and ``tokens_per_key``; only the buckets are shared.
 
     Every argument is checked here, before anything runs; the input as :meth:`run` pulls it
     (a list or tuple whole, before the first call).
@@ -168,6 +175,7 @@ class Launcher:
         input_interface: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
         output_interface: Callable[[Any], Any] | None = None,
         progress: bool = False,
+        shared: RedisRateLimiter | None = None,
     ) -> None:
         if not callable(fn):
             raise InvalidArgumentType(f"fn must be an async callable, got {fn!r}")
@@ -184,6 +192,12 @@ class Launcher:
             as_rate(rate_per_key, "rate_per_key")
         self._fn = fn
         self._keys = make_keys(keys, rate_per_key, tokens_per_key)
+        if shared is not None and not isinstance(shared, RedisRateLimiter):
+            raise InvalidArgumentType(f"shared must be a RedisRateLimiter, got {shared!r}")
+        self._shared = shared
+        if shared is not None:
+            for state in self._keys:
+                state.shared = SharedBuckets(shared, state)
         self._cost = cost
         self._concurrency = _check_positive_int(concurrency, "concurrency")
         self._samples = _check_positive_int(samples, "samples")
@@ -433,6 +447,8 @@ class _Run:
     async def _pick(self, cost: float) -> KeyState:
         """The key whose buckets free soonest (ties go round the keys), its buckets taken."""
         launcher = self.launcher
+        if launcher._shared is not None:
+            return await self._pick_shared(launcher._shared, cost)
         keys = launcher._keys
         start = launcher._turn
         launcher._turn = (start + 1) % len(keys)
@@ -445,6 +461,50 @@ class _Run:
             await key.requests.acquire()
         if key.tokens is not None and cost > 0:
             await key.tokens.acquire(min(cost, key.tokens.burst))
+        return key
+
+    async def _pick_shared(self, limiter: RedisRateLimiter, cost: float) -> KeyState:
+        """:meth:`_pick` with the buckets in Redis: every key's delay in one round trip, then
+        the chosen key's buckets taken (a round trip each)."""
+        launcher = self.launcher
+        keys = launcher._keys
+        start = launcher._turn
+        launcher._turn = (start + 1) % len(keys)
+        if len(keys) == 1:
+            key = keys[0]
+        else:
+            wanted = []
+            for state in keys:
+                buckets = state.shared
+                assert buckets is not None  # set for every key with a shared limiter
+                if buckets.requests is not None:
+                    wanted.append((buckets.requests, 1.0))
+                if buckets.tokens is not None and cost > 0:
+                    wanted.append((buckets.tokens, min(cost, buckets.tokens.kr.burst)))
+            found = await limiter._delays(wanted) if wanted else []
+            waits = dict(zip((spec.name for spec, _ in wanted), found, strict=True))
+            now = anyio.current_time()
+
+            def delay(state: KeyState) -> float:
+                buckets = state.shared
+                assert buckets is not None
+                wait = state.paused_until - now
+                for spec in (buckets.requests, buckets.tokens):
+                    if spec is not None:
+                        wait = max(wait, waits.get(spec.name, 0.0))
+                return wait
+
+            best = min(range(len(keys)), key=lambda i: (delay(keys[(start + i) % len(keys)]), i))
+            key = keys[(start + best) % len(keys)]
+        rest = key.paused_until - anyio.current_time()
+        if rest > 0:
+            await anyio.sleep(rest)
+        buckets = key.shared
+        assert buckets is not None
+        if buckets.requests is not None:
+            await limiter._acquire(buckets.requests, 1.0)
+        if buckets.tokens is not None and cost > 0:
+            await limiter._acquire(buckets.tokens, min(cost, buckets.tokens.kr.burst))
         return key
 
     async def _call(self, item: dict[str, Any], sample: int) -> _Finished:
@@ -625,12 +685,23 @@ class _KeyedCall(Guard[_Pair, KeyState, Any]):
         argument = item.prepared
         if launcher._input_interface is not None:
             argument = launcher._input_interface(argument)
-        output = await launcher._fn(argument, Key(held, item.cost))
+        key = Key(held, item.cost)
+        if held.shared is None:
+            output = await launcher._fn(argument, key)
+        else:
+            try:
+                output = await launcher._fn(argument, key)
+            finally:
+                # What report_usage said goes to Redis now, even if the call was cancelled.
+                with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+                    await held.shared.settle(key.unsettled)
         if launcher._output_interface is not None:
             output = launcher._output_interface(output)
         return output
 
-    def throttled(self, item: _Pair, held: KeyState, seconds: float) -> bool:
+    def throttled(self, item: _Pair, held: KeyState, seconds: float) -> bool | Awaitable[bool]:
+        if held.shared is not None:
+            return held.shared.pause(held, seconds)  # for every process using the key
         held.pause(seconds)
         return True  # the next pick waits, or takes another key
 

@@ -20,6 +20,7 @@ EXPECTED = {
     "rate_limited_map.py": "Summary",
     "result_store.py": "Stored",
     "serve_sentiment.py": "Served",
+    "shared_keys.py": "Shared limits held",
     "stream_enrich.py": "Enriched",
     "web_app.py": "Web app stopped cleanly",
 }
