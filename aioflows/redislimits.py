@@ -359,14 +359,23 @@ class RedisRateLimiter:
 
     @property
     def prefix(self) -> str:
+        """What every Redis key of this limiter starts with."""
         return self._prefix
 
     def rate_for(self, key: Hashable) -> Rate:
-        """The rate that applies to ``key``."""
+        """The rate that applies to ``key``.
+
+        Args:
+            key: The bucket.
+        """
         return self._overrides.get(key, self._default).rate
 
     def bucket_name(self, key: Hashable) -> str:
-        """The Redis key of ``key``'s bucket (a digest of the key, never the key)."""
+        """The Redis key of ``key``'s bucket (a digest of the key, never the key).
+
+        Args:
+            key: The bucket.
+        """
         return bucket_name(self._prefix, key)
 
     def __repr__(self) -> str:
@@ -472,6 +481,10 @@ class RedisRateLimiter:
 
         One round trip when the tokens are there and no one in this process waits on the key.
 
+        Args:
+            key: The bucket (any hashable; only a digest of it reaches Redis).
+            cost: Tokens to take (a weighted call), at most the bucket's burst.
+
         Raises:
             ValueError: ``cost <= 0`` or ``cost > burst``.
             RedisUnavailable: Redis failed; nothing was granted.
@@ -533,7 +546,15 @@ class RedisRateLimiter:
                 await self._one(b"release", spec, 0.0)
 
     async def try_acquire(self, key: Hashable, cost: float = 1.0) -> bool:
-        """Take ``cost`` tokens if that needs no waiting (and no one here waits on the key)."""
+        """Take ``cost`` tokens if that needs no waiting (and no one here waits on the key).
+
+        Args:
+            key: The bucket (any hashable; only a digest of it reaches Redis).
+            cost: Tokens to take.
+
+        Returns:
+            Whether they were taken.
+        """
         spec = self._spec(key)
         if cost != 1.0 or spec.kr.burst < 1.0:
             _check_cost(cost, spec.kr.burst)
@@ -543,32 +564,60 @@ class RedisRateLimiter:
         return granted
 
     def __call__(self, key: Hashable) -> _KeySlot:
-        """``async with limiter(key):`` acquires one token of ``key``."""
+        """``async with limiter(key):`` acquires one token of ``key``.
+
+        Args:
+            key: The bucket (any hashable; only a digest of it reaches Redis).
+        """
         return _KeySlot(self, key)
 
     async def delay(self, key: Hashable, cost: float = 1.0) -> float:
         """Seconds until ``cost`` more tokens of ``key`` could be granted, after this process's
-        waiters, other processes' claim and any pause: how to pick the key that frees soonest."""
+        waiters, other processes' claim and any pause: how to pick the key that frees soonest.
+
+        Args:
+            key: The bucket (any hashable; only a digest of it reaches Redis).
+            cost: Tokens that would be asked for.
+        """
         _positive_number(cost, "cost")
         return (await self._delays([(self._spec(key), cost)]))[0]
 
     async def available(self, key: Hashable) -> float:
-        """Tokens in ``key``'s bucket now; negative while in debt after :meth:`charge`."""
+        """Tokens in ``key``'s bucket now; negative while in debt after :meth:`charge`.
+
+        Args:
+            key: The bucket (any hashable; only a digest of it reaches Redis).
+        """
         reply = await self._one(b"available", self._spec(key), 0.0)
         return float(reply[1])
 
     # -- reconciling --------------------------------------------------------------------------
 
     async def charge(self, key: Hashable, cost: float) -> None:
-        """Take ``cost`` tokens from ``key`` now; its bucket may go into debt."""
+        """Take ``cost`` tokens from ``key`` now; its bucket may go into debt.
+
+        Args:
+            key: The bucket (any hashable; only a digest of it reaches Redis).
+            cost: Tokens to take (what a call used beyond what it acquired).
+        """
         await self._one(b"charge", self._spec(key), _positive_number(cost, "cost"))
 
     async def refund(self, key: Hashable, cost: float) -> None:
-        """Give ``cost`` tokens back to ``key`` (never above its burst)."""
+        """Give ``cost`` tokens back to ``key`` (never above its burst).
+
+        Args:
+            key: The bucket (any hashable; only a digest of it reaches Redis).
+            cost: Tokens to give back (what a call acquired and did not use).
+        """
         await self._one(b"refund", self._spec(key), _positive_number(cost, "cost"))
 
     async def pause(self, key: Hashable, seconds: float) -> None:
         """Grant nothing to ``key`` until ``seconds`` from now, in every process; pauses only
-        extend."""
+        extend.
+
+        Args:
+            key: The bucket (any hashable; only a digest of it reaches Redis).
+            seconds: How long the key rests (a throttle's ``Retry-After``).
+        """
         seconds = _validate.number("pause seconds", seconds)
         await self._one(b"pause", self._spec(key), seconds * _US)
