@@ -23,6 +23,7 @@ from .errors import RateLimited as RateLimited
 from .errors import RedisUnavailable as RedisUnavailable
 from .flow.config import expand_config as expand_config
 from .flow.context import TaskContext as TaskContext
+from .flow.dask import DaskExecutor as DaskExecutor
 from .flow.graph import Graph as Graph
 from .flow.graph import TaskNode as TaskNode
 from .flow.run import FlowRun as FlowRun
@@ -60,6 +61,7 @@ __all__ = [
     "AioflowsError",
     "Batch",
     "CorruptObject",
+    "DaskExecutor",
     "Failed",
     "Filter",
     "Flow",

@@ -68,7 +68,7 @@ SECTION_7: set[str] = set()
 # API.md section 8 (beyond one machine), one set per part.
 SECTION_8_REDIS_LIMITS: set[str] = set()
 SECTION_8_REDIS_STORE: set[str] = set()
-SECTION_8_DASK: set[str] = set()
+SECTION_8_DASK = {"DaskExecutor"}
 SECTION_8 = SECTION_8_REDIS_LIMITS | SECTION_8_REDIS_STORE | SECTION_8_DASK
 PUBLIC = (
     SECTION_1
