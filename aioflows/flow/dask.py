@@ -42,6 +42,9 @@ if TYPE_CHECKING:
 
 __all__ = ["DaskExecutor"]
 
+#: Seconds between two looks of a worker at whether the async attempt it runs is still wanted.
+WATCH_INTERVAL = 0.1
+
 #: An attempt waiting for its batch: its key, its function with the inputs bound, whether it
 #: is async, and where its Dask future goes.
 _Pending: TypeAlias = tuple[str, Callable[[], Any], bool, "asyncio.Future[Any]"]
@@ -269,14 +272,17 @@ class _Remote:
         client = self.client
         futures: list[Any]
         try:
-            futures = client.map(call, [p[1] for p in part], key=[p[0] for p in part], pure=False)
+            keys = [p[0] for p in part]
+            args = [[p[1] for p in part], keys] if call is _call_async else [[p[1] for p in part]]
+            futures = client.map(call, *args, key=keys, pure=False)
         except Exception:
             # One attempt the graph cannot carry (say, an argument that does not pickle)
             # fails the whole graph: send them one by one, so that only it fails.
             futures = []
             for key, bound, _, _ in part:
                 try:
-                    futures.append(client.submit(call, bound, key=key, pure=False))
+                    extra = (key,) if call is _call_async else ()
+                    futures.append(client.submit(call, bound, *extra, key=key, pure=False))
                 except Exception as exc:
                     futures.append(exc)
         for (_, _, _, submitted), future in zip(part, futures, strict=True):
@@ -291,7 +297,35 @@ def _call_sync(bound: Callable[[], Any]) -> Any:
     return bound()
 
 
-async def _call_async(bound: Callable[[], Awaitable[Any]]) -> Any:
+async def _call_async(bound: Callable[[], Awaitable[Any]], key: str) -> Any:
     """What a worker runs for an async attempt: a coroutine function, which distributed runs
-    on the worker's event loop."""
-    return await bound()
+    on the worker's event loop.
+
+    distributed does not stop a running task whose future was cancelled: it lets it finish
+    and drops the result, so a cancelled flow of async tasks would keep the workers' slots
+    busy until each ended. The attempt runs as a task of its own here, and every
+    :data:`WATCH_INTERVAL` seconds the worker's record of ``key`` is looked at: released
+    (cancelled, forgotten), the coroutine is cancelled. (A sync function cannot be stopped
+    in its thread: it runs to its end.)
+    """
+    try:
+        tasks = _import_distributed().get_worker().state.tasks
+    except Exception:  # no worker state to watch (another distributed): just run it
+        return await bound()
+
+    async def attempt() -> Any:
+        return await bound()
+
+    running = asyncio.ensure_future(attempt())
+    try:
+        while True:
+            done, _ = await asyncio.wait((running,), timeout=WATCH_INTERVAL)
+            if done:
+                return running.result()
+            record = tasks.get(key)
+            if record is None or record.state == "cancelled":
+                running.cancel()
+                await asyncio.wait((running,))
+                return None  # nobody awaits it any more
+    finally:
+        running.cancel()  # when this wrapper itself is cancelled (the worker closes)
