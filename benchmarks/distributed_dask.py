@@ -101,8 +101,10 @@ def main() -> None:
         rows,
     )
     ratio = statistics.median(times["flow on DaskExecutor"]) / base
-    print(f"\nflow on DaskExecutor / client.map + gather: {ratio:.2f}x (target <= {TARGET}x) "
-          f"{verdict(ratio <= TARGET)}")
+    print(
+        f"\nflow on DaskExecutor / client.map + gather: {ratio:.2f}x (target <= {TARGET}x) "
+        f"{verdict(ratio <= TARGET)}"
+    )
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ EXAMPLES = sorted((ROOT / "examples").glob("*.py"))
 
 #: A word each example prints once it has done its work.
 EXPECTED = {
+    "flow_on_dask.py": "second run on Dask",
     "llm_batch.py": "Launched",
     "quickstart.py": "cached",
     "rate_limited_map.py": "Summary",

@@ -42,6 +42,11 @@ if TYPE_CHECKING:
 
 __all__ = ["DaskExecutor"]
 
+#: Seconds the gathering of results waits before each request, so that one request fetches
+#: what finishes meanwhile (1,000 tasks of 1 ms: some 450 requests without a wait, 200 with
+#: 5 ms, each also work for the scheduler).
+GATHER_WINDOW = 0.002
+
 #: Seconds between two looks of a worker at whether the async attempt it runs is still wanted.
 WATCH_INTERVAL = 0.1
 
@@ -232,6 +237,7 @@ class _Remote:
         """
         try:
             while self.to_gather:
+                await anyio.sleep(GATHER_WINDOW)  # let more finish: fewer, larger requests
                 batch = [item for item in self.to_gather if not item[1].done()]
                 self.to_gather = []
                 if not batch:

@@ -58,9 +58,7 @@ class Executor(Protocol):
     body it gives.
     """
 
-    def session(
-        self, graph: Graph, nodes: Sequence[TaskNode]
-    ) -> AbstractAsyncContextManager[Body]:
+    def session(self, graph: Graph, nodes: Sequence[TaskNode]) -> AbstractAsyncContextManager[Body]:
         """Get ready to run ``nodes`` of ``graph`` (connect, check what cannot run there) and
         give the body to call per attempt; leaving it releases everything it took.
 
@@ -313,7 +311,8 @@ async def _start(
     slots = _slots(graph, nodes)
     events = Events(slots, on_event)
     prefix = graph.flow.config_ignore_prefix
-    instances = _Instances(graph, slots, events, store if store is not None else MemoryStore(), body)
+    own_store = store if store is not None else MemoryStore()
+    instances = _Instances(graph, slots, events, own_store, body)
     scheduler = Scheduler(
         graph,
         nodes,
