@@ -67,6 +67,6 @@ async def main(address: str) -> None:
 
 if __name__ == "__main__":
     with LocalCluster(
-        n_workers=2, processes=True, threads_per_worker=1, dashboard_address=None
+        n_workers=2, processes=True, threads_per_worker=1, dashboard_address=":0"
     ) as cluster:
         asyncio.run(main(cluster.scheduler_address))
