@@ -28,6 +28,7 @@ from .errors import RedisUnavailable as RedisUnavailable
 from .errors import ServingError as ServingError
 from .flow.config import expand_config as expand_config
 from .flow.context import TaskContext as TaskContext
+from .flow.dask import DaskExecutor as DaskExecutor
 from .flow.graph import Graph as Graph
 from .flow.graph import TaskNode as TaskNode
 from .flow.run import FlowRun as FlowRun
@@ -73,6 +74,7 @@ __all__ = [
     "Batch",
     "Client",
     "CorruptObject",
+    "DaskExecutor",
     "Endpoint",
     "EndpointLoadFailed",
     "Failed",

@@ -8,8 +8,9 @@ and puts together the run's parts, each in a module of its own:
 - :mod:`aioflows.flow.cache` is what the run reads from and writes to its store;
 - :mod:`aioflows.flow.events` holds each instance's state and tells the listeners of changes;
 - this module calls one instance: its inputs, its guard (limiters, timeout, retry) and its
-  body, through :func:`run_body`, the seam where an executor running bodies elsewhere (a Dask
-  cluster) plugs in while scheduling, limits, retries and the store stay here.
+  body, through :func:`run_body`, the seam where an :class:`Executor` running bodies
+  elsewhere (``flow.run(executor=af.DaskExecutor(...))``) plugs in while scheduling, limits,
+  retries and the store stay here.
 
 A task that raises a ``BaseException`` that is not an ``Exception`` stops the whole run, and
 :func:`run_flow` raises that exception itself once everything has stopped: it is not an error
@@ -18,9 +19,11 @@ to collect into ``FlowFailed``.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from contextlib import AbstractAsyncContextManager
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, runtime_checkable
 
 import anyio
 
@@ -39,7 +42,30 @@ from .scheduler import Scheduler
 if TYPE_CHECKING:
     from .graph import Graph, TaskNode
 
-__all__ = ["RESULT_NAME", "run_body", "run_flow"]
+__all__ = ["RESULT_NAME", "Body", "Executor", "run_body", "run_flow"]
+
+#: One attempt of one instance's body: ``(node, fn, kwargs, is_async)``, as :func:`run_body`.
+Body: TypeAlias = Callable[["TaskNode", Callable[..., Any], dict[str, Any], bool], Awaitable[Any]]
+
+
+@runtime_checkable
+class Executor(Protocol):
+    """Where the bodies of a run's instances run (``flow.run(executor=...)``).
+
+    The default (None) runs them in the calling process: :func:`run_body`. An executor only
+    replaces that one call; the scheduling, per-task limits, retries, timeouts, the store and
+    the events stay in the calling process, so each attempt the guard makes is one call of the
+    body it gives.
+    """
+
+    def session(self, graph: Graph, nodes: Sequence[TaskNode]) -> AbstractAsyncContextManager[Body]:
+        """Get ready to run ``nodes`` of ``graph`` (connect, check what cannot run there) and
+        give the body to call per attempt; leaving it releases everything it took.
+
+        Raises:
+            FlowError: Some instance cannot run on this executor (before anything runs).
+        """
+        ...
 
 
 def run_body(
@@ -83,7 +109,7 @@ class _Instances:
         slots: dict[TaskNode, Slot],
         events: Events,
         store: ResultStore,
-        body: Callable[[TaskNode, Callable[..., Any], dict[str, Any], bool], Awaitable[Any]],
+        body: Body,
     ) -> None:
         self.graph = graph
         self.slots = slots
@@ -246,22 +272,47 @@ async def run_flow(
     targets: Sequence[str] | None,
     on_event: Callable[[TaskEvent], Any] | None,
     progress: bool,
+    executor: Executor | None = None,
 ) -> FlowRun:
     """Run ``graph``'s instances (those ``targets`` need) and report how each ended.
 
     Raises:
-        FlowError: An option is invalid (before anything runs).
+        FlowError: An option is invalid, or an instance cannot run on ``executor`` (before
+            anything runs).
         FlowFailed: Some instances failed; ``.run`` holds every state and result.
     """
     _check_options(store, concurrency, resources, on_event)
+    if executor is not None and not isinstance(executor, Executor):
+        raise FlowError(f"executor must be an Executor (e.g. af.DaskExecutor), got {executor!r}")
     nodes = _select(graph, targets)
     forced = _resolve_force(graph, force)
+    bodies: AbstractAsyncContextManager[Body] = (
+        contextlib.nullcontext(run_body) if executor is None else executor.session(graph, nodes)
+    )
+    async with bodies as body:
+        return await _start(
+            graph, nodes, forced, body, store, concurrency, fail_fast, resources, on_event, progress
+        )
+
+
+async def _start(
+    graph: Graph,
+    nodes: list[TaskNode],
+    forced: frozenset[str],
+    body: Body,
+    store: ResultStore | None,
+    concurrency: int | None,
+    fail_fast: bool,
+    resources: Sequence[Any] | None,
+    on_event: Callable[[TaskEvent], Any] | None,
+    progress: bool,
+) -> FlowRun:
+    """Put the run's parts together around ``body`` and run them."""
     slots = _slots(graph, nodes)
     events = Events(slots, on_event)
     prefix = graph.flow.config_ignore_prefix
-    instances = _Instances(
-        graph, slots, events, store if store is not None else MemoryStore(), run_body
-    )
+    own_store = store if store is not None else MemoryStore()
+    instances = _Instances(graph, slots, events, own_store, body)
     scheduler = Scheduler(
         graph,
         nodes,

@@ -19,6 +19,7 @@ from ..stores.base import check_part
 
 if TYPE_CHECKING:
     from ..stores.base import ResultStore
+    from .executor import Executor
     from .graph import Graph
     from .run import FlowRun, TaskEvent
 
@@ -318,6 +319,7 @@ class Flow:
         targets: Sequence[str] | None = None,
         on_event: Callable[[TaskEvent], Any] | None = None,
         progress: bool = False,
+        executor: Executor | None = None,
     ) -> FlowRun:
         """Run every task instance once its predecessors are done.
 
@@ -351,6 +353,10 @@ class Flow:
         Returns:
             The :class:`FlowRun`: every instance's state, result and error.
 
+        ``executor`` is where the instances' bodies run (None: in this process, async ones on
+        its event loop, sync ones in worker threads); ``af.DaskExecutor`` runs them on a Dask
+        cluster while everything else stays here (docs/distributed.md).
+
         Raises:
             FlowError: The flow or an argument is invalid (before anything runs): a cycle, an
                 unknown ``force`` or ``targets`` name, an empty ``resources``, a ``store``
@@ -370,6 +376,7 @@ class Flow:
             targets=targets,
             on_event=on_event,
             progress=progress,
+            executor=executor,
         )
 
     def to_mermaid(self) -> str:
