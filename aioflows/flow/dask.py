@@ -109,6 +109,10 @@ class DaskExecutor:
     async def session(self, graph: Graph, nodes: Sequence[TaskNode]) -> AsyncIterator[Body]:
         """The body of a run: connect (if given an address), check, and cancel what is left.
 
+        Args:
+            graph: The run's expanded graph (its tasks' bindings are checked for ``ctx``).
+            nodes: The instances the run will run.
+
         Raises:
             FlowError: A task of the run takes ``ctx``, or the loop is not asyncio's; raised
                 before connecting, so before anything runs.

@@ -349,13 +349,13 @@ class Flow:
             targets: Task names: run only their instances and those instances' ancestors.
             on_event: Called, sync or async, with a :class:`TaskEvent` on every state change.
             progress: Show a live display on stderr and a summary table at the end.
+            executor: Where the instances' bodies run (None: in this process, async ones on
+                its event loop, sync ones in worker threads); ``af.DaskExecutor`` runs them on
+                a Dask cluster while scheduling, limits, retries and the store stay here
+                (docs/distributed.md).
 
         Returns:
             The :class:`FlowRun`: every instance's state, result and error.
-
-        ``executor`` is where the instances' bodies run (None: in this process, async ones on
-        its event loop, sync ones in worker threads); ``af.DaskExecutor`` runs them on a Dask
-        cluster while everything else stays here (docs/distributed.md).
 
         Raises:
             FlowError: The flow or an argument is invalid (before anything runs): a cycle, an
