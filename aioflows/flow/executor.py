@@ -19,6 +19,8 @@ to collect into ``FlowFailed``.
 from __future__ import annotations
 
 import functools
+import secrets
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -39,7 +41,7 @@ from .scheduler import Scheduler
 if TYPE_CHECKING:
     from .graph import Graph, TaskNode
 
-__all__ = ["RESULT_NAME", "run_body", "run_flow"]
+__all__ = ["RESULT_NAME", "new_run_id", "run_body", "run_flow", "select"]
 
 
 def run_body(
@@ -193,7 +195,9 @@ def _resolve_force(graph: Graph, force: str | Sequence[str] | None) -> frozenset
     return frozenset(forced)
 
 
-def _select(graph: Graph, targets: Sequence[str] | None) -> list[TaskNode]:
+def select(graph: Graph, targets: Sequence[str] | None) -> list[TaskNode]:
+    """The instances a run with ``targets`` runs: theirs and their ancestors', in graph order
+    (the CLI's progress display counts these)."""
     if targets is None:
         return graph.nodes
     if isinstance(targets, str):
@@ -217,6 +221,12 @@ def _slots(graph: Graph, nodes: list[TaskNode]) -> dict[TaskNode, Slot]:
         return {node: Slot(len(node.predecessors)) for node in nodes}
     in_run = {id(n) for n in nodes}
     return {node: Slot(sum(1 for p in node.predecessors if id(p) in in_run)) for node in nodes}
+
+
+def new_run_id() -> str:
+    """A run's id: its start (UTC, so ids sort by time) and random bits (so two runs started
+    in the same second, by two processes sharing a store, differ)."""
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(4)
 
 
 def _check_options(
@@ -254,11 +264,12 @@ async def run_flow(
         FlowFailed: Some instances failed; ``.run`` holds every state and result.
     """
     _check_options(store, concurrency, resources, on_event)
-    nodes = _select(graph, targets)
+    nodes = select(graph, targets)
     forced = _resolve_force(graph, force)
     slots = _slots(graph, nodes)
     events = Events(slots, on_event)
     prefix = graph.flow.config_ignore_prefix
+    run_id = new_run_id()
     instances = _Instances(
         graph, slots, events, store if store is not None else MemoryStore(), run_body
     )
@@ -267,20 +278,20 @@ async def run_flow(
         nodes,
         slots=slots,
         events=events,
-        cache=Cache(store, slots, forced, prefix) if store is not None else None,
+        cache=Cache(store, slots, forced, prefix, run_id) if store is not None else None,
         begin=instances.begin,
         concurrency=concurrency,
         fail_fast=fail_fast,
         resources=resources,
     )
     if not progress:
-        return await _run(graph, scheduler)
+        return await _run(graph, scheduler, run_id)
     from .progress import FlowProgress
 
     async with FlowProgress(graph.flow.name, nodes) as display:
         events.listeners.append(display.update)
         try:
-            run = await _run(graph, scheduler)
+            run = await _run(graph, scheduler, run_id)
         except FlowFailed as exc:
             display.finish(exc.run)
             raise
@@ -288,14 +299,14 @@ async def run_flow(
         return run
 
 
-async def _run(graph: Graph, scheduler: Scheduler) -> FlowRun:
+async def _run(graph: Graph, scheduler: Scheduler, run_id: str) -> FlowRun:
     """Run the scheduler, then make the FlowRun, or raise what stopped the run."""
     await scheduler.run()
     nodes, slots = scheduler.nodes, scheduler.slots
     states = {node.unique_name: slots[node].state for node in nodes}
     # Results are built when first read, from what they need only (not the scheduler).
     results = functools.partial(_results, list(graph.specs), nodes, slots)
-    run = FlowRun(graph, results, states, scheduler.errors)
+    run = FlowRun(graph, results, states, scheduler.errors, run_id)
     if scheduler.fatal is not None:
         raise scheduler.fatal
     if scheduler.errors:
