@@ -610,7 +610,8 @@ def test_summary_gives_wall_time_per_task_and_the_summed_instance_time(tmp_path:
     write(tmp_path / "logs.py", LOGGING)
     proc = cli(tmp_path, "run", "logs.py", "--keep-going")
     header = next(line for line in proc.stdout.splitlines() if "instances" in line)
-    assert "wall time" in header and "instance time (sum)" in header
+    assert "wall time" in header
+    assert "instance time (sum)" in header
     # four sleeps of 0.5 s side by side: half a second or so of wall time, two of summed time
     wall, summed = (seconds(c) for c in summary_row(proc.stdout, "slow")[-2:])
     assert summed >= 2.0
@@ -622,7 +623,8 @@ def test_verbose_prints_tracebacks_and_task_logs_default_one_line(tmp_path: Path
     quiet = cli(tmp_path, "run", "logs.py")
     assert quiet.returncode == 1
     assert "a-2: ValueError: x is two" in quiet.stderr.splitlines()
-    assert "Traceback" not in quiet.stderr and "working on" not in quiet.stderr
+    assert "Traceback" not in quiet.stderr
+    assert "working on" not in quiet.stderr
     loud = cli(tmp_path, "run", "logs.py", "-v", "--store", "other")
     assert loud.returncode == 1
     assert "Traceback (most recent call last)" in loud.stderr

@@ -78,7 +78,8 @@ async def test_force_without_plus_runs_the_stale_descendants_again(store: af.Res
     first = await make_flow(calls).run(store=store)
     calls.clear()
     cached = await make_flow(calls).run(store=store)
-    assert calls == [] and set(cached.states.values()) == {af.TaskState.CACHED}
+    assert calls == []
+    assert set(cached.states.values()) == {af.TaskState.CACHED}
     forced = await make_flow(calls).run(store=store, force="train")
     # best was cached from the old train values: stale, so it ran; load was not.
     assert sorted(calls) == ["best", "train-1", "train-2"]
@@ -131,7 +132,8 @@ async def test_records_of_older_versions_load_and_count_as_current(tmp_path: Pat
     assert af.TaskInfo.model_validate(legacy).inputs is None
     calls.clear()
     run = await make_flow(calls).run(store=store)
-    assert calls == [] and set(run.states.values()) == {af.TaskState.CACHED}
+    assert calls == []
+    assert set(run.states.values()) == {af.TaskState.CACHED}
     assert stale_keys(await store.list_infos()) == set()
 
 
