@@ -151,8 +151,8 @@ def _unfilled(
     parameter takes."""
     config = ", ".join(repr(k) for k in keys) if keys else "none"
     message = (
-        f"task {task!r}: nothing provides parameter {param!r} (not a config key, not a "
-        f"predecessor's name, not ctx); config keys: {config}"
+        f"task {task!r}: nothing provides parameter {param!r} (not a config key, a "
+        f"predecessor's name or ctx); config keys: {config}"
     )
     if not predecessors:
         return f"{message}; it has no predecessors (requires=[...] adds them)"
@@ -162,10 +162,7 @@ def _unfilled(
     names = ", ".join(repr(p) for p in unused)
     verb = "is" if len(unused) == 1 else "are"
     results = "the result" if len(unused) == 1 else "the results"
-    return (
-        f"{message}; {results} of {names} {verb} passed as {names}, unused: a predecessor's "
-        f"result comes under its task name (rename {param!r} to that name?)"
-    )
+    return f"{message}; {results} of {names} {verb} passed as {names}, which no parameter takes"
 
 
 def _order(flow: Flow) -> tuple[dict[str, TaskSpec], dict[str, list[str]]]:
