@@ -28,7 +28,6 @@ from datetime import datetime, timezone
 from types import ModuleType
 from typing import Any, NoReturn
 
-import anyio
 from rich.console import Console, RenderableType
 from rich.table import Table
 from rich.text import Text
@@ -321,29 +320,8 @@ def _stdout_console() -> Console:
     return Console(file=sys.stdout, highlight=False, width=width)
 
 
-def _user_traceback(error: BaseException) -> str:
-    """The traceback of an error in user code, without the leading frames of aioflows and of
-    what runs the user's code (the scheduler, importlib, anyio's worker threads)."""
-    tb = error.__traceback__
-    while tb is not None and _is_machinery(tb.tb_frame.f_code.co_filename):
-        tb = tb.tb_next
-    return "".join(traceback.format_exception(type(error), error, tb))
-
-
 def _print_user_traceback(error: BaseException) -> None:
-    sys.stderr.write(_user_traceback(error))
-
-
-def _is_machinery(filename: str) -> bool:
-    """aioflows' own frames and those of what runs the user's code (importlib; anyio and
-    asyncio, which run a sync ``load`` in a thread)."""
-    return filename.startswith(_MACHINERY) or "importlib" in filename
-
-
-_MACHINERY = tuple(
-    os.path.dirname(module.__file__ or "") + os.sep
-    for module in (sys.modules[__package__ or ""], anyio, asyncio)
-)
+    sys.stderr.write(runlog.user_traceback(error))
 
 
 # --- loading a flow ----------------------------------------------------------------------------
@@ -598,7 +576,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     for name, error in errors[:_MAX_FAILURES]:
         if args.verbose:
             sys.stderr.write(f"--- {name} failed:\n")
-            sys.stderr.write(_user_traceback(error))
+            sys.stderr.write(runlog.user_traceback(error))
         else:
             line = first_line(f"{name}: {type(error).__name__}: {error}", _ERROR_WIDTH)
             sys.stderr.write(line + "\n")

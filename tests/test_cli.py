@@ -606,40 +606,32 @@ def seconds(cell: str) -> float:
     return float(cell[:-2])
 
 
-def test_summary_gives_wall_time_per_task_and_the_summed_instance_time(tmp_path: Path) -> None:
-    write(tmp_path / "logs.py", LOGGING)
-    proc = cli(tmp_path, "run", "logs.py", "--keep-going")
-    header = next(line for line in proc.stdout.splitlines() if "instances" in line)
-    assert "wall time" in header
-    assert "instance time (sum)" in header
-    # four sleeps of 0.5 s side by side: half a second or so of wall time, two of summed time
-    wall, summed = (seconds(c) for c in summary_row(proc.stdout, "slow")[-2:])
-    assert summed >= 2.0
-    assert 0.5 <= wall < summed
-
-
-def test_verbose_prints_tracebacks_and_task_logs_default_one_line(tmp_path: Path) -> None:
+def test_verbose_and_keep_going_and_the_summarys_wall_and_summed_time(tmp_path: Path) -> None:
     write(tmp_path / "logs.py", LOGGING)
     quiet = cli(tmp_path, "run", "logs.py")
     assert quiet.returncode == 1
+    # default: one line per failure, no traceback, no task log below WARNING
     assert "a-2: ValueError: x is two" in quiet.stderr.splitlines()
     assert "Traceback" not in quiet.stderr
     assert "working on" not in quiet.stderr
-    loud = cli(tmp_path, "run", "logs.py", "-v", "--store", "other")
+    stopped = outcome(quiet.stdout, "logging")
+    assert stopped.get("killed", 0) + stopped.get("not_run", 0) >= 1  # fail-fast stopped slow
+
+    loud = cli(tmp_path, "run", "logs.py", "-v", "--keep-going", "--store", "other")
     assert loud.returncode == 1
+    assert outcome(loud.stdout, "logging") == {"finished": 6, "failed": 1}
     assert "Traceback (most recent call last)" in loud.stderr
     assert 'raise ValueError("x is two")' in loud.stderr  # the user's line
     assert "scheduler.py" not in loud.stderr  # not aioflows' own frames
     assert re.search(r"^\d\d:\d\d:\d\d a-1: working on 1$", loud.stderr, re.M), loud.stderr
 
-
-def test_keep_going_lets_independent_instances_finish(tmp_path: Path) -> None:
-    write(tmp_path / "logs.py", LOGGING)
-    stopped = outcome(cli(tmp_path, "run", "logs.py").stdout, "logging")
-    assert stopped.get("killed", 0) + stopped.get("not_run", 0) >= 1  # fail-fast stopped slow
-    going = cli(tmp_path, "run", "logs.py", "--keep-going", "--store", "other")
-    assert going.returncode == 1
-    assert outcome(going.stdout, "logging") == {"finished": 6, "failed": 1}
+    header = next(line for line in loud.stdout.splitlines() if "instances" in line)
+    assert "wall time" in header
+    assert "instance time (sum)" in header
+    # four sleeps of 0.5 s side by side: about half a second of wall time, two s summed
+    wall, summed = (seconds(c) for c in summary_row(loud.stdout, "slow")[-2:])
+    assert summed >= 2.0
+    assert 0.5 <= wall < summed
 
 
 def test_target_runs_only_what_a_task_needs(demo: Path) -> None:

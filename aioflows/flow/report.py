@@ -58,7 +58,7 @@ svg text{font:11px system-ui,sans-serif;fill:#202124}
 .hl{stroke:#202124;stroke-width:2}
 pre{background:#f6f8fa;padding:8px;overflow:auto;max-height:360px;font-size:12px}
 details{margin:6px 0}summary{cursor:pointer}
-code{font-size:12px}.instances td{text-align:left;font-size:13px}
+code{font-size:12px}.instances td,.instances th{text-align:left;font-size:13px}
 """
 
 # Hovering an instance in either drawing outlines it in both; that is all the script does.
@@ -159,9 +159,10 @@ def _timeline(record: Mapping[str, Any]) -> str:
     ]
     for k in range(5):  # the time axis: five ticks
         x = left + _TIMELINE_WIDTH * k / 4
+        anchor = "start" if k == 0 else "end" if k == 4 else "middle"
         parts.append(
             f'<line x1="{x:.1f}" y1="0" x2="{x:.1f}" y2="{height - 14}" stroke="#e0e0e0"/>'
-            f'<text x="{x:.1f}" y="{height - 2}" text-anchor="middle">'
+            f'<text x="{x:.1f}" y="{height - 2}" text-anchor="{anchor}">'
             f"{escape(format_seconds(span * k / 4))}</text>"
         )
     for n, inst in enumerate(instances):

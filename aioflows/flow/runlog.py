@@ -15,6 +15,7 @@ record is missing, not finished, written by another run than the one it consumed
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -32,7 +33,15 @@ from ..stores.records import TaskInfo, TaskState
 if TYPE_CHECKING:
     from .run import FlowRun
 
-__all__ = ["FORMAT", "LAST_RUN_FILE", "build", "read_last", "stale_keys", "write_last"]
+__all__ = [
+    "FORMAT",
+    "LAST_RUN_FILE",
+    "build",
+    "read_last",
+    "stale_keys",
+    "user_traceback",
+    "write_last",
+]
 
 #: The file, in a LocalFileStore's directory, that describes the last ``aioflows run``.
 LAST_RUN_FILE = ".last_run.json"
@@ -44,6 +53,30 @@ Key = tuple[str, str]  # (task, config_hash)
 
 def _seconds(when: datetime | None) -> float | None:
     return None if when is None else when.timestamp()
+
+
+def _machinery() -> tuple[str, ...]:
+    import anyio
+
+    import aioflows
+
+    return tuple(
+        os.path.dirname(module.__file__ or "") + os.sep for module in (aioflows, anyio, asyncio)
+    )
+
+
+def user_traceback(error: BaseException) -> str:
+    """The traceback of an error raised by user code, without the leading frames of aioflows
+    and of what runs the user's code (the scheduler, importlib, anyio's worker threads): it
+    starts at the line to look at."""
+    machinery = _machinery()
+    tb = error.__traceback__
+    while tb is not None and (
+        tb.tb_frame.f_code.co_filename.startswith(machinery)
+        or "importlib" in tb.tb_frame.f_code.co_filename
+    ):
+        tb = tb.tb_next
+    return "".join(traceback.format_exception(type(error), error, tb))
 
 
 def _jsonable(value: Any) -> Any:
@@ -91,9 +124,7 @@ def build(
                 "ended": _seconds(result.ended) if ran else None,
                 "settled": _seconds(settled.get(node.unique_name)),
                 "error": None if error is None else f"{type(error).__name__}: {error}",
-                "traceback": None
-                if error is None
-                else "".join(traceback.format_exception(type(error), error, error.__traceback__)),
+                "traceback": None if error is None else user_traceback(error),
             }
         )
     return {
@@ -104,7 +135,7 @@ def build(
         "ok": run.ok,
         "started": started.timestamp(),
         "ended": ended.timestamp(),
-        "tasks": [t for t in run.graph.specs if t in run.results],
+        "tasks": [t for t in run.graph.specs if run.results.get(t)],
         "instances": instances,
     }
 
