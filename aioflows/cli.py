@@ -644,8 +644,10 @@ async def _show_data(
         for info in finished:
             try:
                 value = await store.load(RESULT_NAME, task=info.task, config_hash=info.config_hash)
-            except AioflowsError:
-                continue  # the record outlived its result: the next run computes it again
+            except Exception:
+                # A result gone (the next run computes it again), or a pickle whose class this
+                # process cannot import (defined in the flow's module): a listing has no value.
+                continue
             values[info.task, info.config_hash] = _short_value(value)
     return infos, stale, values
 
