@@ -16,6 +16,7 @@ import hashlib
 import importlib
 import importlib.util
 import inspect
+import logging
 import os
 import re
 import socket
@@ -23,21 +24,26 @@ import sys
 import time
 import traceback
 from collections.abc import Sequence
+from datetime import datetime, timezone
 from types import ModuleType
 from typing import Any, NoReturn
 
-import anyio
 from rich.console import Console, RenderableType
 from rich.table import Table
 from rich.text import Text
 
 from ._display import isatty
-from ._text import first_line
+from ._text import first_line, printable, shorten
 from ._version import __version__
 from .errors import AioflowsError, EndpointLoadFailed, FlowError, FlowFailed
+from .flow import runlog
+from .flow.cache import RESULT_NAME
+from .flow.executor import select
 from .flow.progress import STYLES, FlowProgress, format_seconds, summary_table
-from .flow.run import FlowRun
+from .flow.render import config_summary
+from .flow.run import FlowRun, TaskEvent
 from .flow.spec import Flow
+from .stores.base import check_part
 from .stores.local import LocalFileStore
 from .stores.records import TaskInfo, TaskState
 
@@ -60,10 +66,13 @@ DEFAULT_STORE = ".aioflows"
 DEFAULT_OBJECT = "flow"
 DEFAULT_SERVER = "server"
 _MAX_FAILURES = 20  # failed instances listed after a failed run
-_ERROR_WIDTH = 200  # characters of an error message on one line
+_ERROR_WIDTH = 300  # characters of an error message on one line
 _SHOW_ERROR_WIDTH = 60  # characters of an error in the `show` table
 _HASH_WIDTH = 10  # characters of a config_hash in the `show` table
 _SHOW_ERROR_COLUMNS = 100  # narrower consoles list errors below the `show` table
+_CONFIG_WIDTH = 32  # characters of a config in the `show` table
+_VALUE_WIDTH = 24  # characters of a value in the `show` table
+_MAX_VALUES = 2000  # more finished records than this: `show` loads no values
 
 
 class _UsageError(Exception):
@@ -155,10 +164,33 @@ def _parser() -> _Parser:
         ),
     )
     run.add_argument(
+        "--target",
+        metavar="NAME",
+        action="append",
+        dest="targets",
+        default=None,
+        help="run only task NAME's instances and what they need (repeatable)",
+    )
+    run.add_argument(
+        "--keep-going",
+        action="store_true",
+        help=(
+            "after a failure, let the instances that do not depend on it run on "
+            "(default: stop the run at the first failure)"
+        ),
+    )
+    run.add_argument(
         "--progress",
         action=argparse.BooleanOptionalAction,
         default=None,
         help="show a live progress display on stderr (default: when stderr is a terminal)",
+    )
+    run.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="print the full traceback of each failed instance and the tasks' log (ctx.logger) "
+        "at INFO on stderr",
     )
     run.set_defaults(handler=_cmd_run)
 
@@ -188,7 +220,36 @@ def _parser() -> _Parser:
         default=DEFAULT_STORE,
         help=f"the store to read (default: ./{DEFAULT_STORE})",
     )
+    show.add_argument(
+        "--last",
+        action="store_true",
+        help="only the records of the instances of the last 'aioflows run' on this store",
+    )
     show.set_defaults(handler=_cmd_show)
+
+    report = commands.add_parser(
+        "report",
+        help="write an HTML page of the last run",
+        description=(
+            "Write one self-contained HTML file (no network needed to view it) describing the "
+            "last 'aioflows run' on the store: state counts per task, a timeline of the "
+            "instances, the graph, each failure's traceback and each instance's config."
+        ),
+    )
+    report.add_argument(
+        "--store",
+        metavar="DIR",
+        default=DEFAULT_STORE,
+        help=f"the store to read (default: ./{DEFAULT_STORE})",
+    )
+    report.add_argument(
+        "-o",
+        "--output",
+        metavar="FILE.html",
+        default="run.html",
+        help="where to write the page (default: %(default)s)",
+    )
+    report.set_defaults(handler=_cmd_report)
 
     serve = commands.add_parser(
         "serve",
@@ -260,23 +321,7 @@ def _stdout_console() -> Console:
 
 
 def _print_user_traceback(error: BaseException) -> None:
-    """The traceback of an error in user code, without this module's and importlib's frames."""
-    tb = error.__traceback__
-    while tb is not None and _is_machinery(tb.tb_frame.f_code.co_filename):
-        tb = tb.tb_next
-    sys.stderr.write("".join(traceback.format_exception(type(error), error, tb)))
-
-
-def _is_machinery(filename: str) -> bool:
-    """aioflows' own frames and those of what runs the user's code (importlib; anyio and
-    asyncio, which run a sync ``load`` in a thread)."""
-    return filename.startswith(_MACHINERY) or "importlib" in filename
-
-
-_MACHINERY = tuple(
-    os.path.dirname(module.__file__ or "") + os.sep
-    for module in (sys.modules[__package__ or ""], anyio, asyncio)
-)
+    sys.stderr.write(runlog.user_traceback(error))
 
 
 # --- loading a flow ----------------------------------------------------------------------------
@@ -408,28 +453,74 @@ def _check_store_dir(store: str) -> None:
         raise _UsageError(f"--store {store}: not a directory")
 
 
+class _Recorder:
+    """When each instance reached its final state (from the run's events), for the last-run
+    record; and the progress display's listener, if there is one."""
+
+    def __init__(self, display: FlowProgress | None = None) -> None:
+        self.settled: dict[str, datetime] = {}
+        self.display = display
+
+    def __call__(self, event: TaskEvent) -> None:
+        if event.state.done:
+            self.settled[event.unique_name] = event.time
+        if self.display is not None:
+            self.display.update(event)
+
+
 async def _run(
-    flow: Flow,
-    store: LocalFileStore,
-    concurrency: int | None,
-    force: list[str] | None,
-    progress: bool,
-) -> FlowRun:
+    flow: Flow, store: LocalFileStore, args: argparse.Namespace, progress: bool
+) -> tuple[FlowRun, dict[str, datetime], FlowFailed | None]:
+    options: dict[str, Any] = {
+        "store": store,
+        "concurrency": args.concurrency,
+        "force": args.force,
+        "fail_fast": not args.keep_going,
+        "targets": args.targets,
+    }
     if not progress:
-        return await flow.run(store=store, concurrency=concurrency, force=force)
+        recorder = _Recorder()
+        try:
+            return await flow.run(**options, on_event=recorder), recorder.settled, None
+        except FlowFailed as exc:
+            return exc.run, recorder.settled, exc
     # The display is driven from here rather than with run(progress=True) so that its summary
     # table goes to stdout with the rest of the output instead of under the display.
-    nodes = flow.graph().nodes
+    nodes = select(flow.graph(), args.targets)
     async with FlowProgress(flow.name, nodes, summary=False) as display:
+        recorder = _Recorder(display)
         try:
-            run = await flow.run(
-                store=store, concurrency=concurrency, force=force, on_event=display.update
-            )
+            run = await flow.run(**options, on_event=recorder)
         except FlowFailed as exc:
             display.finish(exc.run)
-            raise
+            return exc.run, recorder.settled, exc
         display.finish(run)
-        return run
+        return run, recorder.settled, None
+
+
+class _TaskLogHandler(logging.Handler):
+    """Task loggers' records on stderr, ``HH:MM:SS train-3: message``.
+
+    It looks ``sys.stderr`` up for each record, not once, so that lines go through the progress
+    display's redirection while it draws (they appear above it)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            when = time.strftime("%H:%M:%S", time.localtime(record.created))
+            who = getattr(record, "unique_name", None) or record.name
+            text = f"{when} {who}: {record.getMessage()}"
+            if record.exc_info:
+                text += "\n" + "".join(traceback.format_exception(*record.exc_info)).rstrip()
+            sys.stderr.write(text + "\n")
+        except Exception:
+            self.handleError(record)
+
+
+def _verbose_logging() -> None:
+    logger = logging.getLogger("aioflows.flow")
+    logger.setLevel(logging.INFO)
+    logger.addHandler(_TaskLogHandler())
+    logger.propagate = False  # not twice through a handler the user's module set on root
 
 
 def _status_line(run: FlowRun, seconds: float) -> Text:
@@ -456,14 +547,25 @@ def _cmd_run(args: argparse.Namespace) -> int:
     _check_store_dir(args.store)
     store = LocalFileStore(args.store)
     progress = args.progress if args.progress is not None else isatty(sys.stderr)
-    failure: FlowFailed | None = None
+    if args.verbose:
+        _verbose_logging()
     started = time.monotonic()
+    started_at = datetime.now(timezone.utc)
     try:
-        run = asyncio.run(_run(flow, store, args.concurrency, args.force, progress))
-    except FlowFailed as exc:
-        failure, run = exc, exc.run
+        run, settled, failure = asyncio.run(_run(flow, store, args, progress))
     except AioflowsError as exc:  # FlowError and the like: nothing ran
         raise _UsageError(str(exc)) from exc
+    record = runlog.build(
+        run,
+        started=started_at,
+        ended=datetime.now(timezone.utc),
+        settled=settled,
+        target=args.target,
+    )
+    try:
+        runlog.write_last(args.store, record)
+    except OSError as exc:
+        _error(f"cannot write the run record in {args.store}: {exc.strerror or exc}")
     console = _stdout_console()
     console.print(summary_table(run))
     console.print(_status_line(run, time.monotonic() - started))
@@ -472,13 +574,19 @@ def _cmd_run(args: argparse.Namespace) -> int:
     sys.stdout.flush()
     errors = list(failure.errors.items())
     for name, error in errors[:_MAX_FAILURES]:
-        line = first_line(f"{name}: {type(error).__name__}: {error}", _ERROR_WIDTH)
-        sys.stderr.write(line + "\n")
+        if args.verbose:
+            sys.stderr.write(f"--- {name} failed:\n")
+            sys.stderr.write(runlog.user_traceback(error))
+        else:
+            line = first_line(f"{name}: {type(error).__name__}: {error}", _ERROR_WIDTH)
+            sys.stderr.write(line + "\n")
     if len(errors) > _MAX_FAILURES:
         sys.stderr.write(
             f"... and {len(errors) - _MAX_FAILURES} more failed instances "
             f"(aioflows show --store {args.store})\n"
         )
+    elif not args.verbose:
+        sys.stderr.write("(-v shows their tracebacks; aioflows report draws the run)\n")
     return EXIT_FAILED
 
 
@@ -513,48 +621,106 @@ def _local_time(info: TaskInfo) -> str:
     return info.started.astimezone().strftime("%Y-%m-%d %H:%M")
 
 
+def _short_value(value: Any) -> str:
+    text = repr(value)
+    return shorten(
+        printable(text if len(text) < 4 * _VALUE_WIDTH else text[: 4 * _VALUE_WIDTH]), _VALUE_WIDTH
+    )
+
+
+async def _show_data(
+    store: LocalFileStore, task: str | None
+) -> tuple[list[TaskInfo], set[tuple[str, str]], dict[tuple[str, str], str]]:
+    """The records to list (of ``task``, or all), the stale ones (judged against every
+    record), and the values of the finished ones (cut short)."""
+    if task is not None:
+        check_part("task", task)  # a name that cannot be a task's is an error, not no records
+    every = await store.list_infos()
+    stale = runlog.stale_keys(every)
+    infos = [i for i in every if task is None or i.task == task]
+    values: dict[tuple[str, str], str] = {}
+    finished = [i for i in infos if i.state is TaskState.FINISHED]
+    if len(finished) <= _MAX_VALUES:
+        for info in finished:
+            try:
+                value = await store.load(RESULT_NAME, task=info.task, config_hash=info.config_hash)
+            except Exception:
+                # A result gone (the next run computes it again), or a pickle whose class this
+                # process cannot import (defined in the flow's module): a listing has no value.
+                continue
+            values[info.task, info.config_hash] = _short_value(value)
+    return infos, stale, values
+
+
 def _cmd_show(args: argparse.Namespace) -> int:
     store = LocalFileStore(args.store)
     try:
-        infos = asyncio.run(store.list_infos(args.task))
-    except AioflowsError as exc:  # a corrupt record, a task name that cannot be a directory
+        last = runlog.read_last(args.store)
+        infos, stale, values = asyncio.run(_show_data(store, args.task))
+    except (AioflowsError, ValueError) as exc:  # a corrupt record, a bad task name
         raise _UsageError(str(exc)) from exc
     except OSError as exc:
         raise _UsageError(f"cannot read {args.store}: {exc.strerror or exc}") from exc
+    in_last = (
+        {(i["task"], i["config_hash"]) for i in last["instances"]} if last is not None else set()
+    )
+    if args.last:
+        infos = [i for i in infos if (i.task, i.config_hash) in in_last]
     console = _stdout_console()
     if not infos:
         what = f"of task {args.task!r} " if args.task is not None else ""
-        console.print(Text(f"no task records {what}in {args.store}"))
+        which = "of the last run " if args.last else ""
+        console.print(Text(f"no task records {what}{which}in {args.store}"))
         return EXIT_OK
-    infos.sort(key=lambda i: (i.task, _natural(i.unique_name), i.config_hash))
+    # Tasks in the last run's order (the flow's), then any others; its records first.
+    order = {t: n for n, t in enumerate(last["tasks"])} if last is not None else {}
+    infos.sort(
+        key=lambda i: (
+            order.get(i.task, len(order)),
+            i.task,
+            (i.task, i.config_hash) not in in_last,
+            _natural(i.unique_name),
+            i.config_hash,
+        )
+    )
     records = "record" if len(infos) == 1 else "records"
     table = Table(
         title=Text(f"{len(infos)} task {records} in {args.store}"),
-        box=None,  # plain columns (as `ls -l`): a record fits on one line of 80 columns
+        box=None,  # plain columns (as `ls -l`)
         pad_edge=False,
         title_justify="left",
     )
     table.add_column("task", no_wrap=True)
     table.add_column("unique_name", no_wrap=True)
     table.add_column("config_hash", no_wrap=True)
+    table.add_column("run", no_wrap=True)
     table.add_column("state", no_wrap=True)
     table.add_column("attempts", justify="right", no_wrap=True)
     table.add_column("started", no_wrap=True)
     table.add_column("duration", justify="right", no_wrap=True)
+    table.add_column("config", no_wrap=True, overflow="ellipsis", max_width=_CONFIG_WIDTH)
+    table.add_column("value", no_wrap=True, overflow="ellipsis", max_width=_VALUE_WIDTH)
     failed = [info for info in infos if info.error]
     # Errors get a column when there is room for it, else a line each below the table.
     errors = bool(failed) and console.width >= _SHOW_ERROR_COLUMNS
     if errors:
         table.add_column("error")
     for info in infos:
+        key = (info.task, info.config_hash)
+        state = Text(info.state.value, style=STYLES.get(info.state, ""))
+        if key in stale:
+            state.append(" stale", style="bold yellow")
         cells: list[RenderableType] = [
             Text(info.task),
             Text(info.unique_name),
             Text(info.config_hash[:_HASH_WIDTH]),
-            Text(info.state.value, style=STYLES.get(info.state, "")),
+            Text("last" if key in in_last else "older", style="" if key in in_last else "dim"),
+            state,
             str(info.attempts),
             _local_time(info),
             format_seconds(info.duration),
+            Text(config_summary(info.config or {}, _CONFIG_WIDTH)),
+            Text(values.get(key, "")),
         ]
         if errors:
             cells.append(Text(first_line(info.error, _SHOW_ERROR_WIDTH) if info.error else ""))
@@ -563,6 +729,49 @@ def _cmd_show(args: argparse.Namespace) -> int:
     if failed and not errors:
         for info in failed:
             console.print(Text(first_line(f"{info.unique_name}: {info.error}", console.width)))
+    if last is not None:
+        console.print(
+            Text(
+                f"run: last = an instance of the last run (flow {last['flow']}, run "
+                f"{last['run_id']}), older = left by an earlier run",
+                style="dim",
+            )
+        )
+    if any((i.task, i.config_hash) in stale for i in infos):
+        console.print(
+            Text(
+                "stale: computed from a predecessor's result that was computed again since; "
+                "the next run runs it again",
+                style="dim",
+            )
+        )
+    return EXIT_OK
+
+
+# --- report ----------------------------------------------------------------------------------
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .flow.report import render_html
+
+    try:
+        last = runlog.read_last(args.store)
+    except ValueError as exc:
+        raise _UsageError(str(exc)) from exc
+    except OSError as exc:
+        raise _UsageError(f"cannot read {args.store}: {exc.strerror or exc}") from exc
+    if last is None:
+        raise _UsageError(f"no run recorded in {args.store} (run one with 'aioflows run')")
+    page = render_html(last)
+    try:
+        with open(args.output, "w", encoding="utf-8") as out:
+            out.write(page)
+    except OSError as exc:
+        raise _UsageError(f"cannot write {args.output}: {exc.strerror or exc}") from exc
+    count = len(last["instances"])
+    sys.stdout.write(
+        f"wrote {args.output}: flow {last['flow']}, run {last['run_id']}, {count} instances\n"
+    )
     return EXIT_OK
 
 

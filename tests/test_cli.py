@@ -149,10 +149,12 @@ def test_force_reruns_a_task_and_with_plus_its_descendants(demo: Path) -> None:
     plus = cli(demo, "run", "flows.py", "--force", "train+")
     assert plus.returncode == 0, plus.stderr
     assert outcome(plus.stdout) == {"finished": 7, "cached": 3}  # 6 train + best
-    alone = cli(demo, "run", "flows.py", "--force", "prep")
-    assert outcome(alone.stdout) == {"finished": 2, "cached": 8}
-    both = cli(demo, "run", "flows.py", "--force", "load", "--force", "best")
-    assert outcome(both.stdout) == {"finished": 2, "cached": 8}
+    alone = cli(demo, "run", "flows.py", "--force", "best")
+    assert outcome(alone.stdout) == {"finished": 1, "cached": 9}
+    # prep ran again, so train and best, cached from the old prep values, are stale: they run
+    # again too (make's rule), load does not.
+    both = cli(demo, "run", "flows.py", "--force", "prep", "--force", "best")
+    assert outcome(both.stdout) == {"finished": 9, "cached": 1}
     everything = cli(demo, "run", "flows.py", "--force", "all")
     assert outcome(everything.stdout) == {"finished": 10}
 
@@ -529,11 +531,20 @@ def test_version_and_help(tmp_path: Path) -> None:
     bare = cli(tmp_path)
     assert bare.returncode == 0
     assert bare.stdout.startswith("usage: aioflows")
-    for command in ("run", "graph", "show"):
+    for command in ("run", "graph", "show", "report"):
         assert command in bare.stdout
     helped = cli(tmp_path, "run", "--help")
     assert helped.returncode == 0
-    for option in ("--store", "--concurrency", "--force", "--progress", "--no-progress"):
+    for option in (
+        "--store",
+        "--concurrency",
+        "--force",
+        "--target",
+        "--keep-going",
+        "--verbose",
+        "--progress",
+        "--no-progress",
+    ):
         assert option in helped.stdout
 
 
@@ -556,3 +567,134 @@ def test_first_line_and_printable_are_two_jobs() -> None:
     assert printable("plain") == "plain"
     assert shorten("abcdef", 5) == "ab..."
     assert shorten("abcde", 5) == "abcde"
+
+
+# --- run options, summary, show columns (API.md §9) ---------------------------------------------
+
+LOGGING = """
+import anyio
+import aioflows as af
+
+@af.task
+async def a(x, ctx):
+    ctx.logger.info("working on %s", x)
+    if x == 2:
+        raise ValueError("x is two")
+    return x
+
+@af.task
+async def slow(y):
+    await anyio.sleep(0.5)
+    return y
+
+flow = af.Flow("logging")
+flow.add(a, {"x": [1, 2, 3]})
+flow.add(slow, {"y": [1, 2, 3, 4]})
+"""
+
+
+def summary_row(stdout: str, task: str) -> list[str]:
+    for line in stdout.splitlines():
+        cells = [c.strip() for c in line.strip("│┃ ").split("│")]
+        if cells[0] == task:
+            return cells
+    raise AssertionError(stdout)
+
+
+def seconds(cell: str) -> float:
+    assert cell.endswith(" s"), cell
+    return float(cell[:-2])
+
+
+def test_verbose_and_keep_going_and_the_summarys_wall_and_summed_time(tmp_path: Path) -> None:
+    write(tmp_path / "logs.py", LOGGING)
+    quiet = cli(tmp_path, "run", "logs.py")
+    assert quiet.returncode == 1
+    # default: one line per failure, no traceback, no task log below WARNING
+    assert "a-2: ValueError: x is two" in quiet.stderr.splitlines()
+    assert "Traceback" not in quiet.stderr
+    assert "working on" not in quiet.stderr
+    stopped = outcome(quiet.stdout, "logging")
+    assert stopped.get("killed", 0) + stopped.get("not_run", 0) >= 1  # fail-fast stopped slow
+
+    loud = cli(tmp_path, "run", "logs.py", "-v", "--keep-going", "--store", "other")
+    assert loud.returncode == 1
+    assert outcome(loud.stdout, "logging") == {"finished": 6, "failed": 1}
+    assert "Traceback (most recent call last)" in loud.stderr
+    assert 'raise ValueError("x is two")' in loud.stderr  # the user's line
+    assert "scheduler.py" not in loud.stderr  # not aioflows' own frames
+    assert re.search(r"^\d\d:\d\d:\d\d a-1: working on 1$", loud.stderr, re.M), loud.stderr
+
+    header = next(line for line in loud.stdout.splitlines() if "instances" in line)
+    assert "wall time" in header
+    assert "instance time (sum)" in header
+    # four sleeps of 0.5 s side by side: about half a second of wall time, two s summed
+    wall, summed = (seconds(c) for c in summary_row(loud.stdout, "slow")[-2:])
+    assert summed >= 2.0
+    assert 0.5 <= wall < summed
+
+
+def test_target_runs_only_what_a_task_needs(demo: Path) -> None:
+    proc = cli(demo, "run", "flows.py", "--target", "prep", "--target", "load")
+    assert proc.returncode == 0, proc.stderr
+    assert outcome(proc.stdout) == {"finished": 3}
+    assert not (demo / ".aioflows" / "train").exists()
+    assert_usage_error(cli(demo, "run", "flows.py", "--target", "nosuch"), "nosuch")
+
+
+def test_an_unfilled_parameter_names_the_predecessor_result(tmp_path: Path) -> None:
+    write(
+        tmp_path / "slip.py",
+        """
+        import aioflows as af
+
+        async def load():
+            return [1, 2]
+
+        async def train(data, lr):
+            return lr
+
+        flow = af.Flow("slip")
+        flow.add(train, {"lr": [0.1]}, requires=[flow.add(load)])
+        """,
+    )
+    assert_usage_error(
+        cli(tmp_path, "run", "slip.py"),
+        "nothing provides parameter 'data'",
+        "the result of 'load' is passed as 'load'",
+        "config keys: 'lr'",
+    )
+
+
+def show_rows(stdout: str) -> dict[tuple[str, str], list[str]]:
+    """(unique_name, run) -> the row's cells, split on runs of 2+ spaces."""
+    rows = {}
+    for line in stdout.splitlines():
+        cells = re.split(r"\s{2,}", line.strip())
+        if len(cells) > 5 and re.fullmatch(r"\w+-\d+", cells[1]):
+            rows[cells[1], cells[3]] = cells
+    return rows
+
+
+def test_show_marks_the_last_runs_records_stale_ones_and_gives_config_and_value(
+    demo: Path,
+) -> None:
+    assert cli(demo, "run", "flows.py").returncode == 0
+    # A new grid for prep: prep-2 of the last run is another instance than the first's.
+    code = (demo / "flows.py").read_text(encoding="utf-8")
+    (demo / "flows.py").write_text(code.replace('"scale": [1, 2]', '"scale": [1, 3]'))
+    assert cli(demo, "run", "flows.py", "--target", "prep", "--force", "prep").returncode == 0
+    proc = cli(demo, "show", "prep")
+    assert proc.returncode == 0, proc.stderr
+    rows = show_rows(proc.stdout)
+    assert set(rows) == {("prep-1", "last"), ("prep-2", "last"), ("prep-2", "older")}
+    assert rows["prep-2", "last"][8:10] == ["{scale: 3}", "[0, 3, 6, 9, 12]"]
+    assert rows["prep-2", "older"][8:10] == ["{scale: 2}", "[0, 2, 4, 6, 8]"]
+    assert "run: last = an instance of the last run (flow demo" in proc.stdout
+    # prep-1 is the same instance in both grids and ran again (forced): the train instances
+    # and best above it are stale; those from the older prep-2 (scale 2) are current.
+    everything = show_rows(cli(demo, "show").stdout)
+    stale = sorted(k[0] for k, cells in everything.items() if cells[4] == "finished stale")
+    assert stale == ["best-1", "train-1", "train-3", "train-5"]
+    only_last = show_rows(cli(demo, "show", "--last").stdout)
+    assert set(only_last) == {("load-1", "last"), ("prep-1", "last"), ("prep-2", "last")}

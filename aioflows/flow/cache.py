@@ -10,6 +10,12 @@ instances in memory while the run is being cancelled, with no await and no shiel
 instance, and writes their records afterwards in one batch (``ResultStore._save_advice``),
 which a store may write without fsync. Stopping thousands of instances then costs little more
 than the cancellation itself.
+
+Records also say which run wrote them (``run_id``) and which run of each predecessor they
+consumed (``inputs``). A FINISHED record is used only while every predecessor's value is still
+the one it consumed (make's rule): after ``--force train``, or after a killed ``train``
+instance ran again, the cached ``best`` above it is *stale* and runs again. A record without
+``inputs`` (written by an older aioflows) is taken as current.
 """
 
 from __future__ import annotations
@@ -34,6 +40,8 @@ _log = logging.getLogger("aioflows.flow")
 
 #: The name a task instance's return value is saved under in the store.
 RESULT_NAME = "result"
+
+_ABSENT = object()
 
 #: Levels of predecessors a TaskInfo record's unique_config keeps in full.
 _RECORD_DEPTH = 8
@@ -85,9 +93,10 @@ class Cache:
         slots: The run's instances' slots (killed instances are recorded from theirs).
         forced: Tasks whose instances run again whatever the store holds.
         prefix: The flow's ``config_ignore_prefix`` (records leave those keys out).
+        run_id: This run's id, written in its records and compared with their ``inputs``.
     """
 
-    __slots__ = ("forced", "killed", "prefix", "slots", "store")
+    __slots__ = ("forced", "killed", "prefix", "run_id", "slots", "store")
 
     def __init__(
         self,
@@ -95,11 +104,13 @@ class Cache:
         slots: dict[TaskNode, Slot],
         forced: frozenset[str],
         prefix: str | None,
+        run_id: str | None = None,
     ) -> None:
         self.store = store
         self.slots = slots
         self.forced = forced
         self.prefix = prefix
+        self.run_id = run_id
         # Instances killed by a cancellation, their records written in one batch at the end.
         self.killed: list[TaskNode] = []
 
@@ -115,6 +126,9 @@ class Cache:
             info = await store.load_info(task=task, config_hash=config_hash)
             if info is None or info.state is not TaskState.FINISHED:
                 return False
+            if info.inputs is not None and node.predecessors and self._stale(node, info.inputs):
+                _log.info("%s: stale (a predecessor ran again); running it", node.unique_name)
+                return False
             try:
                 value = await store.load(RESULT_NAME, task=task, config_hash=config_hash)
             except MissingObject:
@@ -123,9 +137,29 @@ class Cache:
             _log.warning("%s: cannot use the stored result (%s); running it", node.unique_name, exc)
             return False
         slot.value = value
+        slot.made = info.run_id
         slot.attempts = info.attempts
         slot.started, slot.ended = micros(info.started), micros(info.ended)
         return True
+
+    def _made(self, node: TaskNode) -> str | None:
+        """The run that computed ``node``'s value as this run sees it (it is done)."""
+        slot = self.slots[node]
+        return self.run_id if slot.state is TaskState.FINISHED else slot.made
+
+    def _stale(self, node: TaskNode, inputs: dict[str, dict[str, str | None]]) -> bool:
+        """Whether some predecessor's value is not the one ``node``'s record consumed."""
+        for pred in node.predecessors:
+            consumed = inputs.get(pred.task)
+            if consumed is None or consumed.get(pred.config_hash, _ABSENT) != self._made(pred):
+                return True
+        return False
+
+    def _inputs(self, node: TaskNode) -> dict[str, dict[str, str | None]]:
+        inputs: dict[str, dict[str, str | None]] = {}
+        for pred in node.predecessors:
+            inputs.setdefault(pred.task, {})[pred.config_hash] = self._made(pred)
+        return inputs
 
     async def save_result(self, node: TaskNode, slot: Slot) -> None:
         """Save a FINISHED instance's value, then its record."""
@@ -159,6 +193,8 @@ class Cache:
             ended=from_micros(slot.ended),
             attempts=slot.attempts,
             error=None if error is None else f"{type(error).__name__}: {error}",
+            run_id=self.run_id,
+            inputs=self._inputs(node),
         )
 
     async def record_killed(self) -> None:

@@ -53,7 +53,17 @@ def now() -> int:
 class Slot:
     """The mutable run state of one instance."""
 
-    __slots__ = ("attempts", "ended", "error", "held", "remaining", "started", "state", "value")
+    __slots__ = (
+        "attempts",
+        "ended",
+        "error",
+        "held",
+        "made",
+        "remaining",
+        "started",
+        "state",
+        "value",
+    )
 
     def __init__(self, remaining: int) -> None:
         self.state = TaskState.PENDING
@@ -63,6 +73,9 @@ class Slot:
         self.started: int | None = None  # microseconds since the epoch (see now)
         self.ended: int | None = None
         self.error: BaseException | None = None
+        # The run that computed a CACHED value (its record's run_id); a FINISHED one's is this
+        # run's (see aioflows.flow.cache).
+        self.made: str | None = None
         # Looked up in the store already and handed the task slot another instance freed:
         # an instance that was parked, queued again, runs when taken (scheduler).
         self.held = False

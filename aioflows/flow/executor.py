@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import secrets
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, runtime_checkable
@@ -42,7 +44,7 @@ from .scheduler import Scheduler
 if TYPE_CHECKING:
     from .graph import Graph, TaskNode
 
-__all__ = ["RESULT_NAME", "Body", "Executor", "run_body", "run_flow"]
+__all__ = ["RESULT_NAME", "Body", "Executor", "new_run_id", "run_body", "run_flow", "select"]
 
 #: One attempt of one instance's body: ``(node, fn, kwargs, is_async)``, as :func:`run_body`.
 Body: TypeAlias = Callable[["TaskNode", Callable[..., Any], dict[str, Any], bool], Awaitable[Any]]
@@ -219,7 +221,9 @@ def _resolve_force(graph: Graph, force: str | Sequence[str] | None) -> frozenset
     return frozenset(forced)
 
 
-def _select(graph: Graph, targets: Sequence[str] | None) -> list[TaskNode]:
+def select(graph: Graph, targets: Sequence[str] | None) -> list[TaskNode]:
+    """The instances a run with ``targets`` runs: theirs and their ancestors', in graph order
+    (the CLI's progress display counts these)."""
     if targets is None:
         return graph.nodes
     if isinstance(targets, str):
@@ -243,6 +247,12 @@ def _slots(graph: Graph, nodes: list[TaskNode]) -> dict[TaskNode, Slot]:
         return {node: Slot(len(node.predecessors)) for node in nodes}
     in_run = {id(n) for n in nodes}
     return {node: Slot(sum(1 for p in node.predecessors if id(p) in in_run)) for node in nodes}
+
+
+def new_run_id() -> str:
+    """A run's id: its start (UTC, so ids sort by time) and random bits (so two runs started
+    in the same second, by two processes sharing a store, differ)."""
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(4)
 
 
 def _check_options(
@@ -284,7 +294,7 @@ async def run_flow(
     _check_options(store, concurrency, resources, on_event)
     if executor is not None and not isinstance(executor, Executor):
         raise FlowError(f"executor must be an Executor (e.g. af.DaskExecutor), got {executor!r}")
-    nodes = _select(graph, targets)
+    nodes = select(graph, targets)
     forced = _resolve_force(graph, force)
     bodies: AbstractAsyncContextManager[Body] = (
         contextlib.nullcontext(run_body) if executor is None else executor.session(graph, nodes)
@@ -311,6 +321,7 @@ async def _start(
     slots = _slots(graph, nodes)
     events = Events(slots, on_event)
     prefix = graph.flow.config_ignore_prefix
+    run_id = new_run_id()
     own_store = store if store is not None else MemoryStore()
     instances = _Instances(graph, slots, events, own_store, body)
     scheduler = Scheduler(
@@ -318,20 +329,20 @@ async def _start(
         nodes,
         slots=slots,
         events=events,
-        cache=Cache(store, slots, forced, prefix) if store is not None else None,
+        cache=Cache(store, slots, forced, prefix, run_id) if store is not None else None,
         begin=instances.begin,
         concurrency=concurrency,
         fail_fast=fail_fast,
         resources=resources,
     )
     if not progress:
-        return await _run(graph, scheduler)
+        return await _run(graph, scheduler, run_id)
     from .progress import FlowProgress
 
     async with FlowProgress(graph.flow.name, nodes) as display:
         events.listeners.append(display.update)
         try:
-            run = await _run(graph, scheduler)
+            run = await _run(graph, scheduler, run_id)
         except FlowFailed as exc:
             display.finish(exc.run)
             raise
@@ -339,14 +350,14 @@ async def _start(
         return run
 
 
-async def _run(graph: Graph, scheduler: Scheduler) -> FlowRun:
+async def _run(graph: Graph, scheduler: Scheduler, run_id: str) -> FlowRun:
     """Run the scheduler, then make the FlowRun, or raise what stopped the run."""
     await scheduler.run()
     nodes, slots = scheduler.nodes, scheduler.slots
     states = {node.unique_name: slots[node].state for node in nodes}
     # Results are built when first read, from what they need only (not the scheduler).
     results = functools.partial(_results, list(graph.specs), nodes, slots)
-    run = FlowRun(graph, results, states, scheduler.errors)
+    run = FlowRun(graph, results, states, scheduler.errors, run_id)
     if scheduler.fatal is not None:
         raise scheduler.fatal
     if scheduler.errors:

@@ -162,12 +162,33 @@ def _bind(
                 f"task {spec.name!r}: positional-only parameter {name!r} cannot be filled"
             )
         if name in named and p.default is p.empty and name not in provided:
-            raise FlowError(
-                f"task {spec.name!r}: nothing provides parameter {name!r} (not a config key, "
-                f"not a predecessor's name, not ctx)"
-            )
+            unused = [p for p in predecessors if p not in named and not var_kw]
+            raise FlowError(_unfilled(spec.name, name, keys, predecessors, unused))
     results = frozenset(p for p in predecessors if p in named or var_kw)
     return Binding(results=results, ctx=ctx, is_async=is_async_callable(spec.fn))
+
+
+def _unfilled(
+    task: str, param: str, keys: list[str], predecessors: list[str], unused: list[str]
+) -> str:
+    """Why ``param`` of ``task`` gets no value, and what there is to give it one: the usual
+    slip is a parameter named for the data (``data``) where a predecessor's result comes
+    under the predecessor's task name (``load``); ``unused`` are the predecessors no
+    parameter takes."""
+    config = ", ".join(repr(k) for k in keys) if keys else "none"
+    message = (
+        f"task {task!r}: nothing provides parameter {param!r} (not a config key, a "
+        f"predecessor's name or ctx); config keys: {config}"
+    )
+    if not predecessors:
+        return f"{message}; it has no predecessors (requires=[...] adds them)"
+    if not unused:
+        taken = ", ".join(repr(p) for p in predecessors)
+        return f"{message}; predecessor results ({taken}) go to the parameters of those names"
+    names = ", ".join(repr(p) for p in unused)
+    verb = "is" if len(unused) == 1 else "are"
+    results = "the result" if len(unused) == 1 else "the results"
+    return f"{message}; {results} of {names} {verb} passed as {names}, which no parameter takes"
 
 
 def _order(flow: Flow) -> tuple[dict[str, TaskSpec], dict[str, list[str]]]:

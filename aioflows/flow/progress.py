@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 from rich.console import Console, Group, RenderableType
@@ -78,8 +79,11 @@ def format_seconds(seconds: float | None) -> str:
 
 def summary_table(run: FlowRun) -> Table:
     """Per task: instances, how many finished, were cached, failed, were skipped because an
-    upstream instance failed, were killed, and the total time its instances ran in this run
-    (cached instances did not run). A last row sums every column."""
+    upstream instance failed, were killed; then the task's *wall time* in this run (from the
+    first start of one of its instances to the last end) and the *instance time (sum)*, the
+    time its instances ran added up, which exceeds the wall time when they ran side by side.
+    Cached instances did not run in this run and count in neither. A last row sums the counts;
+    its wall time is the whole run's span, its instance time the sum of all."""
     columns = (
         TaskState.FINISHED,
         TaskState.CACHED,
@@ -87,20 +91,35 @@ def summary_table(run: FlowRun) -> Table:
         TaskState.UPSTREAM_FAILED,
         TaskState.KILLED,
     )
-    rows: list[tuple[str, int, list[int], int, float | None]] = []
+    rows: list[tuple[str, int, list[int], int, float | None, float | None]] = []
+    first: datetime | None = None
+    last: datetime | None = None
     for task, results in run.results.items():
         counts = [0] * len(columns)
         not_run = 0
         total: float | None = None
+        start: datetime | None = None
+        end: datetime | None = None
         for result in results:
             if result.state in columns:
                 counts[columns.index(result.state)] += 1
             else:
                 not_run += 1
-            duration = result.duration
-            if duration is not None and result.state is not TaskState.CACHED:
+            if result.state is TaskState.CACHED or result.started is None:
+                continue
+            if start is None or result.started < start:
+                start = result.started
+            if result.ended is not None:
+                if end is None or result.ended > end:
+                    end = result.ended
+                duration = (result.ended - result.started).total_seconds()
                 total = duration if total is None else total + duration
-        rows.append((task, len(results), counts, not_run, total))
+        wall = (end - start).total_seconds() if start is not None and end is not None else None
+        if start is not None and (first is None or start < first):
+            first = start
+        if end is not None and (last is None or end > last):
+            last = end
+        rows.append((task, len(results), counts, not_run, wall, total))
     show_not_run = any(row[3] for row in rows)
     ok = run.ok
     table = Table(
@@ -111,7 +130,8 @@ def summary_table(run: FlowRun) -> Table:
         show_footer=len(rows) > 1,
     )
     sums = [sum(row[2][i] for row in rows) for i in range(len(columns))]
-    durations = [row[4] for row in rows if row[4] is not None]
+    durations = [row[5] for row in rows if row[5] is not None]
+    span = (last - first).total_seconds() if first is not None and last is not None else None
     table.add_column("task", footer="total")
     table.add_column("instances", justify="right", footer=str(sum(row[1] for row in rows)))
     for i, state in enumerate(columns):
@@ -120,13 +140,17 @@ def summary_table(run: FlowRun) -> Table:
         )
     if show_not_run:
         table.add_column("not run", justify="right", footer=str(sum(row[3] for row in rows)))
+    table.add_column("wall time", justify="right", footer=format_seconds(span))
     table.add_column(
-        "time", justify="right", footer=format_seconds(sum(durations) if durations else None)
+        "instance time (sum)",
+        justify="right",
+        footer=format_seconds(sum(durations) if durations else None),
     )
-    for task, instances, counts, not_run, total in rows:
+    for task, instances, counts, not_run, wall, total in rows:
         cells: list[RenderableType] = [Text(task), str(instances), *map(str, counts)]
         if show_not_run:
             cells.append(str(not_run))
+        cells.append(format_seconds(wall))
         cells.append(format_seconds(total))
         table.add_row(*cells)
     return table

@@ -99,6 +99,9 @@ class FlowRun:
     ``results[task]`` lists a :class:`TaskResult` for every instance of the task in the run, in
     graph order, whatever its state (``value`` is None unless FINISHED or CACHED); ``states``
     maps every instance's unique name to its final state; ``errors`` the failed ones' errors.
+    ``run_id`` identifies the run: it is written in the store's records of the instances it
+    ran (``TaskInfo.run_id``), so a later run can tell that their values were computed again.
+
     Made by :meth:`Flow.run`, not by hand.
 
     Args:
@@ -109,7 +112,7 @@ class FlowRun:
         errors: Unique name to exception, for the instances that failed.
     """
 
-    __slots__ = ("_make_results", "_results", "errors", "graph", "states")
+    __slots__ = ("_make_results", "_results", "errors", "graph", "run_id", "states")
 
     def __init__(
         self,
@@ -117,8 +120,10 @@ class FlowRun:
         results: dict[str, list[TaskResult]] | Callable[[], dict[str, list[TaskResult]]],
         states: dict[str, TaskState],
         errors: dict[str, BaseException],
+        run_id: str = "",
     ) -> None:
         self.graph = graph
+        self.run_id = run_id
         # The executor passes a callable: building a TaskResult per instance is work a caller
         # that only reads states or errors (a stopped run, say) need not wait for.
         self._results = None if callable(results) else results

@@ -52,6 +52,7 @@ class TaskInfo(BaseModel):
     ``task``, ``config_hash``, ``unique_name`` and ``state`` may be given positionally, as in
     API.md; everything else is keyword-only. Times are timezone-aware datetimes; ``error`` is the
     failure formatted as text (``"ValueError: bad lr"``), because exceptions are not JSON.
+    ``run_id`` and ``inputs`` have defaults, so records written before they existed still load.
     Unknown fields in a stored record are ignored, so records written by a newer aioflows still
     load.
 
@@ -80,6 +81,14 @@ class TaskInfo(BaseModel):
     ended: AwareDatetime | None = None
     attempts: NonNegativeInt = 0
     error: str | None = None
+    #: The run that wrote this record (``FlowRun.run_id``); None in records of older versions
+    #: and in KILLED records, which are advice (see :mod:`aioflows.flow.cache`).
+    run_id: str | None = None
+    #: Which run of each predecessor instance this one consumed: predecessor task ->
+    #: {config_hash: the run_id of that predecessor's record}. A FINISHED record whose
+    #: predecessors have been computed again since is stale (make's rule) and runs again.
+    #: None where unknown (records of older versions, which are taken as current).
+    inputs: dict[str, dict[str, str | None]] | None = None
 
     def __init__(
         self,
