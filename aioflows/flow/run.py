@@ -110,6 +110,7 @@ class FlowRun:
             first read.
         states: Unique name to final state, for every instance.
         errors: Unique name to exception, for the instances that failed.
+        run_id: The run's id, written in the records of the instances it ran.
     """
 
     __slots__ = ("_make_results", "_results", "errors", "graph", "run_id", "states")

@@ -67,6 +67,9 @@ class TaskInfo(BaseModel):
         ended: When it ended (timezone-aware).
         attempts: Attempts made.
         error: The failure as text (``"ValueError: bad lr"``), for a FAILED instance.
+        run_id: The run that wrote this record (``FlowRun.run_id``).
+        inputs: Which run of each predecessor instance this one consumed: predecessor task ->
+            {config_hash: that predecessor record's ``run_id``}.
     """
 
     model_config = ConfigDict(validate_assignment=True)
