@@ -12,6 +12,7 @@ from ._version import __version__
 from .concurrency import imap as imap
 from .concurrency import map as map
 from .errors import AioflowsError as AioflowsError
+from .errors import AllKeysQuarantined as AllKeysQuarantined
 from .errors import CorruptObject as CorruptObject
 from .errors import EndpointLoadFailed as EndpointLoadFailed
 from .errors import FlowError as FlowError
@@ -65,6 +66,7 @@ from .stream import Union as Union
 
 __all__ = [
     "AioflowsError",
+    "AllKeysQuarantined",
     "Batch",
     "Client",
     "CorruptObject",
