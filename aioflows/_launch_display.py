@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["PLAIN_EVERY", "Snapshot", "clock", "frame", "plain_line", "summary_table"]
+__all__ = ["PLAIN_EVERY", "Snapshot", "clock", "frame", "plain_line", "summary_table", "took"]
 
 #: Seconds between two plain progress lines off a terminal.
 PLAIN_EVERY = 5.0
@@ -77,9 +77,14 @@ def _counts(snap: Snapshot) -> str:
     )
 
 
+def took(seconds: float) -> str:
+    """A run's time as the summary writes it: ``4.52 s``, or ``H:MM:SS`` from a minute on."""
+    return f"{seconds:.2f} s" if seconds < 60 else clock(seconds)
+
+
 def _pace(snap: Snapshot, final: bool) -> str:
     if final:
-        return f"{snap.rate:,.1f}/s, took {clock(snap.elapsed)}"
+        return f"{snap.rate:,.1f}/s, took {took(snap.elapsed)}"
     eta = snap.eta
     return f"{snap.rate:,.1f}/s" + ("" if eta is None else f", ETA {clock(eta)}")
 
@@ -120,14 +125,13 @@ def summary_table(
     """A :class:`~aioflows.LaunchSummary` as a table for a person (its ``str``)."""
     ran = succeeded + failed
     throughput = ran / duration_s if duration_s > 0 else 0.0
-    took = f"{duration_s:.2f} s" if duration_s < 60 else clock(duration_s)
     rows = [
         ("pairs", f"{total:,}", ""),
         ("succeeded", f"{succeeded:,}", ""),
         ("failed", f"{failed:,}", "written with their error; a resume runs them again"),
         ("skipped", f"{skipped:,}", "done before, in the output"),
         ("retried", f"{retried:,}", "calls sent again: failures and throttles"),
-        ("took", took, f"{throughput:,.1f} pairs/s"),
+        ("took", took(duration_s), f"{throughput:,.1f} pairs/s"),
     ]
     width = max(len(value) for _, value, _ in rows)
     lines = ["launch summary"]

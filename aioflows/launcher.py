@@ -464,19 +464,27 @@ class _Run:
         self.send = send
         self.pool = Pool(self._work, Source(pairs), concurrency)
         failure: Exception | None = None
-        # Closed here too: a writer cancelled before its first step has no finally to run.
-        with receive:
-            async with anyio.create_task_group() as outer:
-                outer.start_soon(self._writer, receive)
-                if self.launcher._progress:
-                    outer.start_soon(self._show_progress)
-                with send:
-                    try:
-                        await self.pool.run(
-                            None if self.total is None else max(1, min(concurrency, self.total))
-                        )
-                    except Exception as exc:  # the input failed: a bad item, its iterator raised
-                        failure = exc  # raised once the writer has written what finished
+        lines = self.launcher._progress and not _on_a_terminal()
+        completed = False
+        try:
+            # Closed here too: a writer cancelled before its first step has no finally to run.
+            with receive:
+                async with anyio.create_task_group() as outer:
+                    outer.start_soon(self._writer, receive)
+                    if self.launcher._progress:
+                        outer.start_soon(self._show_lines if lines else self._show_bar)
+                    with send:
+                        try:
+                            await self.pool.run(
+                                None if self.total is None else max(1, min(concurrency, self.total))
+                            )
+                        except Exception as exc:  # the input failed: a bad item, or its iterator
+                            failure = exc  # raised once the writer has written what finished
+            completed = failure is None and self.error is None
+        finally:
+            if lines:  # the last line, once everything that finished is written, however it ends
+                end = "finished" if completed else "stopped"
+                _print(_launch_display.plain_line(self.snapshot(), final=end))
         if failure is not None:
             raise failure
 
@@ -605,34 +613,37 @@ class _Run:
         self.failed += failed
         self.succeeded += len(batch) - failed
 
-    async def _show_progress(self) -> None:
-        """Progress on stderr until the writer has written the last record.
+    async def _show_bar(self) -> None:
+        """On a terminal: a bar until the writer has written the last record.
 
-        On a terminal, a bar drawn by the one live display
-        (:class:`aioflows._display.LiveDisplay`, the flow's too: an anyio task redraws it, no
-        thread); anywhere else (a log file, CI, ``nohup``) a plain line every
-        ``PLAIN_EVERY`` seconds and a last one, however the run ends. Each frame and line is
-        made from one :meth:`snapshot`. Rich is imported here: it costs nothing to a run
-        without a display.
+        Drawn by the one live display (:class:`aioflows._display.LiveDisplay`, the flow's too:
+        an anyio task redraws it, no thread), each frame made from one :meth:`snapshot`.
+        Imported here: rich costs nothing to a run without a display.
         """
         from rich.console import Console
 
-        console = Console(stderr=True)
-        if console.is_terminal or console.is_jupyter:
-            from ._display import LiveDisplay
+        from ._display import LiveDisplay
 
-            async with LiveDisplay(lambda: _launch_display.frame(self.snapshot()), console=console):
+        console = Console(stderr=True)
+        async with LiveDisplay(lambda: _launch_display.frame(self.snapshot()), console=console):
+            await self.written.wait()
+
+    async def _show_lines(self) -> None:
+        """Off a terminal (a log file, CI, ``nohup``): a plain line every ``PLAIN_EVERY``
+        seconds; :meth:`go` prints the last one."""
+        while not self.written.is_set():
+            with anyio.move_on_after(_launch_display.PLAIN_EVERY):
                 await self.written.wait()
-            return
-        try:
-            while not self.written.is_set():
-                with anyio.move_on_after(_launch_display.PLAIN_EVERY):
-                    await self.written.wait()
-                if not self.written.is_set():
-                    _print(_launch_display.plain_line(self.snapshot()))
-        finally:
-            end = "finished" if self.written.is_set() and self.error is None else "stopped"
-            _print(_launch_display.plain_line(self.snapshot(), final=end))
+            if not self.written.is_set():
+                _print(_launch_display.plain_line(self.snapshot()))
+
+
+def _on_a_terminal() -> bool:
+    """Whether stderr is where a redrawn bar can be read (a terminal, a notebook)."""
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    return console.is_terminal or console.is_jupyter
 
 
 def _print(line: str) -> None:

@@ -54,7 +54,7 @@ LINE = re.compile(
     r"^launch(?: (?P<end>finished|stopped))?: (?P<done>[\d,]+)(?:/(?P<to_run>[\d,]+))? now"
     r"(?:, (?P<before>[\d,]+) done before)? \| ok (?P<ok>[\d,]+) failed (?P<failed>[\d,]+) "
     r"retried (?P<retried>[\d,]+) \| (?P<keys>.*) \| (?P<rate>[\d,.]+)/s"
-    r"(?:, ETA (?P<eta>\d+:\d\d:\d\d)|, took \d+:\d\d:\d\d)?$"
+    r"(?:, ETA (?P<eta>\d+:\d\d:\d\d)|, took (?:\d+:\d\d:\d\d|\d+\.\d\d s))?$"
 )
 
 
@@ -63,7 +63,7 @@ def number(text: str | None) -> int:
 
 
 def progress_lines(err: str) -> list[re.Match[str]]:
-    lines = [line for line in err.splitlines() if line.startswith("launch")]
+    lines = [line for line in err.splitlines() if re.match(r"launch( finished| stopped)?:", line)]
     matches = [LINE.match(line) for line in lines]
     assert all(matches), lines  # every line has the one format
     return [m for m in matches if m is not None]
@@ -301,3 +301,6 @@ def test_ctrl_c_ends_with_the_summary_and_exit_130(tmp_path: Path) -> None:
     assert "sk-live-ctrlc" not in err
     done = len(output.read_text().splitlines())
     assert re.search(rf"^  succeeded +{done:,}$", err, re.MULTILINE)  # as in the file
+    # The last progress line comes once everything that finished is written: it agrees too.
+    last = progress_lines(err)[-1]
+    assert (last["end"], number(last["ok"])) == ("stopped", done)
