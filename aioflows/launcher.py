@@ -18,6 +18,11 @@ without an error. A run holds an exclusive lock on the file (``flock``) from tha
 its end, so a second launcher on the same file is refused at once instead of running every pair
 again. Secrets appear nowhere but in the calls: records, logs, reprs and error texts
 carry the key's label.
+
+A key the API keeps rejecting (401/403) leaves the rotation for the rest of the run
+(:mod:`aioflows._key_health`), and a call sent again after a failure prefers another key.
+What a run shows of itself, progress lines or a bar and the summary table, is made in
+:mod:`aioflows._launch_display` from one snapshot of the run's counters.
 """
 
 from __future__ import annotations

@@ -304,3 +304,38 @@ def test_ctrl_c_ends_with_the_summary_and_exit_130(tmp_path: Path) -> None:
     # The last progress line comes once everything that finished is written: it agrees too.
     last = progress_lines(err)[-1]
     assert (last["end"], number(last["ok"])) == ("stopped", done)
+
+
+class Rejected(Exception):
+    """An SDK's error for a rejected key: a ``status_code``, no httpx response."""
+
+    def __init__(self, status_code: int) -> None:
+        super().__init__(f"HTTP {status_code}")
+        self.status_code = status_code
+
+
+async def test_a_success_between_rejections_and_a_launch_without_keys_quarantine_nothing() -> None:
+    calls = 0
+
+    async def every_other_call_rejected(sample: dict[str, Any], key: af.Key) -> int:
+        nonlocal calls
+        calls += 1
+        if calls % 2:
+            raise Rejected(403)
+        return 1
+
+    summary = await af.Launcher(
+        every_other_call_rejected, keys=GOOD[:1], concurrency=1, retry=None
+    ).run(data(20))
+    assert summary.quarantined == ()  # never three in a row
+    assert (summary.succeeded, summary.failed) == (10, 10)
+
+    async def always_rejected(sample: dict[str, Any], key: af.Key) -> int:
+        raise Rejected(401)
+
+    # No keys: the "default" key is not to blame, the run goes on to the end.
+    summary = await af.Launcher(always_rejected, retry=None).run(data(10))
+    assert (summary.failed, summary.quarantined) == (10, ())
+    # The same rejections from a key are its quarantine, and with one key, the run's end.
+    with pytest.raises(af.AllKeysQuarantined):
+        await af.Launcher(always_rejected, keys=GOOD[:1], retry=None).run(data(10))
