@@ -15,6 +15,7 @@ from ._version import __version__
 from .concurrency import imap as imap
 from .concurrency import map as map
 from .errors import AioflowsError as AioflowsError
+from .errors import AllKeysQuarantined as AllKeysQuarantined
 from .errors import CorruptObject as CorruptObject
 from .errors import EndpointLoadFailed as EndpointLoadFailed
 from .errors import FlowError as FlowError
@@ -71,6 +72,7 @@ from .web import cancel_on_disconnect as cancel_on_disconnect
 
 __all__ = [
     "AioflowsError",
+    "AllKeysQuarantined",
     "Batch",
     "Client",
     "CorruptObject",

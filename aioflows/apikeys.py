@@ -247,7 +247,10 @@ def make_keys(
     keys: Sequence[str] | Mapping[str, RateLike | None],
     rate_per_key: RateLike | None,
     tokens_per_key: RateLike | None,
+    *,
+    burst: float | None = None,
 ) -> list[KeyState]:
+    """One state per key; ``burst`` is every request bucket's capacity (None: one second's)."""
     if isinstance(keys, str):
         raise InvalidArgumentType(
             "keys must be a sequence or a mapping of key strings, not one str"
@@ -266,7 +269,7 @@ def make_keys(
             KeyState(
                 f"key-{i}",
                 secret,
-                RateLimiter(rate) if rate is not None else None,
+                RateLimiter(rate, burst=burst) if rate is not None else None,
                 RateLimiter(token_rate, burst=token_rate.limit) if token_rate else None,
             )
         )
@@ -277,7 +280,7 @@ def make_keys(
             KeyState(
                 "default",
                 None,
-                RateLimiter(rate_per_key) if rate_per_key is not None else None,
+                RateLimiter(rate_per_key, burst=burst) if rate_per_key is not None else None,
                 RateLimiter(token_rate, burst=token_rate.limit) if token_rate else None,
             )
         )

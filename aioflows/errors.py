@@ -21,6 +21,8 @@ against the builtin keeps working. All of them are importable from ``aioflows``:
      │                                           HTTP error (status and its JSON error kept)
      ├── OutputFileError (also ValueError)       a launcher's output file is not one it wrote,
      │                                           or another launcher is writing it
+     ├── AllKeysQuarantined                      every key of a launch was rejected (401/403)
+     │                                           until quarantined: the run stopped
      └── LaunchFailed                            a launch with fault_tolerant=False stopped at a
                                                  pair that failed (also that pair's error class
                                                  where it can be; defined in aioflows.launcher,
@@ -33,6 +35,7 @@ from typing import Any
 
 __all__ = [
     "AioflowsError",
+    "AllKeysQuarantined",
     "CorruptObject",
     "EndpointLoadFailed",
     "FlowError",
@@ -175,6 +178,28 @@ class FlowFailed(AioflowsError):
 class OutputFileError(AioflowsError, ValueError):
     """The output file is not a JSONL file written by the launcher, or another launcher is
     writing it (it holds the file's lock)."""
+
+
+class AllKeysQuarantined(AioflowsError):
+    """Every API key of a launcher run was quarantined: each was rejected (HTTP 401 or 403)
+    several times in a row, so no call could succeed any more and the run stopped.
+
+    The pairs that finished are in the output file; the calls in flight were cancelled and
+    not written, so a resume with working keys runs them.
+
+    Args:
+        keys: The labels of the keys (never the secrets).
+    """
+
+    def __init__(self, keys: tuple[str, ...]) -> None:
+        super().__init__(
+            f"every key was quarantined after repeated 401/403 answers ({', '.join(keys)}): "
+            "the run stopped; check that the keys are valid and allowed to call this API"
+        )
+        self.keys = keys
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.keys,))
 
 
 class RedisUnavailable(AioflowsError):

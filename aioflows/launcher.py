@@ -18,13 +18,20 @@ without an error. A run holds an exclusive lock on the file (``flock``) from tha
 its end, so a second launcher on the same file is refused at once instead of running every pair
 again. Secrets appear nowhere but in the calls: records, logs, reprs and error texts
 carry the key's label.
+
+A key the API keeps rejecting (401/403) leaves the rotation for the rest of the run
+(:mod:`aioflows._key_health`), and a call sent again after a failure prefers another key.
+What a run shows of itself, progress lines or a bar and the summary table, is made in
+:mod:`aioflows._launch_display` from one snapshot of the run's counters.
 """
 
 from __future__ import annotations
 
 import inspect
+import logging
 import math
 import os
+import sys
 import time
 from collections.abc import (
     AsyncIterable,
@@ -46,7 +53,8 @@ import anyio.lowlevel
 import anyio.to_thread
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from . import _validate
+from . import _launch_display, _validate
+from ._key_health import KeyHealth
 from ._workers import Pool, Source
 from .apikeys import (
     Key,
@@ -61,6 +69,8 @@ from .apikeys import (
 )
 from .calls import Guard
 from .errors import (
+    AioflowsError,
+    AllKeysQuarantined,
     InvalidArgument,
     InvalidArgumentType,
     OutputFileError,  # defined with the other errors, re-exported from here as before
@@ -87,10 +97,15 @@ FSYNC_EVERY = 1.0
 #: Seconds the writer lets finished records gather between two writes.
 WRITE_EVERY = 0.02
 
+logger = logging.getLogger("aioflows.launcher")
+
 
 @dataclass(frozen=True, slots=True)
 class LaunchSummary:
     """What a run did.
+
+    ``str(summary)`` is a table for a person (rounded, with the throughput and each key's
+    share); ``repr`` the fields.
 
     Attributes:
         total: The (input, sample) pairs of the input.
@@ -100,6 +115,7 @@ class LaunchSummary:
         retried: Calls made again after a failure or a throttle.
         duration_s: Seconds the run took.
         per_key: Calls made with each key, by label.
+        quarantined: Labels of the keys taken out of the rotation (401/403 in a row).
     """
 
     total: int
@@ -109,6 +125,19 @@ class LaunchSummary:
     retried: int
     duration_s: float
     per_key: dict[str, int] = field(default_factory=dict)
+    quarantined: tuple[str, ...] = ()
+
+    def __str__(self) -> str:
+        return _launch_display.summary_table(
+            total=self.total,
+            succeeded=self.succeeded,
+            failed=self.failed,
+            skipped=self.skipped,
+            retried=self.retried,
+            duration_s=self.duration_s,
+            per_key=self.per_key,
+            quarantined=self.quarantined,
+        )
 
 
 def _check_positive_int(value: object, what: str) -> int:
@@ -129,6 +158,10 @@ class Launcher:
         keys: The API key strings, or a mapping of key string to that key's rate. Empty: one
             unlimited key, ``"default"``, whose secret is None.
         rate_per_key: Requests per unit of time for each key (None: no limit).
+        burst_per_key: The requests each key may send at once, its bucket's capacity (at
+            least 1; None: one second's worth of its rate). ``1`` for an API that counts
+            strictly per second: a full bucket of one second's worth at the start lets the
+            first second see up to twice the rate.
         tokens_per_key: A token budget for each key, such as ``"90000/min"``; with ``cost``.
         cost: ``cost(sample)``: the tokens a call is expected to use, reserved before it.
         concurrency: Most calls in flight at once.
@@ -143,7 +176,8 @@ class Launcher:
         id_key: The field that identifies an input, unique within the input.
         input_interface: What ``fn`` receives instead of the sample.
         output_interface: What is recorded instead of ``fn``'s result.
-        progress: Draw a progress bar on stderr.
+        progress: Show progress on stderr: a bar on a terminal, a plain line every few
+            seconds elsewhere (a log file, CI); and the summary if the run is interrupted.
         shared: A :class:`~aioflows.RedisRateLimiter` where every key's request and token
             buckets live (named by a digest of the key), so that launcher processes on one
             machine or many that use the same keys stay within each key's limits together,
@@ -163,6 +197,7 @@ class Launcher:
         *,
         keys: Sequence[str] | Mapping[str, RateLike | None] = (),
         rate_per_key: RateLike | None = None,
+        burst_per_key: float | None = None,
         tokens_per_key: RateLike | None = None,
         cost: Callable[[dict[str, Any]], float] | None = None,
         concurrency: int = 16,
@@ -190,8 +225,10 @@ class Launcher:
             raise InvalidArgument("tokens_per_key and cost go together")
         if rate_per_key is not None:
             as_rate(rate_per_key, "rate_per_key")
+        if burst_per_key is not None:
+            burst_per_key = _validate.number("burst_per_key", burst_per_key, low=1.0)
         self._fn = fn
-        self._keys = make_keys(keys, rate_per_key, tokens_per_key)
+        self._keys = make_keys(keys, rate_per_key, tokens_per_key, burst=burst_per_key)
         if shared is not None and not isinstance(shared, RedisRateLimiter):
             raise InvalidArgumentType(f"shared must be a RedisRateLimiter, got {shared!r}")
         self._shared = shared
@@ -266,17 +303,19 @@ class Launcher:
     ) -> tuple[LaunchSummary, list[dict[str, Any]]]:
         """Run what ``done`` does not hold, appending to ``handle``; the summary and records."""
         run = _Run(self, handle, source.start(done), keep=source.order is not None)
+        run.source = source
         started = time.monotonic()
-        await run.go(source.pairs)
-        summary = LaunchSummary(
-            total=source.total,
-            succeeded=run.succeeded,
-            failed=run.failed,
-            skipped=source.skipped,
-            retried=run.retried,
-            duration_s=time.monotonic() - started,
-            per_key=dict(run.per_key),
-        )
+        try:
+            await run.go(source.pairs)
+        except (KeyboardInterrupt, anyio.get_cancelled_exc_class()):
+            # Ctrl-C (asyncio.run cancels the main task) or a cancellation: say what was done
+            # before it goes on up, so that an interrupted run ends with its summary.
+            interrupted = run.summary(time.monotonic() - started)
+            logger.info("launch interrupted:\n%s", interrupted)
+            if self._progress:
+                print(f"launch interrupted\n{interrupted}", file=sys.stderr, flush=True)
+            raise
+        summary = run.summary(time.monotonic() - started)
         if run.error is not None:
             raise run.error from None  # a clean error: nothing chained, nothing to leak
         records = []
@@ -299,6 +338,7 @@ class _Input:
     """
 
     __slots__ = (
+        "_before",
         "_done",
         "_id_key",
         "_list",
@@ -321,6 +361,7 @@ class _Input:
         self._done: dict[tuple[Any, int], dict[str, Any]] = {}
         self.order: list[tuple[Any, int]] | None = [] if keep else None
         self.total = self.skipped = 0  # pairs pulled so far, and those of them found done
+        self._before: int | None = None
         self._list = data if isinstance(data, (list, tuple)) else None
         for index, item in enumerate(self._list or ()):
             self._check(index, item)
@@ -334,7 +375,14 @@ class _Input:
         if self._list is None:
             return None
         samples, id_key = range(self._samples), self._id_key
-        return sum((item[id_key], s) not in done for item in self._list for s in samples)
+        to_run = sum((item[id_key], s) not in done for item in self._list for s in samples)
+        self._before = len(self._list) * self._samples - to_run
+        return to_run
+
+    @property
+    def before(self) -> int:
+        """Pairs found done in the output: all of a list's at once, a stream's as pulled."""
+        return self.skipped if self._before is None else self._before
 
     def _check(self, index: int, item: Any) -> Any:
         """``item``'s id, once the item is known good (and its id new); else InvalidArgument."""
@@ -402,13 +450,50 @@ class _Run:
         self.total = total  # pairs to run, when known before the first (a list or tuple input)
         self.keep = keep
         self.records: list[dict[str, Any]] = []
+        # Counted as records are written, so that the progress agrees with the file.
         self.succeeded = self.failed = self.retried = self.finished = 0
-        self.error: LaunchFailed | None = None
+        self.error: AioflowsError | None = None
         self.per_key = {k.label: 0 for k in launcher._keys}  # calls made with each, this run
+        labels = list(self.per_key)
+        self.health = KeyHealth(labels, blameless=labels == ["default"])
+        self.source: _Input | None = None
+        self.started = anyio.current_time()
         self.written = anyio.Event()
         self.send: MemoryObjectSendStream[_Finished]
         self.call = _KeyedCall(self)
         self.pool: Pool
+
+    def summary(self, duration_s: float) -> LaunchSummary:
+        source = self.source
+        return LaunchSummary(
+            total=source.total if source is not None else 0,
+            succeeded=self.succeeded,
+            failed=self.failed,
+            skipped=source.skipped if source is not None else 0,
+            retried=self.retried,
+            duration_s=duration_s,
+            per_key=dict(self.per_key),
+            quarantined=tuple(self.health.quarantined),
+        )
+
+    def snapshot(self) -> _launch_display.Snapshot:
+        """The counters as they stand, at once: what a progress line or frame shows."""
+        return _launch_display.Snapshot(
+            ok=self.succeeded,
+            failed=self.failed,
+            retried=self.retried,
+            to_run=self.total,
+            before=self.source.before if self.source is not None else 0,
+            elapsed=anyio.current_time() - self.started,
+            per_key=dict(self.per_key),
+            quarantined=tuple(self.health.quarantined),
+        )
+
+    def all_keys_quarantined(self) -> None:
+        """Nothing can succeed any more: stop the run, as ``fault_tolerant=False`` does."""
+        if self.error is None:
+            self.error = AllKeysQuarantined(tuple(self.health.quarantined))
+        self.pool.cancel()
 
     async def go(self, pairs: Iterable[_Work] | AsyncIterable[_Work]) -> None:
         """Run the calls on the one worker pool while the writer writes what finishes."""
@@ -417,19 +502,27 @@ class _Run:
         self.send = send
         self.pool = Pool(self._work, Source(pairs), concurrency)
         failure: Exception | None = None
-        # Closed here too: a writer cancelled before its first step has no finally to run.
-        with receive:
-            async with anyio.create_task_group() as outer:
-                outer.start_soon(self._writer, receive)
-                if self.launcher._progress:
-                    outer.start_soon(self._show_progress)
-                with send:
-                    try:
-                        await self.pool.run(
-                            None if self.total is None else max(1, min(concurrency, self.total))
-                        )
-                    except Exception as exc:  # the input failed: a bad item, its iterator raised
-                        failure = exc  # raised once the writer has written what finished
+        lines = self.launcher._progress and not _on_a_terminal()
+        completed = False
+        try:
+            # Closed here too: a writer cancelled before its first step has no finally to run.
+            with receive:
+                async with anyio.create_task_group() as outer:
+                    outer.start_soon(self._writer, receive)
+                    if self.launcher._progress:
+                        outer.start_soon(self._show_lines if lines else self._show_bar)
+                    with send:
+                        try:
+                            await self.pool.run(
+                                None if self.total is None else max(1, min(concurrency, self.total))
+                            )
+                        except Exception as exc:  # the input failed: a bad item, or its iterator
+                            failure = exc  # raised once the writer has written what finished
+            completed = failure is None and self.error is None
+        finally:
+            if lines:  # the last line, once everything that finished is written, however it ends
+                end = "finished" if completed else "stopped"
+                _print(_launch_display.plain_line(self.snapshot(), final=end))
         if failure is not None:
             raise failure
 
@@ -444,16 +537,24 @@ class _Run:
         if record["error"] is not None and not self.launcher._fault_tolerant:
             self.pool.cancel()  # admit nothing more, stop the rest
 
-    async def _pick(self, cost: float) -> KeyState:
-        """The key whose buckets free soonest (ties go round the keys), its buckets taken."""
+    async def _pick(self, cost: float, avoid: KeyState | None = None) -> KeyState:
+        """The key whose buckets free soonest (ties go round the keys), its buckets taken.
+
+        Quarantined keys are left out; ``avoid`` (the key a retried call failed on) too, while
+        another key is left.
+        """
         launcher = self.launcher
+        keys, alive = launcher._keys, self.health.alive
         if launcher._shared is not None:
-            return await self._pick_shared(launcher._shared, cost)
-        keys = launcher._keys
+            return await self._pick_shared(launcher._shared, cost, avoid)
         start = launcher._turn
         launcher._turn = (start + 1) % len(keys)
-        best = min(range(len(keys)), key=lambda i: (keys[(start + i) % len(keys)].delay(cost), i))
-        key = keys[(start + best) % len(keys)]
+        turn = [keys[(start + i) % len(keys)] for i in range(len(keys))]
+        live = [k for k in turn if alive(k.label)]
+        if not live:  # the run is stopping (all_keys_quarantined): wait for the cancellation
+            await anyio.sleep_forever()
+        others = [k for k in live if k is not avoid]
+        key = min(others or live, key=lambda k: k.delay(cost))
         rest = key.paused_until - anyio.current_time()
         if rest > 0:
             await anyio.sleep(rest)
@@ -463,13 +564,23 @@ class _Run:
             await key.tokens.acquire(min(cost, key.tokens.burst))
         return key
 
-    async def _pick_shared(self, limiter: RedisRateLimiter, cost: float) -> KeyState:
+    async def _pick_shared(
+        self, limiter: RedisRateLimiter, cost: float, avoid: KeyState | None
+    ) -> KeyState:
         """:meth:`_pick` with the buckets in Redis: every key's delay in one round trip, then
-        the chosen key's buckets taken (a round trip each)."""
+        the chosen key's buckets taken (a round trip each). The same keys are candidates:
+        quarantined ones left out, ``avoid`` too while another is left."""
         launcher = self.launcher
-        keys = launcher._keys
         start = launcher._turn
-        launcher._turn = (start + 1) % len(keys)
+        launcher._turn = (start + 1) % len(launcher._keys)
+        turn = [
+            launcher._keys[(start + i) % len(launcher._keys)] for i in range(len(launcher._keys))
+        ]
+        live = [k for k in turn if self.health.alive(k.label)]
+        if not live:  # the run is stopping (all_keys_quarantined): wait for the cancellation
+            await anyio.sleep_forever()
+        keys = [k for k in live if k is not avoid] or live
+        start = 0
         if len(keys) == 1:
             key = keys[0]
         else:
@@ -547,10 +658,6 @@ class _Run:
             record["error"] = error = describe(not_json, launcher._keys)
             self._failed(not_json, ident, sample, key_label)
             line = encode_line(record)  # the id was checked, the rest is ours: this one always goes
-        if error is None:
-            self.succeeded += 1
-        else:
-            self.failed += 1
         return record, line
 
     def _failed(self, exc: BaseException, ident: Any, sample: int, key: str) -> None:
@@ -596,52 +703,55 @@ class _Run:
         if self.keep:
             self.records.extend(record for record, _ in batch)
         self.finished += len(batch)
+        failed = sum(record["error"] is not None for record, _ in batch)
+        self.failed += failed
+        self.succeeded += len(batch) - failed
 
-    async def _show_progress(self) -> None:
-        """A bar with done, failed, retried, calls per key and the ETA, on stderr, until the
-        writer has written the last record.
+    async def _show_bar(self) -> None:
+        """On a terminal: a bar until the writer has written the last record.
 
         Drawn by the one live display (:class:`aioflows._display.LiveDisplay`, the flow's too:
-        an anyio task redraws it, no thread); rich's ``Progress`` is used only as the frame
-        (its columns and ETA), never started. Imported here: rich costs nothing to a run
-        without a display.
+        an anyio task redraws it, no thread), each frame made from one :meth:`snapshot`.
+        Imported here: rich costs nothing to a run without a display.
         """
         from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeRemainingColumn,
-        )
 
         from ._display import LiveDisplay
 
         console = Console(stderr=True)
-        progress = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeRemainingColumn(),
-            console=console,
-            auto_refresh=False,
-        )
-        bar = progress.add_task("launch", total=self.total)
-        async with LiveDisplay(lambda: self._draw(progress, bar), console=console):
+        async with LiveDisplay(lambda: _launch_display.frame(self.snapshot()), console=console):
             await self.written.wait()
 
-    def _draw(self, progress: Any, bar: Any) -> Any:
-        """The frame as it stands: the bar's counts and ETA brought up to date."""
-        keys = " ".join(f"{label}:{n}" for label, n in self.per_key.items())
-        description = f"ok {self.succeeded} failed {self.failed} retried {self.retried} | {keys}"
-        progress.update(bar, completed=self.finished, description=description)
-        return progress.get_renderable()
+    async def _show_lines(self) -> None:
+        """Off a terminal (a log file, CI, ``nohup``): a plain line every ``PLAIN_EVERY``
+        seconds; :meth:`go` prints the last one."""
+        while not self.written.is_set():
+            with anyio.move_on_after(_launch_display.PLAIN_EVERY):
+                await self.written.wait()
+            if not self.written.is_set():
+                _print(_launch_display.plain_line(self.snapshot()))
+
+
+def _on_a_terminal() -> bool:
+    """Whether stderr is where a redrawn bar can be read (a terminal, a notebook)."""
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    return console.is_terminal or console.is_jupyter
+
+
+def _print(line: str) -> None:
+    """A line on stderr as it is now (a test's capture, a redirected stream)."""
+    try:
+        print(line, file=sys.stderr, flush=True)
+    except (OSError, ValueError):  # a closed stderr must not break the run
+        logger.debug("the progress line could not be written")
 
 
 class _Pair:
     """One (input, sample) as it goes through the guard: what its record will say."""
 
-    __slots__ = ("attempts", "cost", "ident", "item", "key", "prepared", "sample")
+    __slots__ = ("attempts", "cost", "held", "ident", "item", "key", "prepared", "sample")
 
     def __init__(self, item: dict[str, Any], sample: int, ident: Any) -> None:
         self.item = item
@@ -651,6 +761,7 @@ class _Pair:
         self.key = ""  # the label of the key of the last call
         self.prepared: dict[str, Any] = item
         self.cost = 0.0
+        self.held: KeyState | None = None  # the key of the last call: a retry prefers another
 
 
 class _KeyedCall(Guard[_Pair, KeyState, Any]):
@@ -674,7 +785,8 @@ class _KeyedCall(Guard[_Pair, KeyState, Any]):
         # An estimate that fails is a failure of the pair, not retried (it would fail again).
         item.cost = _cost(run.launcher._cost, prepared)
         item.prepared = prepared
-        key = await run._pick(item.cost)
+        key = await run._pick(item.cost, avoid=item.held)
+        item.held = key
         item.key = key.label
         item.attempts += 1
         run.per_key[key.label] += 1
@@ -686,15 +798,19 @@ class _KeyedCall(Guard[_Pair, KeyState, Any]):
         if launcher._input_interface is not None:
             argument = launcher._input_interface(argument)
         key = Key(held, item.cost)
-        if held.shared is None:
+        try:
             output = await launcher._fn(argument, key)
-        else:
-            try:
-                output = await launcher._fn(argument, key)
-            finally:
+        except Exception as exc:
+            run = self._run
+            if run.health.failed(held.label, exc) and run.health.all_dead:
+                run.all_keys_quarantined()
+            raise
+        finally:
+            if held.shared is not None:
                 # What report_usage said goes to Redis now, even if the call was cancelled.
                 with anyio.CancelScope(shield=True), anyio.move_on_after(5):
                     await held.shared.settle(key.unsettled)
+        self._run.health.succeeded(held.label)
         if launcher._output_interface is not None:
             output = launcher._output_interface(output)
         return output

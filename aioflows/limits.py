@@ -506,17 +506,29 @@ class RateLimiter:
             self._dispatch()
 
     def pause(self, seconds: float) -> None:
-        """Grant nothing until ``seconds`` from now (e.g. a 429's ``Retry-After``).
+        """Grant nothing until ``seconds`` from now (e.g. a 429's ``Retry-After``), and resume
+        with an empty bucket.
 
-        Pauses only extend: a shorter pause never cuts a longer one short.
+        A throttle says the remote end's budget is spent: a bucket that refilled during the
+        pause would burst at its end and be throttled again (measured in docs/benchmarks.md,
+        "Launcher: after a throttle"). So what refills during the pause only pays the bucket
+        back to zero: it holds 0 tokens when the pause ends (less, if it was in debt beyond
+        that), and ``available`` reads negative meanwhile. Pauses only extend: a shorter pause
+        never cuts a longer one short.
 
         Args:
             seconds: How long to grant nothing, from now.
         """
         _validate.number("pause seconds", seconds)
-        until = _loop_time() + seconds
+        now = _loop_time()
+        self._refill(now)
+        until = now + seconds
         if until > self._paused_until:
             self._paused_until = until
+        # Empty at the end of the (longest) pause: a debt that the pause itself pays back.
+        empty = (now - self._paused_until) * self._per_sec
+        if self._tokens > empty:
+            self._tokens = empty
 
 
 class _KeySlot:

@@ -52,6 +52,7 @@ SECTION_5 = {"Key", "LaunchSummary", "Launcher", "launch"}
 # The whole error hierarchy (issue 11), drawn in aioflows/errors.py's docstring.
 ERRORS = {
     "AioflowsError",
+    "AllKeysQuarantined",
     "CorruptObject",
     "FlowError",
     "FlowFailed",

@@ -118,8 +118,10 @@ async def test_a_throttle_is_not_an_attempt_and_pauses_the_limiter() -> None:
         someone_else_sharing_the_limiter(),
     )
     assert results == [1]
-    assert calls == [0, pytest.approx(5), pytest.approx(10)]  # Retry(1), yet three calls
-    assert other_got_at == [pytest.approx(5)]  # the shared limiter itself was paused
+    # Retry(1), yet three calls; each pause ends with an empty bucket (0.01 s per token), and
+    # the waiters are served in order: the retry, queued first, then the other caller.
+    assert calls == [0, pytest.approx(5.01), pytest.approx(10.03)]
+    assert other_got_at == [pytest.approx(10.02)]  # the shared limiter itself was paused, twice
 
 
 async def test_a_throttle_pauses_only_its_key_when_there_is_one() -> None:
@@ -134,7 +136,7 @@ async def test_a_throttle_pauses_only_its_key_when_there_is_one() -> None:
         finished[host] = now()
 
     await af.map(call, ["a", "b"], concurrency=2, rate=1000, key=str, per_key_rate=1000, retry=2)
-    assert finished == {"a": pytest.approx(3), "b": 0}
+    assert finished == {"a": pytest.approx(3.001), "b": 0}  # the key resumes empty
 
 
 async def test_throttles_are_bounded_so_a_call_throttled_forever_ends() -> None:
@@ -235,13 +237,14 @@ async def test_a_throttle_asking_more_than_max_wait_is_raised_at_once_issue10() 
     with pytest.raises(af.RateLimited):
         await af.map(far_away, [1], rate=limiter, retry=af.Retry(3, max_wait=60))
     assert now() == 0  # not waited for
-    assert limiter.delay() == pytest.approx(60)  # the limiter rests for the cap, not 31 years
+    # The limiter rests for the cap, not 31 years (and resumes empty: 0.01 s for a token).
+    assert limiter.delay() == pytest.approx(60.01)
 
     limiter = af.RateLimiter(100)
     with pytest.raises(af.RateLimited):
         await af.map(far_away, [1], rate=limiter)  # retry=None: the default cap, 300 s
     assert now() == 0
-    assert limiter.delay() == pytest.approx(300)
+    assert limiter.delay() == pytest.approx(300.01)
 
 
 async def test_a_keys_pause_never_exceeds_max_wait_issue10() -> None:
@@ -250,8 +253,8 @@ async def test_a_keys_pause_never_exceeds_max_wait_issue10() -> None:
         await af.map(far_away, ["a"], key=str, per_key_rate=keyed, retry=af.Retry(3))
     assert now() == 0
     assert not keyed.try_acquire("a")  # the key rests...
-    await asyncio.sleep(300)
-    assert keyed.try_acquire("a")  # ...for Retry().max_wait at most
+    await asyncio.sleep(300.01)
+    assert keyed.try_acquire("a")  # ...for Retry().max_wait at most (and a token's refill)
 
 
 async def test_an_httpx_429_asking_more_than_max_wait_is_raised_as_itself_issue10() -> None:
@@ -414,7 +417,7 @@ async def test_a_throttle_without_retry_after_rests_the_limiter_even_without_ret
     assert isinstance(results[0], af.RateLimited)
     assert results[1] == 1
     assert THROTTLE_BACKOFF == 1.0
-    assert calls == [0, pytest.approx(THROTTLE_BACKOFF)]
+    assert calls == [0, pytest.approx(THROTTLE_BACKOFF + 0.01)]  # resumed empty: 0.01 s
 
     keyed_calls: list[float] = []
 
