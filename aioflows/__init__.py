@@ -1,7 +1,10 @@
 """aioflows: run many async things well.
 
-Rate-limited concurrent calls, task graphs, streaming pipelines, resumable batch jobs and a
-submit-and-poll server, async-native on anyio. ``import aioflows as af``.
+Rate-limited concurrent calls (``map``, ``imap``), task graphs over config grids whose results
+are kept in a store (``Flow``, ``LocalFileStore``), streaming pipelines (``Pipeline``),
+resumable batch jobs over many API keys (``Launcher``), a rate-limited HTTP client
+(``HttpClient``) and a submit-and-poll server for models and flows (``Server``), async-native
+on anyio. ``import aioflows as af``; the API reference is docs/reference.md.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ from .serving import Stats as Stats
 from .stores import LocalFileStore as LocalFileStore
 from .stores import MemoryStore as MemoryStore
 from .stores import Promise as Promise
+from .stores import RedisStore as RedisStore
 from .stores import ResultStore as ResultStore
 from .stores import TaskInfo as TaskInfo
 from .stores import TaskState as TaskState
@@ -61,6 +65,7 @@ from .stream import Pipeline as Pipeline
 from .stream import Stage as Stage
 from .stream import Unbatch as Unbatch
 from .stream import Union as Union
+from .web import cancel_on_disconnect as cancel_on_disconnect
 
 __all__ = [
     "AioflowsError",
@@ -93,6 +98,7 @@ __all__ = [
     "Rate",
     "RateLimited",
     "RateLimiter",
+    "RedisStore",
     "RedisUnavailable",
     "ResultStore",
     "Retry",
@@ -110,6 +116,7 @@ __all__ = [
     "TaskState",
     "Unbatch",
     "Union",
+    "cancel_on_disconnect",
     "expand_config",
     "imap",
     "launch",

@@ -46,6 +46,13 @@ class LaunchFailed(AioflowsError):
     subclassed, the error raised is also an instance of it, so ``except ValueError`` still
     catches a ``ValueError`` of ``fn``; its simple attributes (numbers, booleans, ``None``,
     strings scrubbed) are copied over, nothing else of the original is.
+
+    Args:
+        message: The original error's text, secrets replaced by ``<key-N>``.
+        error_type: The original error's class name.
+        id: The failed input's id.
+        sample: The failed pair's sample number.
+        key: The label of the key the call was made with (``"key-0"``), never its secret.
     """
 
     def __init__(self, message: str, *, error_type: str, id: Any, sample: int, key: str) -> None:
@@ -139,7 +146,12 @@ class Key:
 
     ``report_usage(tokens)`` tells the key's token budget what the call really used: the
     difference from the estimate reserved before the call is charged or refunded. The repr
-    shows the label only, so a key can be logged safely.
+    shows the label only, so a key can be logged safely. Made by the launcher for each call,
+    not by hand.
+
+    Args:
+        state: The key's own state: its label, secret and limiters.
+        reserved: The tokens reserved for this call (its ``cost`` estimate).
     """
 
     __slots__ = ("_reserved", "_state")
@@ -150,14 +162,23 @@ class Key:
 
     @property
     def label(self) -> str:
+        """``"key-0"``, ``"key-1"``... (its place in ``keys``), or ``"default"``: safe to log."""
         return self._state.label
 
     @property
     def secret(self) -> str | None:
+        """The key string to authenticate the call with (None for the one default key)."""
         return self._state.secret
 
     def report_usage(self, tokens: float) -> None:
-        """Reconcile this call's token estimate with ``tokens`` actually used."""
+        """Reconcile this call's token estimate with ``tokens`` actually used.
+
+        Reporting again replaces the previous report; without ``tokens_per_key`` it does
+        nothing.
+
+        Args:
+            tokens: The tokens the call really used (a response's usage count).
+        """
         tokens = _validate.number("tokens", tokens)
         bucket = self._state.tokens
         if bucket is None:

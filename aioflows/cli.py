@@ -18,6 +18,7 @@ import importlib.util
 import inspect
 import os
 import re
+import socket
 import sys
 import time
 import traceback
@@ -25,6 +26,7 @@ from collections.abc import Sequence
 from types import ModuleType
 from typing import Any, NoReturn
 
+import anyio
 from rich.console import Console, RenderableType
 from rich.table import Table
 from rich.text import Text
@@ -32,7 +34,7 @@ from rich.text import Text
 from ._display import isatty
 from ._text import first_line
 from ._version import __version__
-from .errors import AioflowsError, FlowError, FlowFailed
+from .errors import AioflowsError, EndpointLoadFailed, FlowError, FlowFailed
 from .flow.progress import STYLES, FlowProgress, format_seconds, summary_table
 from .flow.run import FlowRun
 from .flow.spec import Flow
@@ -56,6 +58,7 @@ EXIT_BROKEN_PIPE = 141  # whoever read stdout stopped reading (128 + SIGPIPE)
 
 DEFAULT_STORE = ".aioflows"
 DEFAULT_OBJECT = "flow"
+DEFAULT_SERVER = "server"
 _MAX_FAILURES = 20  # failed instances listed after a failed run
 _ERROR_WIDTH = 200  # characters of an error message on one line
 _SHOW_ERROR_WIDTH = 60  # characters of an error in the `show` table
@@ -89,6 +92,16 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number 0-65535, got {text!r}")
     return value
 
 
@@ -176,6 +189,30 @@ def _parser() -> _Parser:
         help=f"the store to read (default: ./{DEFAULT_STORE})",
     )
     show.set_defaults(handler=_cmd_show)
+
+    serve = commands.add_parser(
+        "serve",
+        help="serve an af.Server over HTTP with uvicorn",
+        description=(
+            "Load every endpoint of an af.Server (a failing load exits non-zero, naming the "
+            "endpoint), then serve its routes until Ctrl-C or SIGTERM, and drain."
+        ),
+    )
+    serve.add_argument(
+        "target",
+        metavar="FILE_OR_MODULE[:OBJECT]",
+        help=(
+            "a Python file or a module name, optionally followed by :NAME, the af.Server "
+            f"object (default: {DEFAULT_SERVER})"
+        ),
+    )
+    serve.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default: %(default)s)"
+    )
+    serve.add_argument(
+        "--port", type=_port, default=8000, help="port to listen on (default: %(default)s)"
+    )
+    serve.set_defaults(handler=_cmd_serve)
     return parser
 
 
@@ -231,18 +268,26 @@ def _print_user_traceback(error: BaseException) -> None:
 
 
 def _is_machinery(filename: str) -> bool:
-    return filename == __file__ or "importlib" in filename
+    """aioflows' own frames and those of what runs the user's code (importlib; anyio and
+    asyncio, which run a sync ``load`` in a thread)."""
+    return filename.startswith(_MACHINERY) or "importlib" in filename
+
+
+_MACHINERY = tuple(
+    os.path.dirname(module.__file__ or "") + os.sep
+    for module in (sys.modules[__package__ or ""], anyio, asyncio)
+)
 
 
 # --- loading a flow ----------------------------------------------------------------------------
 
 
-def _split_target(target: str) -> tuple[str, str]:
+def _split_target(target: str, default: str = DEFAULT_OBJECT) -> tuple[str, str]:
     """``"path/flows.py:demo"`` -> ``("path/flows.py", "demo")``; the object defaults to
-    ``flow``. A colon followed by a path (``C:\\flows.py``) is part of the path."""
+    ``default``. A colon followed by a path (``C:\\flows.py``) is part of the path."""
     head, sep, tail = target.rpartition(":")
     if not sep or not head or any(c in tail for c in "/\\"):
-        return target, DEFAULT_OBJECT
+        return target, default
     if not all(part.isidentifier() for part in tail.split(".")):
         raise _UsageError(f"{tail!r} in {target!r} is not a Python name (expected FILE:NAME)")
     return head, tail
@@ -519,6 +564,64 @@ def _cmd_show(args: argparse.Namespace) -> int:
         for info in failed:
             console.print(Text(first_line(f"{info.unique_name}: {info.error}", console.width)))
     return EXIT_OK
+
+
+# --- serve -----------------------------------------------------------------------------------
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from .serving import Server
+
+    source, name = _split_target(args.target, DEFAULT_SERVER)
+    module = _import_file(source) if _looks_like_path(source) else _import_module(source)
+    server = _lookup(module, name, source)
+    if not isinstance(server, Server):
+        raise _UsageError(f"{source}:{name} is not an af.Server (it is a {type(server).__name__})")
+    try:
+        import uvicorn
+    except ImportError:
+        raise _UsageError("aioflows serve needs uvicorn: pip install 'aioflows[server]'") from None
+    family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
+    # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets that say they are TCP, and
+    # without it every keep-alive response waits out the client's delayed ACK (40 ms).
+    listener = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind((args.host, args.port))
+    except OSError as exc:
+        listener.close()
+        raise _UsageError(f"cannot listen on {args.host}:{args.port}: {exc.strerror}") from None
+    try:
+        asyncio.run(_serve(server, listener, uvicorn))
+    finally:
+        listener.close()
+    return EXIT_OK
+
+
+async def _serve(server: Any, listener: socket.socket, uvicorn: Any) -> None:
+    """Load and start ``server``, serve until uvicorn is told to stop, then drain.
+
+    The server is entered here rather than by the app's lifespan (off), so that a failing
+    ``load`` is one clear error rather than uvicorn's startup traceback, and so that the
+    requests still running when uvicorn stops get the server's ``drain_timeout``.
+    """
+    try:
+        async with server:
+            host, port = listener.getsockname()[:2]
+            sys.stderr.write(
+                f"aioflows: serving {', '.join(server.runners) or 'no endpoints'} "
+                f"on http://{host}:{port}\n"
+            )
+            config = uvicorn.Config(
+                server.asgi(),
+                lifespan="off",
+                log_level="info",
+                timeout_graceful_shutdown=server.drain_timeout,
+            )
+            await uvicorn.Server(config).serve(sockets=[listener])
+    except EndpointLoadFailed as exc:
+        cause = exc.__cause__ if exc.__cause__ is not None else exc
+        raise _UserCodeError(str(exc), cause) from exc
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -192,6 +192,22 @@ def imap(
     results pile up. The first exception stops the workers and is raised by the iterator, as
     itself (a BaseException too).
 
+    Args:
+        fn: Async callable of one item.
+        items: Iterable or async iterable, pulled no further ahead than the calls in flight.
+        ordered: Yield results in input order instead of as they finish.
+        concurrency: Most calls in flight at once.
+        rate: Limit on calls overall; a :class:`RateLimiter` is shared with whoever else uses it.
+        key: ``key(item)`` picks the bucket of ``per_key_rate`` for the call.
+        per_key_rate: Per-key limit; a :class:`KeyedRateLimiter` is shared as is.
+        retry: A :class:`Retry` or a number of attempts.
+        timeout: Seconds each call may take; an overrun is a ``TimeoutError``.
+        return_exceptions: Yield exceptions in place of results instead of raising.
+
+    Returns:
+        An async iterator of the results, also an async context manager that stops the
+        workers on exit.
+
     Raises:
         ValueError, TypeError: Bad arguments, before any call starts.
     """

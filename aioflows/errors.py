@@ -94,6 +94,11 @@ class MissingObject(AioflowsError, KeyError):
 
     A ``KeyError``, as for a missing dict key, but its message is a sentence naming all three
     parts of the key rather than the quoted repr ``KeyError`` prints by default.
+
+    Args:
+        name: The object's name within the run.
+        task: The run's task name.
+        config_hash: The run's config hash.
     """
 
     def __init__(self, name: str, *, task: str, config_hash: str) -> None:
@@ -122,6 +127,10 @@ class CorruptObject(AioflowsError):
     aioflows' own writes are atomic, so this means something else wrote or truncated the file.
     The message names the file so it can be inspected or removed; the decoder's own exception
     is chained as ``__cause__``.
+
+    Args:
+        path: The file (or key) that cannot be decoded.
+        reason: Why, in a few words.
     """
 
     def __init__(self, path: str, reason: str) -> None:
@@ -144,6 +153,10 @@ class FlowFailed(AioflowsError):
 
     ``run`` is the :class:`~aioflows.FlowRun` with every instance's state and result;
     ``errors`` maps the unique name of each failed instance to the exception it raised.
+
+    Args:
+        run: The :class:`~aioflows.FlowRun`.
+        errors: Unique name to exception, for each failed instance.
     """
 
     def __init__(self, run: Any, errors: dict[str, BaseException]) -> None:
@@ -177,6 +190,10 @@ class EndpointLoadFailed(AioflowsError):
     A server never serves an endpoint that failed to load: entering ``async with server:``
     (or the app's lifespan, or ``aioflows serve``) raises this, naming the endpoint, with the
     hook's own exception chained as ``__cause__``.
+
+    Args:
+        endpoint: The endpoint's name.
+        error: What its ``load`` raised, or a description of it.
     """
 
     def __init__(self, endpoint: str, error: BaseException | str) -> None:
@@ -195,6 +212,11 @@ class ServingError(AioflowsError):
     ``status_code`` is the HTTP status, ``error`` the server's ``{"error": ...}`` message and
     ``payload`` its whole JSON body (``/predict`` of a failed request adds the request's
     ``id``). The message never holds the API key.
+
+    Args:
+        status_code: The HTTP status of the answer.
+        error: The server's ``{"error": ...}`` message.
+        payload: The answer's whole JSON body (None: ``{}``).
     """
 
     def __init__(self, status_code: int, error: str, payload: dict[str, Any] | None = None) -> None:

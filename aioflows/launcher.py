@@ -88,7 +88,17 @@ WRITE_EVERY = 0.02
 
 @dataclass(frozen=True, slots=True)
 class LaunchSummary:
-    """What a run did. ``per_key`` counts the calls made with each key, by label."""
+    """What a run did.
+
+    Attributes:
+        total: The (input, sample) pairs of the input.
+        succeeded: Pairs that ran and succeeded in this run.
+        failed: Pairs that failed for good in this run (recorded with their error).
+        skipped: Pairs found done in ``output`` and not run again.
+        retried: Calls made again after a failure or a throttle.
+        duration_s: Seconds the run took.
+        per_key: Calls made with each key, by label.
+    """
 
     total: int
     succeeded: int
@@ -134,7 +144,7 @@ class Launcher:
         progress: Draw a progress bar on stderr.
 
     Every argument is checked here, before anything runs; the input as :meth:`run` pulls it
-    (a list or tuple whole, before the first call). docs/launcher.md says more.
+    (a list or tuple whole, before the first call).
 
     Raises:
         ValueError, TypeError: A bad argument (``InvalidArgument``, ``InvalidArgumentType``).
@@ -204,6 +214,16 @@ class Launcher:
         with ``InvalidArgument`` once reached, after what finished has been written, so that a
         resume goes on from there. A list or tuple, already in memory, is checked whole before
         the first call.
+
+        Args:
+            data: The inputs: dicts, each with a unique ``id_key`` field, from an iterable or
+                an async iterable.
+
+        Raises:
+            ValueError: A bad input (not a dict, a missing or duplicate id), once reached.
+            OutputFileError: ``output`` is not a launcher's JSONL file, or another launcher
+                is writing it.
+            LaunchFailed: With ``fault_tolerant=False``, the first pair that failed for good.
         """
         summary, _ = await self._run(data, keep=False)
         return summary
@@ -666,7 +686,22 @@ def _run_once(
 
             records = await af.launch(fn, data, keys=keys, rate_per_key="60/min")
 
-        The options are those of :class:`Launcher`, with the same defaults and checks.
+        The options are those of :class:`Launcher`, with the same defaults and checks (and
+        listed here from its docstring).
+
+        Args:
+            fn: ``async fn(sample, key)``, as :class:`Launcher` calls it.
+            data: The inputs, as :meth:`Launcher.run` takes them.
+
+        Returns:
+            One record per (input, sample), the dicts the output file holds: ``id``,
+            ``sample``, ``key`` (a label), ``attempts``, ``output``, ``error``,
+            ``started_at`` and ``duration_s``.
+
+        Raises:
+            ValueError, TypeError: A bad option or input.
+            OutputFileError: ``output`` is not a launcher's JSONL file, or is in use.
+            LaunchFailed: With ``fault_tolerant=False``, the first pair that failed for good.
         """
         _, records = await make(fn, *args, **options)._run(data, keep=True)
         return records
@@ -681,7 +716,23 @@ def _run_once(
         return_annotation="list[dict[str, Any]]",
     )
     launch.__qualname__ = "launch"
+    launch.__doc__ = _with_options(launch.__doc__ or "", make.__doc__ or "")
     return launch
+
+
+def _with_options(doc: str, options_doc: str) -> str:
+    """``doc`` with the ``Args:`` entries of ``options_doc`` but its first (``fn``) after its own:
+    ``help(af.launch)`` and the API reference list every option, written once in Launcher's."""
+    if "Args:" not in doc or "Args:" not in options_doc:
+        return doc  # python -OO: no docstrings to join
+    own, options = inspect.cleandoc(doc).splitlines(), inspect.cleandoc(options_doc).splitlines()
+    start = options.index("Args:") + 1
+    end = options.index("", start) if "" in options[start:] else len(options)
+    entries = options[start:end]
+    second = next(i for i, line in enumerate(entries[1:], 1) if not line.startswith("     "))
+    at = own.index("Args:") + 1
+    at = own.index("", at) if "" in own[at:] else len(own)
+    return "\n".join([*own[:at], *entries[second:], *own[at:]])
 
 
 #: ``await af.launch(fn, data, **options)``: a :class:`Launcher` with those options, run once.

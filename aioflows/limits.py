@@ -99,6 +99,11 @@ class Rate:
         Rate(600, period=60)      # 600 per minute
         Rate.parse("90000/1min")  # the same thing, as text
 
+    Args:
+        limit: Events per period, a finite number > 0 (fractions allowed: ``Rate(0.5)`` is one
+            event every two seconds).
+        period: Seconds the ``limit`` is spread over.
+
     Raises:
         ValueError: ``limit`` or ``period`` is not a finite number > 0, ``limit`` is above
             ``MAX_TOKENS`` (1e15), or ``limit / period`` is outside ``MIN_PER_SECOND`` (1e-9)
@@ -127,7 +132,13 @@ class Rate:
     def parse(cls, text: str) -> Rate:
         """Parse ``"100/s"``, ``"600/min"``, ``"5/10s"`` and the other forms of the API contract.
 
+        Args:
+            text: ``"<limit>/<period>"``, the period one of ``s``/``sec``/``second``,
+                ``m``/``min``, ``h``/``hour``, ``d``/``day``, with an optional count of them
+                before it (``"5/10s"``).
+
         Raises:
+            TypeError: ``text`` is not a string.
             ValueError: ``text`` is not one of the accepted forms; the message lists them.
         """
         if not isinstance(text, str):
@@ -294,6 +305,9 @@ class RateLimiter:
     def delay(self, cost: float = 1.0) -> float:
         """Seconds until ``cost`` more tokens could be granted, after the waiters already
         queued and any pause: how to pick, among several limiters, the one that frees soonest.
+
+        Args:
+            cost: The tokens a caller would ask for.
         """
         now = _loop_time()
         self._refill(now)
@@ -345,7 +359,11 @@ class RateLimiter:
         """Wait until ``cost`` tokens are available and take them.
 
         Waiters are served in arrival order. Returns without yielding when no one is waiting
-        and the bucket holds enough tokens; otherwise it is a checkpoint.
+        and the bucket holds enough tokens; otherwise it is a checkpoint. A waiter cancelled
+        while it waits takes no tokens.
+
+        Args:
+            cost: Tokens to take, ``0 < cost <= burst``.
 
         Raises:
             ValueError: ``cost <= 0`` or ``cost > burst``.
@@ -365,7 +383,14 @@ class RateLimiter:
         await self._wait(cost)
 
     def try_acquire(self, cost: float = 1.0) -> bool:
-        """Take ``cost`` tokens if that needs no waiting (and nobody is queued); never waits."""
+        """Take ``cost`` tokens if that needs no waiting (and nobody is queued); never waits.
+
+        Args:
+            cost: Tokens to take, ``0 < cost <= burst``.
+
+        Returns:
+            Whether the tokens were taken.
+        """
         if cost != 1.0 or self._burst < 1.0:
             self._check_cost(cost)
         if self._waiters:
@@ -460,13 +485,20 @@ class RateLimiter:
         """Take ``cost`` tokens now without waiting; the bucket may go into debt.
 
         Debt delays later waiters until it is refilled; it never lets them over-draw.
+
+        Args:
+            cost: Tokens used beyond what was acquired (e.g. a response's real token count).
         """
         _positive_number(cost, "cost")
         self._refill(_loop_time())
         self._tokens -= cost
 
     def refund(self, cost: float) -> None:
-        """Give ``cost`` tokens back (never above ``burst``), serving waiters that now fit."""
+        """Give ``cost`` tokens back (never above ``burst``), serving waiters that now fit.
+
+        Args:
+            cost: Tokens acquired but not used (e.g. an estimate above the real count).
+        """
         _positive_number(cost, "cost")
         self._refill(_loop_time())
         self._tokens = min(self._burst, self._tokens + cost)
@@ -477,6 +509,9 @@ class RateLimiter:
         """Grant nothing until ``seconds`` from now (e.g. a 429's ``Retry-After``).
 
         Pauses only extend: a shorter pause never cuts a longer one short.
+
+        Args:
+            seconds: How long to grant nothing, from now.
         """
         _validate.number("pause seconds", seconds)
         until = _loop_time() + seconds
@@ -597,7 +632,11 @@ class KeyedRateLimiter:
         return self._default.rate
 
     def rate_for(self, key: Hashable) -> Rate:
-        """The rate that applies to ``key``."""
+        """The rate that applies to ``key``: its override, or the default.
+
+        Args:
+            key: Any hashable key.
+        """
         return self._overrides.get(key, self._default).rate
 
     def __len__(self) -> int:
@@ -718,12 +757,25 @@ class KeyedRateLimiter:
         return bucket
 
     async def acquire(self, key: Hashable, cost: float = 1.0) -> None:
-        """Wait for ``cost`` tokens from ``key``'s bucket (see :meth:`RateLimiter.acquire`)."""
+        """Wait for ``cost`` tokens from ``key``'s bucket (see :meth:`RateLimiter.acquire`).
+
+        Args:
+            key: The bucket's key (a host, an API key...).
+            cost: Tokens to take, ``0 < cost <= burst``.
+        """
         if not self._take(key, cost, _running_loop().time()):
             await self._bucket(key).acquire(cost)
 
     def try_acquire(self, key: Hashable, cost: float = 1.0) -> bool:
-        """Take ``cost`` tokens from ``key``'s bucket if that needs no waiting."""
+        """Take ``cost`` tokens from ``key``'s bucket if that needs no waiting; never waits.
+
+        Args:
+            key: The bucket's key.
+            cost: Tokens to take, ``0 < cost <= burst``.
+
+        Returns:
+            Whether the tokens were taken.
+        """
         try:  # _loop_time, inlined: this is the hot path
             now = _running_loop().time()
         except RuntimeError:
@@ -731,26 +783,49 @@ class KeyedRateLimiter:
         return self._take(key, cost, now) or self._bucket(key).try_acquire(cost)
 
     def __call__(self, key: Hashable) -> _KeySlot:
-        """``async with keyed(key):`` acquires one token of ``key``."""
+        """``async with keyed(key):`` acquires one token of ``key`` on entry.
+
+        Args:
+            key: The bucket's key.
+        """
         return _KeySlot(self, key)
 
     def charge(self, key: Hashable, cost: float) -> None:
-        """Take ``cost`` tokens from ``key`` now; its bucket may go into debt."""
+        """Take ``cost`` tokens from ``key`` now; its bucket may go into debt.
+
+        Args:
+            key: The bucket's key.
+            cost: Tokens used beyond what was acquired.
+        """
         self._bucket(key).charge(cost)
 
     def refund(self, key: Hashable, cost: float) -> None:
-        """Give ``cost`` tokens back to ``key`` (a key with no bucket is full already)."""
+        """Give ``cost`` tokens back to ``key`` (a key with no bucket is full already).
+
+        Args:
+            key: The bucket's key.
+            cost: Tokens acquired but not used.
+        """
         if key not in self._buckets:
             _positive_number(cost, "cost")
             return
         self._bucket(key).refund(cost)
 
     def pause(self, key: Hashable, seconds: float) -> None:
-        """Grant nothing to ``key`` until ``seconds`` from now; other keys are unaffected."""
+        """Grant nothing to ``key`` until ``seconds`` from now; other keys are unaffected.
+
+        Args:
+            key: The bucket's key.
+            seconds: How long to grant nothing, from now.
+        """
         self._bucket(key).pause(seconds)
 
     def available(self, key: Hashable) -> float:
-        """Tokens in ``key``'s bucket now."""
+        """Tokens in ``key``'s bucket now (a key never seen holds a full bucket).
+
+        Args:
+            key: The bucket's key.
+        """
         entry = self._buckets.get(key)
         if isinstance(entry, RateLimiter):
             return entry.available

@@ -94,12 +94,23 @@ class Retry:
             )
 
     def delay(self, failures: int) -> float:
-        """Seconds to wait after the ``failures``-th consecutive failure (1-based)."""
+        """Seconds to wait after the ``failures``-th consecutive failure.
+
+        Args:
+            failures: Consecutive failures so far, 1 for the first.
+
+        Returns:
+            ``backoff * multiplier ** (failures - 1)``, at most ``max_backoff``, jittered.
+        """
         nominal = min(self.max_backoff, self.backoff * self.multiplier ** max(0, failures - 1))
         return nominal * random.uniform(0.5, 1.0) if self.jitter else nominal
 
     def retries(self, exc: BaseException) -> bool:
-        """True if ``exc`` is a kind this policy retries."""
+        """True if ``exc`` is a kind this policy retries (an instance of ``on``).
+
+        Args:
+            exc: The exception a call raised.
+        """
         return isinstance(exc, self.on)
 
 

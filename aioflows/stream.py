@@ -72,6 +72,11 @@ class Failed(Generic[T]):
     """An item a stage failed on, emitted in its place with ``on_error="collect"``.
 
     ``stage`` is the name of the stage that failed (its function's name unless given).
+
+    Attributes:
+        item: The item the stage failed on, as the stage received it.
+        error: The exception the stage raised (after its retries).
+        stage: The failing stage's name.
     """
 
     item: T
@@ -180,6 +185,19 @@ class Stage:
     it is made (see :class:`_Outputs`). ``rate``, ``retry`` and ``timeout`` work as in
     :func:`aioflows.map`; for a flat stage they apply to the call and its first output, and
     ``timeout`` bounds each later output too.
+
+    Args:
+        fn: ``fn(item)``, async or sync; its result is the output (with ``flat``: an
+            iterable or async iterable of outputs).
+        workers: Calls in flight at once.
+        flat: Emit each item of what ``fn`` returns instead of the result itself.
+        rate: Calls start at most at this rate (a rate, or a shared :class:`RateLimiter`).
+        retry: A :class:`Retry` or a number of attempts for a failing call.
+        timeout: Seconds one call may take; an overrun is a ``TimeoutError``.
+        name: The stage's name in :class:`Failed` records and errors (default: ``fn``'s).
+
+    Raises:
+        ValueError, TypeError: A bad argument.
     """
 
     __slots__ = ("_options", "flat", "fn", "name", "workers")
@@ -222,6 +240,10 @@ class Filter:
     An async ``pred`` is awaited; a sync one is called inline on the event loop, since a
     predicate is usually a cheap check and a thread hop per item would cost far more than it.
     Put a blocking check in a ``Stage`` returning the item or dropping it with ``flat=True``.
+
+    Args:
+        pred: ``pred(item)``, async or sync: whether to keep the item.
+        workers: Calls of an async ``pred`` in flight at once.
     """
 
     __slots__ = ("_pred", "name", "pred", "workers")
@@ -265,7 +287,13 @@ class _KeepSync:
 
 class Batch:
     """Group items into lists of ``size``; with ``timeout``, a partial batch is emitted once
-    its first item has waited that many seconds. The last batch may be short."""
+    its first item has waited that many seconds. The last batch may be short.
+
+    Args:
+        size: Items per batch, at least 1.
+        timeout: Seconds the first item of a partial batch may wait; None: wait for ``size``
+            items (or the end of the input).
+    """
 
     __slots__ = ("name", "size", "timeout")
 
@@ -302,6 +330,9 @@ class Union:
 
     The workers of the union are those of its widest branch; each branch keeps its own rate,
     retry and timeout. Branches are plain (not flat) stages.
+
+    Args:
+        *stages: The branches, each a :class:`Stage`; the output tuple is in their order.
     """
 
     __slots__ = ("branches", "name", "workers")
@@ -383,11 +414,31 @@ class Pipeline:
         self.on_error = on_error
 
     def stream(self, source: Iterable[Any] | AsyncIterable[Any]) -> PipelineStream:
-        """The outputs, as an async iterator (and async context manager) over ``source``."""
+        """The outputs, as an async iterator (and async context manager) over ``source``.
+
+        Usage::
+
+            async with pipeline.stream(lines) as outputs:
+                async for output in outputs:
+                    ...
+
+        ``source`` is pulled as the first stage has room, never read whole. Leaving the
+        ``async with`` block (or breaking out of the loop) stops every stage.
+
+        Args:
+            source: The items, an iterable or async iterable.
+        """
         return PipelineStream(self, Source(source))
 
     async def run(self, source: Iterable[Any] | AsyncIterable[Any]) -> list[Any]:
-        """Every output, as a list."""
+        """Every output, as a list.
+
+        Args:
+            source: The items, an iterable or async iterable.
+
+        Raises:
+            Exception: With ``on_error="raise"``, the first item's error, as itself.
+        """
         async with self.stream(source) as outputs:
             return await outputs._drain()
 

@@ -56,7 +56,10 @@ Part ``rate`` (aioflows runs only) checks the limits, per key, on the server's a
 Part ``cpu`` times the three contenders in CPU seconds of the client process
 (``time.process_time``, the JSONL writer's threads included) and reports aioflows' CPU per call
 over the bare loop's. There is no target: the ratio is reported. Part ``stock`` (context)
-compares the launcher and the bare loop on httpx's own pool with 3,000 calls.
+compares the launcher and the bare loop on httpx's own pool with 3,000 calls. Part ``aiohttp``
+runs the launcher (20,000 calls) over ``af.HttpClient`` on httpx's pool and over
+``af.HttpClient(transport="aiohttp")`` (aiohttp's pool under httpx's client): target, at least
+3x the calls per client CPU-second.
 
 Each round runs in a fresh event loop with only the work timed (not the client's creation or
 closing), after ``gc.collect()``; the first round (warm-up) is shorter (2,000 calls; 500 in
@@ -116,6 +119,12 @@ AIOFLOWS = "aioflows Launcher"
 BARE = "bare httpx loop"
 PACED = "(bare loop paced by 4 af.RateLimiter)"
 STOCK_BARE = "bare stock httpx loop"
+
+# The aiohttp part: the launcher end to end over af.HttpClient on either pool.
+N_TRANSPORT = 20_000
+N_TRANSPORT_WARMUP = 1_000
+HTTPX_POOL = "aioflows Launcher over af.HttpClient (httpx's pool)"
+TARGET_AIOHTTP = 3.0
 
 
 def sample(i: int) -> dict[str, Any]:
@@ -298,6 +307,18 @@ def stock_client() -> httpx.AsyncClient:
     """``httpx.AsyncClient`` as shipped (httpcore's pool), sized for the concurrency."""
     limits = httpx.Limits(max_connections=CONCURRENCY, max_keepalive_connections=CONCURRENCY)
     return httpx.AsyncClient(limits=limits, timeout=30.0)
+
+
+def http_client_stock() -> httpx.AsyncClient:
+    """``af.HttpClient`` on httpx's own pool (part ``aiohttp``)."""
+    limits = httpx.Limits(max_connections=CONCURRENCY, max_keepalive_connections=CONCURRENCY)
+    return af.HttpClient(limits=limits, timeout=30.0)
+
+
+def http_client_aiohttp() -> httpx.AsyncClient:
+    """``af.HttpClient(transport="aiohttp")``: aiohttp's pool under httpx (part ``aiohttp``)."""
+    limits = httpx.Limits(max_connections=CONCURRENCY, max_keepalive_connections=CONCURRENCY)
+    return af.HttpClient(transport="aiohttp", limits=limits, timeout=30.0)
 
 
 ClientFactory = Callable[[], httpx.AsyncClient]
@@ -698,7 +719,21 @@ def report_stock(results: dict[str, list[Run]]) -> None:
     )
 
 
-PARTS = ("rate", "cpu", "stock")
+def report_aiohttp(results: dict[str, list[Run]]) -> None:
+    print("\n== aiohttp: af.HttpClient on httpx's pool and on aiohttp's (transport='aiohttp') ==")
+    report_cpu("client CPU, the launcher over af.HttpClient", results, N_TRANSPORT, HTTPX_POOL)
+    per_cpu = {
+        name: N_TRANSPORT / statistics.median(r.cpu for r in runs) for name, runs in results.items()
+    }
+    ratio = per_cpu[AIOFLOWS] / per_cpu[HTTPX_POOL]
+    print(
+        f"target calls per client CPU-second with transport='aiohttp' >= "
+        f"{TARGET_AIOHTTP:g}x httpx's pool: {per_cpu[AIOFLOWS]:,.0f} vs "
+        f"{per_cpu[HTTPX_POOL]:,.0f}, {ratio:.2f}x {verdict(ratio >= TARGET_AIOHTTP)}"
+    )
+
+
+PARTS = ("rate", "cpu", "stock", "aiohttp")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -714,7 +749,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         choices=PARTS,
         action="append",
         help="run only this part (repeatable; default: all). rate runs only the launcher; "
-        "cpu adds the bare loops; stock compares them on httpx's own pool",
+        "cpu adds the bare loops; stock compares them on httpx's own pool; aiohttp runs the "
+        "launcher over af.HttpClient on httpx's pool and on aiohttp's",
     )
     parser.add_argument("--server", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -722,7 +758,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return server_main()
     rounds: int = args.rounds
     parts: list[str] = args.part or list(PARTS)
-    print_header(("aioflows", "anyio", "httpx", "httpcore"), rounds, "1 shorter warm-up round")
+    print_header(
+        ("aioflows", "anyio", "httpx", "httpcore", "aiohttp", "httpx-aiohttp"),
+        rounds,
+        "1 shorter warm-up round",
+    )
     started = time.perf_counter()
     server = Server()
     try:
@@ -748,6 +788,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"\nrunning {', '.join(stock_contenders)}: {workload(N_STOCK)}")
             stock = run_rounds(server, stock_contenders, N_STOCK, N_STOCK_WARMUP, rounds)
             report_stock(stock)
+        if "aiohttp" in parts:
+            transport_contenders = {
+                HTTPX_POOL: Contender("launcher", http_client_stock),
+                AIOFLOWS: Contender("launcher", http_client_aiohttp),
+            }
+            print(
+                f"\nrunning the launcher over af.HttpClient, httpx's pool then "
+                f"transport='aiohttp': {workload(N_TRANSPORT)}"
+            )
+            over = run_rounds(server, transport_contenders, N_TRANSPORT, N_TRANSPORT_WARMUP, rounds)
+            report_aiohttp(over)
     finally:
         server.stop()
     print(f"\ntotal {time.perf_counter() - started:.0f} s")

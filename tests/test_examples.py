@@ -14,11 +14,14 @@ EXAMPLES = sorted((ROOT / "examples").glob("*.py"))
 
 #: A word each example prints once it has done its work.
 EXPECTED = {
+    "fastapi_mount.py": "Mounted",
     "llm_batch.py": "Launched",
     "quickstart.py": "cached",
     "rate_limited_map.py": "Summary",
     "result_store.py": "Stored",
+    "serve_sentiment.py": "Served",
     "stream_enrich.py": "Enriched",
+    "web_app.py": "Web app stopped cleanly",
 }
 
 

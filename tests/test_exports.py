@@ -69,9 +69,11 @@ ERRORS = {
 SECTION_7 = {"Client", "Endpoint", "Server", "Stats"}
 # API.md section 8 (beyond one machine), one set per part.
 SECTION_8_REDIS_LIMITS: set[str] = set()
-SECTION_8_REDIS_STORE: set[str] = set()
+SECTION_8_REDIS_STORE: set[str] = {"RedisStore"}
 SECTION_8_DASK: set[str] = set()
 SECTION_8 = SECTION_8_REDIS_LIMITS | SECTION_8_REDIS_STORE | SECTION_8_DASK
+# Web-app helpers (issue 14, docs/web.md): beyond API.md, which does not list them yet.
+WEB = {"cancel_on_disconnect"}
 PUBLIC = (
     SECTION_1
     | SECTION_2
@@ -81,6 +83,7 @@ PUBLIC = (
     | SECTION_6
     | SECTION_7
     | SECTION_8
+    | WEB
     | ERRORS
 )
 

@@ -300,3 +300,37 @@ async def test_with_retry_none_a_429_is_returned_at_once_and_its_host_rests_issu
         assert (await client.get("https://a.example/")).status_code == 429
         assert (await client.get("https://a.example/")).status_code == 200
     assert [round(t - start, 3) for t in sent] == [0.0, 1.0]
+
+
+async def test_the_aiohttp_transport_keeps_limits_retries_and_the_httpx_api(
+    server: tuple[str, ServerState],
+) -> None:
+    from httpx_aiohttp import AiohttpTransport
+
+    url, state = server
+    state.scripts["/t"] = [(503, {}), (429, {"retry-after": "0.05"})]
+    async with af.HttpClient(
+        url, transport="aiohttp", retry=FAST, concurrency=2, limits=httpx.Limits(max_connections=4)
+    ) as client:
+        assert isinstance(client, httpx.AsyncClient)
+        assert isinstance(client._transport._inner, AiohttpTransport)  # type: ignore[attr-defined]
+        response = await client.get("/t")
+        assert response.status_code == 200
+        assert state.count("/t") == 3  # a failure and a throttle retried, through aiohttp
+        echoed = await client.post("/echo", json={"a": 1})
+        assert echoed.json() == {"path": "/echo", "echo": '{"a":1}'}
+
+        async def one(i: int) -> None:
+            assert (await client.get(f"/p{i}")).status_code == 200
+
+        async with anyio.create_task_group() as tg:
+            for i in range(8):
+                tg.start_soon(one, i)
+    assert state.peak <= 2  # the concurrency cap holds over the aiohttp pool too
+
+
+def test_the_aiohttp_transport_refuses_http2_and_unknown_transports() -> None:
+    with pytest.raises(ValueError, match=r"HTTP/1\.1 only"):
+        af.HttpClient(transport="aiohttp", http2=True)
+    with pytest.raises(TypeError, match="'aiohttp'"):
+        af.HttpClient(transport="curl")  # type: ignore[arg-type]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import uuid
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta, timezone
 from functools import partial
@@ -22,9 +23,22 @@ from aioflows.errors import CorruptObject, InvalidArgument, MissingObject
 KEY = {"task": "train", "config_hash": "c0ffee"}
 
 
-@pytest.fixture(params=["memory", "local"])
+@pytest.fixture(params=["memory", "local", "redis"])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[af.ResultStore]:
-    return af.MemoryStore() if request.param == "memory" else af.LocalFileStore(tmp_path / "store")
+    if request.param == "memory":
+        yield af.MemoryStore()
+    elif request.param == "local":
+        yield af.LocalFileStore(tmp_path / "store")
+    else:
+        # Every test its own prefix on the session's server: no test sees another's keys.
+        server = request.getfixturevalue("redis_server")
+        async with af.RedisStore(server.url, prefix=f"test-{uuid.uuid4().hex}") as redis_store:
+            yield redis_store
+
+
+async def redis_keys(store: af.RedisStore) -> list[bytes]:
+    """Every key under the store's prefix (SCAN, as a test may; the store itself never scans)."""
+    return sorted([key async for key in store.redis.scan_iter(match=f"{store.prefix}:*")])
 
 
 @pytest.fixture
@@ -299,6 +313,8 @@ async def test_unsafe_key_parts_are_rejected_before_any_write(
         with pytest.raises(ValueError, match="not usable"):
             await store.list_infos(bad)
     assert all_paths(tmp_path) == []  # nothing created, inside the store or out
+    if isinstance(store, af.RedisStore):
+        assert await redis_keys(store) == []
 
 
 async def test_a_non_string_key_part_is_a_type_error(store: af.ResultStore) -> None:

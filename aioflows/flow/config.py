@@ -58,6 +58,24 @@ def expand_config(
     Output dicts are built afresh: dicts, lists, tuples and sets are copied, so mutating one
     output changes neither the input nor another output. Other objects are shared, since copying
     arbitrary objects is neither cheap nor always possible.
+
+    Usage::
+
+        expand_config({"lr": [0.1, 0.01], "layers": [1, 2]})      # 4 configs
+        expand_config({"lr": [0.1, 0.01, "@g"], "wd": [0, 1, "@g"]})  # 2: zipped
+
+    Args:
+        config: The grid: a mapping of str keys (None: the one empty config).
+        expand: ``"product"`` (lists crossed, except zip groups) or ``"zip"`` (every list
+            zipped with every other).
+        group_prefix: The prefix of the last element that puts a list in a zip group.
+
+    Returns:
+        The configs, each a new dict; ``[{}]`` for None or an empty mapping.
+
+    Raises:
+        FlowError: ``config`` is not a mapping, contains itself, or ``expand`` or
+            ``group_prefix`` is invalid.
     """
     if expand not in _METHODS:
         raise FlowError(f"unknown expand method {expand!r}; use one of {', '.join(_METHODS)}")

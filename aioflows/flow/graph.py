@@ -33,6 +33,19 @@ class TaskNode:
 
     ``config`` is what the function receives; ``unique_config`` (without ignored keys, plus the
     predecessors' unique configs under their task names) and ``config_hash`` identify it.
+    Made by :meth:`Flow.graph`, not by hand.
+
+    Attributes:
+        unique_name: ``"<task>-<n>"``, n counting the task's instances from 1.
+        task: The task's name.
+        config: The expanded config the function receives.
+        unique_config: The config that identifies the instance.
+        config_hash: The digest of ``unique_config``: the instance's key in a store.
+        predecessors: The predecessor instances it receives results from.
+        reduce: Whether it receives every instance of its predecessors at once.
+        successors: The instances that receive its results.
+        lineage: Which instance of each multi-instance ancestor it descends from (task name to
+            index), which decides the predecessor combinations that are compatible.
     """
 
     unique_name: str
@@ -59,7 +72,16 @@ class Binding:
 
 
 class Graph:
-    """The expanded instances of a flow, in topological order (``.nodes``)."""
+    """The expanded instances of a flow, in topological order (``.nodes``).
+
+    Made by :meth:`Flow.graph`; iterating it yields the nodes, ``len()`` counts them.
+
+    Args:
+        flow: The flow it expands.
+        nodes: Every :class:`TaskNode`, in topological order.
+        specs: The specs by task name, in topological order.
+        bindings: How each task's function is called, by task name.
+    """
 
     __slots__ = ("bindings", "flow", "nodes", "specs")
 
@@ -82,7 +104,11 @@ class Graph:
         return iter(self.nodes)
 
     def by_task(self, task: str) -> list[TaskNode]:
-        """The instances of one task."""
+        """The instances of one task, in topological order.
+
+        Args:
+            task: A task name (one that is not in the graph gives ``[]``).
+        """
         return [node for node in self.nodes if node.task == task]
 
     @property

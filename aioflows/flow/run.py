@@ -23,6 +23,12 @@ class Sweep(Generic[T]):
 
     ``unique_name`` and ``config_hash`` say which instance it is, e.g. to
     ``ctx.store.load(name, task=..., config_hash=sweep.config_hash)`` what it saved.
+
+    Attributes:
+        value: What the predecessor instance returned.
+        config: The predecessor instance's ``unique_config``.
+        unique_name: The predecessor instance's unique name (``"train-3"``).
+        config_hash: The predecessor instance's config hash, its key in the store.
     """
 
     value: T
@@ -33,7 +39,15 @@ class Sweep(Generic[T]):
 
 @dataclass(frozen=True, slots=True)
 class TaskEvent:
-    """A task instance changed state; ``error`` is the exception of a FAILED instance."""
+    """A task instance changed state, as ``flow.run(on_event=...)`` is told.
+
+    Attributes:
+        unique_name: The instance's unique name.
+        task: The instance's task name.
+        state: The state it entered.
+        time: When, as a timezone-aware UTC datetime.
+        error: The exception of a FAILED instance; None otherwise.
+    """
 
     unique_name: str
     task: str
@@ -44,7 +58,21 @@ class TaskEvent:
 
 @dataclass(frozen=True, slots=True)
 class TaskResult:
-    """The outcome of one task instance."""
+    """The outcome of one task instance, in ``FlowRun.results``.
+
+    Attributes:
+        unique_name: The instance's unique name.
+        value: What the function returned; None unless FINISHED or CACHED.
+        config: The config the function received.
+        unique_config: The config that identifies the instance (see :class:`TaskNode`).
+        config_hash: The digest of ``unique_config``, its key in the store.
+        state: The final :class:`TaskState`.
+        attempts: Attempts made (for a cached instance: those of the run that produced it).
+        started: When it started (timezone-aware UTC); None if it did not run; for a cached
+            instance, when the run that produced it did.
+        ended: When it ended, likewise.
+        error: The exception of a failed instance; None otherwise.
+    """
 
     unique_name: str
     value: Any
@@ -71,6 +99,14 @@ class FlowRun:
     ``results[task]`` lists a :class:`TaskResult` for every instance of the task in the run, in
     graph order, whatever its state (``value`` is None unless FINISHED or CACHED); ``states``
     maps every instance's unique name to its final state; ``errors`` the failed ones' errors.
+    Made by :meth:`Flow.run`, not by hand.
+
+    Args:
+        graph: The expanded graph that ran.
+        results: Task name to its instances' results, or a callable that builds them when
+            first read.
+        states: Unique name to final state, for every instance.
+        errors: Unique name to exception, for the instances that failed.
     """
 
     __slots__ = ("_make_results", "_results", "errors", "graph", "states")
@@ -104,7 +140,11 @@ class FlowRun:
         return all(s is TaskState.FINISHED or s is TaskState.CACHED for s in self.states.values())
 
     def values(self, task: str) -> list[Any]:
-        """The values of one task's instances that finished or were cached."""
+        """The values of one task's instances that finished or were cached, in graph order.
+
+        Args:
+            task: A task name (one that is not in the run gives ``[]``).
+        """
         done = (TaskState.FINISHED, TaskState.CACHED)
         return [r.value for r in self.results.get(task, ()) if r.state in done]
 

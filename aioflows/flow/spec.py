@@ -110,8 +110,17 @@ def options_of(fn: Callable[..., Any]) -> TaskOptions:
 class TaskSpec:
     """One task of a flow: a function, its config grid and the tasks it requires.
 
-    Made by :meth:`Flow.add`. ``requires``/``required_by`` add edges and return the spec, so
-    they chain.
+    Made by :meth:`Flow.add`, not by hand. ``requires``/``required_by`` add edges and return
+    the spec, so they chain.
+
+    Args:
+        flow: The flow the spec belongs to.
+        fn: The task function.
+        config: Its config grid (None: one instance per predecessor combination).
+        name: The task's name, unique in the flow.
+        expand: How the grid expands: ``"product"`` or ``"zip"``.
+        reduce: Whether one instance receives every instance of its predecessors.
+        options: What ``@task`` attached to ``fn``.
     """
 
     __slots__ = ("_flow", "_requires", "config", "expand", "fn", "name", "options", "reduce")
@@ -136,7 +145,18 @@ class TaskSpec:
         self._requires: list[TaskSpec | str] = []
 
     def requires(self, *specs: TaskSpec | str) -> TaskSpec:
-        """This task runs after each of ``specs`` and receives their results."""
+        """This task runs after each of ``specs`` and receives their results.
+
+        Args:
+            *specs: Specs of the same flow, or names of tasks (resolved when the graph is
+                built, so a task may be named before it is added).
+
+        Returns:
+            This spec, to chain calls.
+
+        Raises:
+            FlowError: A spec of another flow, or something that is neither a spec nor a name.
+        """
         for spec in specs:
             if not isinstance(spec, (TaskSpec, str)):
                 raise FlowError(
@@ -149,7 +169,17 @@ class TaskSpec:
         return self
 
     def required_by(self, *specs: TaskSpec) -> TaskSpec:
-        """Each of ``specs`` runs after this task and receives its results."""
+        """Each of ``specs`` runs after this task and receives its results.
+
+        Args:
+            *specs: Specs of the same flow.
+
+        Returns:
+            This spec, to chain calls.
+
+        Raises:
+            FlowError: Something that is not a spec, or a spec of another flow.
+        """
         for spec in specs:
             if not isinstance(spec, TaskSpec):
                 raise FlowError(f"{self.name!r} can be required by a TaskSpec, got {spec!r}")
@@ -211,8 +241,29 @@ class Flow:
     ) -> TaskSpec:
         """Declare a task: ``fn`` runs once per expanded ``config`` per predecessor combination.
 
-        ``name`` overrides the ``@task`` name, which overrides the function's name; ``reduce``
-        likewise overrides ``@task(reduce=...)``.
+        Usage::
+
+            data = flow.add(load, {"path": ["a.csv", "b.csv"]})
+            flow.add(train, {"lr": [0.1, 0.01]}, requires=[data])   # 4 instances
+
+        Args:
+            fn: The task function, sync or async; its parameters are filled from its config,
+                its predecessors' results (by task name) and ``ctx`` (the
+                :class:`TaskContext`).
+            config: The task's config grid, expanded by :func:`expand_config` (lists are
+                alternatives); None: one instance per predecessor combination.
+            name: The task's name, overriding ``@task``'s, which overrides the function's.
+            requires: Specs or task names this task runs after and receives results from.
+            expand: How the grid expands: ``"product"`` (lists crossed) or ``"zip"``.
+            reduce: One instance receives every instance of its predecessors at once
+                (``list[Sweep]``); None: as ``@task(reduce=...)`` says, else False.
+
+        Returns:
+            The new :class:`TaskSpec`, to chain ``requires``/``required_by`` on.
+
+        Raises:
+            FlowError: ``fn`` is not callable or has no usable name, the name is taken or
+                not a valid store key, or ``config`` or ``expand`` is invalid.
         """
         if not callable(fn):
             raise FlowError(f"flow.add takes a function, got {fn!r}")
@@ -247,6 +298,7 @@ class Flow:
 
     @property
     def specs(self) -> list[TaskSpec]:
+        """The task specs, in the order they were added."""
         return list(self._specs.values())
 
     def graph(self) -> Graph:
@@ -267,10 +319,43 @@ class Flow:
         on_event: Callable[[TaskEvent], Any] | None = None,
         progress: bool = False,
     ) -> FlowRun:
-        """Run every task instance once its predecessors are done; see docs/flows.md.
+        """Run every task instance once its predecessors are done.
+
+        Usage::
+
+            run = await flow.run(store=af.LocalFileStore(".aioflows"), concurrency=4)
+            best = run.values("best")
+
+        The graph is expanded and every argument checked before anything runs. Instances run
+        as soon as their predecessors are done, sync functions in worker threads. With a store,
+        each instance's results and :class:`TaskInfo` record are saved under its identity, and
+        an instance whose finished record is there is loaded instead of run (``CACHED``).
+        Cancelling the caller cancels every instance that is running; nothing outlives the
+        call.
+
+        Args:
+            store: Where results and records are saved, and cached ones found
+                (a :class:`ResultStore`); None: nothing is kept after the run.
+            concurrency: At most this many instances run at once; None: no limit beyond each
+                task's own ``@task(concurrency=...)``.
+            force: Run these again even if cached: ``"all"``, a task name, ``"name+"`` (the
+                task and all its descendants), or a list of those.
+            fail_fast: On the first failure, cancel what is running and start nothing new
+                (True), or let the branches that do not depend on it finish (False).
+            resources: A pool of objects (GPU ids, connections...): each running instance
+                holds one, as ``ctx.resource``, so at most ``len(resources)`` run at once.
+            targets: Task names: run only their instances and those instances' ancestors.
+            on_event: Called, sync or async, with a :class:`TaskEvent` on every state change.
+            progress: Show a live display on stderr and a summary table at the end.
+
+        Returns:
+            The :class:`FlowRun`: every instance's state, result and error.
 
         Raises:
-            FlowError: The flow or an argument is invalid (before anything runs).
+            FlowError: The flow or an argument is invalid (before anything runs): a cycle, an
+                unknown ``force`` or ``targets`` name, an empty ``resources``, a ``store``
+                that is not a store.
+            ValueError, TypeError: A bad ``concurrency``.
             FlowFailed: Some instances failed; ``.run`` holds every state and result.
         """
         from .executor import run_flow

@@ -67,32 +67,73 @@ class Client:
         await self._http.__aexit__(exc_type, exc, tb)
 
     async def aclose(self) -> None:
+        """Close the connections (what leaving ``async with client:`` does)."""
         await self._http.aclose()
 
     async def submit(self, endpoint: str, body: Any = None) -> str:
-        """Queue a request; its id (the record is in the server's store when this returns)."""
+        """Queue a request; its id (the record is in the server's store when this returns).
+
+        Args:
+            endpoint: The endpoint's name on the server.
+            body: The request body, any JSON value.
+
+        Returns:
+            The request's id, for :meth:`get`, :meth:`wait` and :meth:`cancel`.
+
+        Raises:
+            ServingError: The server refused it (404 unknown endpoint, 429 queue full...).
+        """
         data = await self._call("POST", f"/v1/endpoints/{endpoint}/requests", body)
         request_id: str = data["id"]
         return request_id
 
     async def submit_batch(self, endpoint: str, bodies: Sequence[Any]) -> list[str]:
-        """Queue many requests in one call; their ids, in order."""
+        """Queue many requests in one call; their ids, in order (all accepted, or none).
+
+        Args:
+            endpoint: The endpoint's name on the server.
+            bodies: The request bodies, each any JSON value.
+
+        Raises:
+            ServingError: The server refused them.
+        """
         data = await self._call("POST", f"/v1/endpoints/{endpoint}/requests:batch", list(bodies))
         ids: list[str] = data["ids"]
         return ids
 
     async def predict(self, endpoint: str, body: Any = None) -> Any:
         """Run a request and return its result; a FAILURE is a ServingError (500, or 504 past
-        the endpoint's timeout) whose ``payload["id"]`` is the request's."""
+        the endpoint's timeout) whose ``payload["id"]`` is the request's.
+
+        Args:
+            endpoint: The endpoint's name on the server.
+            body: The request body, any JSON value.
+
+        Raises:
+            ServingError: The request failed, or the server refused it.
+        """
         return (await self._call("POST", f"/v1/endpoints/{endpoint}/predict", body))["result"]
 
     async def get(self, request_id: str, *, wait: float | None = None) -> dict[str, Any]:
-        """The request's record; with ``wait``, once final or after ``wait`` seconds (≤ 60)."""
+        """The request's record; with ``wait``, once final or after ``wait`` seconds (≤ 60).
+
+        Args:
+            request_id: What :meth:`submit` returned.
+            wait: Seconds the server may hold the answer until the request is final; None:
+                answer at once.
+
+        Raises:
+            ServingError: 404 for an unknown (or expired) request.
+        """
         params = None if wait is None else {"wait": f"{wait:g}"}
         return await self._call("GET", f"/v1/requests/{request_id}", params=params)
 
     async def wait(self, request_id: str, timeout: float | None = None) -> dict[str, Any]:
         """The request's final record, long-polling (each poll holds up to 30 s on the server).
+
+        Args:
+            request_id: What :meth:`submit` returned.
+            timeout: Seconds to wait in all; None: until it is final.
 
         Raises:
             TimeoutError: It was not final after ``timeout`` seconds.
@@ -109,7 +150,14 @@ class Client:
                 )
 
     async def cancel(self, request_id: str) -> dict[str, Any]:
-        """Cancel a queued or running request; its record. A finished one is a 409."""
+        """Cancel a queued or running request; its record. A finished one is a 409.
+
+        Args:
+            request_id: What :meth:`submit` returned.
+
+        Raises:
+            ServingError: 409 if the request is already final, 404 if unknown.
+        """
         return await self._call("DELETE", f"/v1/requests/{request_id}")
 
     async def endpoints(self) -> list[dict[str, Any]]:

@@ -47,7 +47,17 @@ class Stats(Mapping[str, float]):
         self._values: dict[str, float] = {}
 
     def __call__(self, values: Mapping[str, float] | None = None, /, **more: float) -> None:
-        """Add ``values`` (and keyword values) to this request's numbers."""
+        """Add ``values`` (and keyword values) to this request's numbers.
+
+        Args:
+            values: Numbers by stat name.
+            **more: More numbers by stat name: ``stats(tokens=3)``.
+
+        Raises:
+            ValueError: A name that is not a non-empty str, or a value that is not a finite
+                number.
+            TypeError: ``values`` is not a mapping.
+        """
         if values is not None and not isinstance(values, Mapping):
             raise InvalidArgumentType(f"stats() takes a dict of numbers, got {values!r}")
         for source in (values or {}, more):
@@ -104,15 +114,36 @@ class Endpoint:
         """Load the model: runs once, at start-up, before any request is served."""
 
     def preprocess(self, body: Any, state: dict[str, Any], stats: Stats) -> Any:
-        """Turn the request body into what ``process`` takes (default: the body itself)."""
+        """Turn the request body into what ``process`` takes (default: the body itself).
+
+        Args:
+            body: The request's JSON body, decoded.
+            state: A dict of this request's, shared by its hooks.
+            stats: This request's :class:`Stats`.
+        """
         return body
 
     def process(self, data: Any, state: dict[str, Any], stats: Stats) -> Any:
-        """Compute the result (default: the data itself)."""
+        """Compute the result (default: the data itself).
+
+        With ``batch``, every argument is a list (one element per request in the batch) and
+        the result must be a list of the same length.
+
+        Args:
+            data: What ``preprocess`` returned.
+            state: The request's state dict.
+            stats: The request's :class:`Stats`.
+        """
         return data
 
     def postprocess(self, data: Any, state: dict[str, Any], stats: Stats) -> Any:
-        """Turn ``process``'s result into the JSON answer (default: the result itself)."""
+        """Turn ``process``'s result into the JSON answer (default: the result itself).
+
+        Args:
+            data: What ``process`` returned for this request.
+            state: The request's state dict.
+            stats: The request's :class:`Stats`.
+        """
         return data
 
 

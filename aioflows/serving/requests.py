@@ -90,6 +90,9 @@ class Record:
     attempts: int = 0
     #: Whether its FAILURE is the endpoint's timeout (``/predict`` answers 504, not 500).
     timed_out: bool = False
+    #: A ``/predict`` request: its HTTP request is its lifetime, so it is never written to the
+    #: store, and it is forgotten once answered unless it failed (its id is in the error).
+    ephemeral: bool = False
     #: The futures of those waiting for the final state; made when someone waits (most
     #: requests are polled or never waited on), resolved and dropped once the final record is
     #: written.
@@ -170,19 +173,19 @@ class Book:
             self._records.pop(record.id, None)
 
     async def write(self, record: Record) -> None:
-        """Write ``record`` through to the store, if there is one."""
-        if self.store is not None:
+        """Write ``record`` through to the store, if there is one (and it is not ephemeral)."""
+        if self.store is not None and not record.ephemeral:
             await self.store.save(
                 record.stored(), record.id, task=STORE_TASK, config_hash=STORE_RUN
             )
 
-    async def write_all(self, records: Iterable[Record]) -> None:
+    async def write_all(self, records: list[Record]) -> None:
         """Write many records, a few at once (a batch submission answers once all are in)."""
-        if self.store is None:
+        if self.store is None or all(record.ephemeral for record in records):
             return
         from ..concurrency import map as map_
 
-        await map_(self.write, list(records), concurrency=16)
+        await map_(self.write, records, concurrency=16)
 
     def local(self, request_id: str) -> Record | None:
         """The record in this server's memory, unless it has expired."""
@@ -251,12 +254,19 @@ class Book:
         except Exception:  # the request is over whatever the store says; say so in the log
             logger.exception("could not write the final record of request %s", record.id)
         finally:
-            waiters, record.waiters = record.waiters, None
-            if waiters is not None:
-                for waiter in waiters:
-                    _wake(waiter)
-            self._expiry.append(record)
+            _wake_all(record)
+            if record.ephemeral and record.state is State.SUCCESS:
+                self._records.pop(record.id, None)
+            else:
+                self._expiry.append(record)
             self.sweep()
+
+    def abandon(self, record: Record) -> None:
+        """The server stopped before ``record`` finished: CANCELLED here (waiters are told),
+        and left as it is in the store, where a restart finds it unfinished."""
+        record.state, record.finished_at = State.CANCELLED, time.time()
+        record.error = "the server stopped before the request finished"
+        _wake_all(record)
 
     def sweep(self) -> list[Record]:
         """Forget the requests whose TTL has passed; return them (the store's copies are the
@@ -319,6 +329,14 @@ class Book:
     def _expired(self, record: Record, now: float) -> bool:
         finished = record.finished_at
         return finished is not None and now - finished >= self.ttl
+
+
+def _wake_all(record: Record) -> None:
+    """Wake whoever waits for ``record``, once."""
+    waiters, record.waiters = record.waiters, None
+    if waiters is not None:
+        for waiter in waiters:
+            _wake(waiter)
 
 
 def _wake(waiter: asyncio.Future[None]) -> None:

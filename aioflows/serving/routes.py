@@ -37,6 +37,12 @@ MAX_WAIT = 60.0
 
 Handler = Callable[[Request], Awaitable[Response]]
 
+#: When routes answer: new requests only while serving; reading and cancelling the ones it
+#: holds while it drains too; health and metrics always.
+_NEW = frozenset({"serving"})
+_RUNNING = frozenset({"serving", "stopping"})
+_ANY = frozenset({"new", "starting", "serving", "stopping", "stopped"})
+
 
 class _Refused(Exception):
     """An answer other than success: status, message, extra fields and headers."""
@@ -64,14 +70,15 @@ def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -
 def app(server: Server) -> Starlette:
     """The app for ``server``: its routes, JSON 404/405s, and a lifespan that runs it."""
 
-    def route(handler: Handler, *, auth: bool = True, started: bool = True) -> Handler:
+    def route(handler: Handler, *, auth: bool = True, phases: frozenset[str] = _NEW) -> Handler:
+        """``handler`` behind the key check and the phases it may run in (else 503)."""
         keys = [key.encode() for key in server.api_keys or ()]
 
         async def endpoint(request: Request) -> Response:
             try:
                 if auth and keys:
                     _authorize(request, keys)
-                if started and server.phase != "serving":
+                if server.phase not in phases:
                     raise _Refused(503, _not_serving(server.phase))
                 return await handler(request)
             except _Refused as refused:
@@ -125,11 +132,11 @@ def app(server: Server) -> Starlette:
                 headers={"Retry-After": "1"},
             ) from None
 
-    async def accept(runner: Runner, bodies: list[Any]) -> list[Record]:
+    async def accept(runner: Runner, bodies: list[Any], *, predict: bool = False) -> list[Record]:
         """Book the requests, write them to the store, then queue them: a request is
         durable before it is answered, and before it can start."""
         reserve(runner, len(bodies))
-        records = [Record(new_id(), runner.name, body) for body in bodies]
+        records = [Record(new_id(), runner.name, body, ephemeral=predict) for body in bodies]
         for record in records:
             server.book.add(record)
         try:
@@ -143,8 +150,11 @@ def app(server: Server) -> Starlette:
             raise _Refused(
                 500, f"could not store the request: {type(exc).__name__}: {exc}"
             ) from exc
-        for record in records:
-            runner.put(record)
+        if not all([runner.put(record) for record in records]) and server.book.store is None:
+            # Stopped while they were written, and nothing keeps them: not accepted. (With a
+            # persistent store they are, and a restarted server runs them.)
+            server.book.forget(records)
+            raise _Refused(503, _not_serving(server.phase))
         return records
 
     async def submit(request: Request) -> Response:
@@ -168,7 +178,7 @@ def app(server: Server) -> Starlette:
         runner = runner_of(request)
         body = await body_of(request)
         checked(runner, body)
-        (record,) = await accept(runner, [body])
+        (record,) = await accept(runner, [body], predict=True)
         record = await server.book.wait(record, math.inf)
         if record.state is State.SUCCESS:
             return _json({"result": record.result})
@@ -208,11 +218,8 @@ def app(server: Server) -> Starlette:
             )
         if server.book.local(record.id) is not record:
             raise _Refused(409, f"request {record.id} is held by another server sharing the store")
-        runner = server.runners[record.endpoint]
-        queued = record.state is State.PENDING
-        runner.cancel(record)
-        if queued:
-            await server.book.finish(record)
+        await server.runners[record.endpoint].cancel(record)
+        record = await server.book.wait(record, MAX_WAIT)  # until the hook has stopped
         return _json(record.public())
 
     async def endpoints(request: Request) -> Response:
@@ -244,12 +251,12 @@ def app(server: Server) -> Starlette:
         routes=[
             Route("/v1/endpoints/{name}/predict", route(predict), methods=["POST"]),
             Route("/v1/endpoints/{name}/requests", route(submit), methods=["POST"]),
-            Route("/v1/requests/{id}", route(get), methods=["GET"]),
-            Route("/v1/requests/{id}", route(cancel), methods=["DELETE"]),
+            Route("/v1/requests/{id}", route(get, phases=_RUNNING), methods=["GET"]),
+            Route("/v1/requests/{id}", route(cancel, phases=_RUNNING), methods=["DELETE"]),
             Route("/v1/endpoints/{name}/requests:batch", route(submit_batch), methods=["POST"]),
-            Route("/v1/endpoints", route(endpoints), methods=["GET"]),
-            Route("/healthz", route(healthz, auth=False, started=False), methods=["GET"]),
-            Route("/metrics", route(metrics, started=False), methods=["GET"]),
+            Route("/v1/endpoints", route(endpoints, phases=_RUNNING), methods=["GET"]),
+            Route("/healthz", route(healthz, auth=False, phases=_ANY), methods=["GET"]),
+            Route("/metrics", route(metrics, phases=_ANY), methods=["GET"]),
         ],
         exception_handlers={404: not_found, 405: not_found},
         lifespan=lifespan,

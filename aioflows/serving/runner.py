@@ -106,9 +106,12 @@ class Runner:
         if load is not None:
             await load()
 
-    async def run(self, book: Book, metrics: Metrics, task_group: TaskGroup) -> None:
-        """Serve requests until :meth:`close`, then finish those queued and return."""
+    def bind(self, book: Book, metrics: Metrics) -> None:
+        """Where this endpoint's requests are booked and counted (before any is accepted)."""
         self._book, self._metrics = book, metrics
+
+    async def run(self, task_group: TaskGroup) -> None:
+        """Serve requests until :meth:`close`, then finish those queued and return."""
         threads = anyio.CapacityLimiter(self.concurrency)
         pre = hook(self.endpoint, "preprocess", threads)
         process = hook(self.endpoint, "process", threads)
@@ -150,9 +153,14 @@ class Runner:
         """Give back a reservation whose requests were not accepted after all."""
         self.queued -= count
 
-    def put(self, record: Record) -> None:
-        """Queue a request reserved with :meth:`reserve`."""
+    def put(self, record: Record) -> bool:
+        """Queue a request reserved with :meth:`reserve`; False if the endpoint has closed
+        meanwhile (the server is stopping)."""
+        if self._queue.closed:
+            self.queued -= 1
+            return False
         self._queue.put(record)
+        return True
 
     def describe(self) -> dict[str, Any]:
         """What ``GET /v1/endpoints`` says of this endpoint."""
@@ -168,14 +176,28 @@ class Runner:
             "running": len(self.running),
         }
 
-    def cancel(self, record: Record) -> None:
-        """Cancel a queued or running request; the caller has checked it is not final."""
+    async def cancel(self, record: Record) -> None:
+        """Cancel a queued or running request (the caller has checked it is not final).
+
+        A queued one is final at once. A running one is final once its hook has stopped — a
+        sync hook's thread cannot be interrupted, so that is when it returns — and its state is
+        set then, by its worker: no one is told CANCELLED before the store says so.
+        """
         if record.state is State.PENDING:
             self.queued -= 1  # its worker will skip it
+            record.state = State.CANCELLED
+            await self.finish(record, Stats())
+            return
         scope = self.running.get(record.id)
         if scope is not None:
             scope.cancel()
-        record.state = State.CANCELLED
+
+    async def finish(self, record: Record, stats: Stats) -> None:
+        """A request reached its final state: write it, wake its waiters, count it."""
+        assert self._book is not None
+        assert self._metrics is not None
+        await self._book.finish(record)
+        self._metrics.finished(self.name, record, stats)
 
     def close(self) -> None:
         """Accept nothing more: the pool finishes what is queued, then ends."""
@@ -185,9 +207,8 @@ class Runner:
         """Run one request to its final state. Never raises but a cancellation of the pool."""
         if record.state is not State.PENDING:  # cancelled while it waited
             return
-        book, metrics, call = self._book, self._metrics, self._call
+        book, call = self._book, self._call
         assert book is not None
-        assert metrics is not None
         assert call is not None
         self.queued -= 1
         record.state, record.started_at = State.STARTED, time.time()
@@ -202,14 +223,22 @@ class Runner:
                 record.result, record.state = result, State.SUCCESS
             except Exception as exc:
                 record.state = State.FAILURE
-                record.error = f"{type(exc).__name__}: {exc}"
                 record.timed_out = isinstance(exc, TimeoutError)
+                if record.timed_out and not str(exc):  # the guard's own timeout says nothing
+                    timeout = self.policy.timeout
+                    exc = TimeoutError(f"the endpoint's timeout of {timeout:g} s passed")
+                record.error = f"{type(exc).__name__}: {exc}"
+            except BaseException:
+                # The server stops past its drain_timeout: in memory the request is over, but
+                # the store keeps it STARTED, so that a restarted server runs it again.
+                if not scope.cancel_called:
+                    book.abandon(record)
+                raise
             finally:
                 del self.running[record.id]
         if scope.cancel_called or record.state is State.STARTED:
             record.state = State.CANCELLED
-        await book.finish(record)
-        metrics.finished(self.name, record, job[2])
+        await self.finish(record, job[2])
 
 
 class Batcher:

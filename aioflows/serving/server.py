@@ -108,6 +108,22 @@ class Server:
     ) -> None:
         """Serve ``endpoint`` (an :class:`Endpoint` or a :class:`Flow`) under ``name``.
 
+        Args:
+            name: The endpoint's name in the routes: 1-128 letters, digits, ``.``, ``_`` or
+                ``-`` (not first).
+            endpoint: An :class:`Endpoint` instance, or a :class:`Flow` (run once per request,
+                the body overriding task configs: ``{task_name: {config_key: value}}``).
+            concurrency: Requests running at once (with ``batch``: batches running at once);
+                sync hooks of the endpoint share that many worker threads.
+            rate: The endpoint's rate limit, taken once per request as it starts (a rate, or a
+                shared :class:`RateLimiter`).
+            timeout: Seconds a request's hooks may take, all together (its wait for a batch
+                included); past it the request is a FAILURE with a ``TimeoutError``, and
+                ``/predict`` answers 504.
+            batch: ``af.Batch(size, timeout)``: dynamic batching of ``process``.
+            max_queued: Requests waiting to start beyond which a submission is refused with
+                429.
+
         Raises:
             ValueError: A bad name (letters, digits, ``._-``), a name already taken, a bad
                 option, or the server is already running.
@@ -173,7 +189,8 @@ class Server:
         await tg.__aenter__()
         self._task_group = tg
         for runner in self.runners.values():
-            tg.start_soon(runner.run, self.book, self.metrics, tg, name=f"endpoint {runner.name}")
+            runner.bind(self.book, self.metrics)
+            tg.start_soon(runner.run, tg, name=f"endpoint {runner.name}")
         tg.start_soon(self._sweep, name="aioflows request expiry")
         for record in again:
             self._requeue(record)

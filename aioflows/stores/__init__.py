@@ -6,5 +6,14 @@ from .local import LocalFileStore as LocalFileStore
 from .memory import MemoryStore as MemoryStore
 from .records import TaskInfo as TaskInfo
 from .records import TaskState as TaskState
+from .redis import RedisStore as RedisStore
 
-__all__ = ["LocalFileStore", "MemoryStore", "Promise", "ResultStore", "TaskInfo", "TaskState"]
+__all__ = [
+    "LocalFileStore",
+    "MemoryStore",
+    "Promise",
+    "RedisStore",
+    "ResultStore",
+    "TaskInfo",
+    "TaskState",
+]

@@ -71,7 +71,14 @@ class Promise:
     """A stored object not read yet: ``await promise.load()`` reads it when needed.
 
     A reduce task over a large sweep can take promises of every result and load only the ones
-    it picks. The promise reads at ``load`` time, so it sees the latest saved version.
+    it picks. The promise reads at ``load`` time, so it sees the latest saved version. Made by
+    ``store.load(..., lazy=True)``.
+
+    Args:
+        store: The store it reads from.
+        name: The object's name within the run.
+        task: The run's task name.
+        config_hash: The run's config hash.
     """
 
     __slots__ = ("_store", "config_hash", "name", "task")
@@ -120,13 +127,43 @@ class ResultStore(abc.ABC):
         ``save(obj)`` returns ``str`` or ``bytes``; ``load`` receives ``bytes`` if ``binary``
         else ``str``. ``extension`` (default: ``name``) names files of this type and must not
         be confusable with another type's.
+
+        Usage::
+
+            store.register_type("npy", save=to_npy_bytes, load=from_npy_bytes, binary=True)
+            await store.save(array, "weights", task=..., config_hash=..., type_="npy")
+
+        Args:
+            name: The type's name, as ``type_=`` gives it.
+            save: Encodes an object as ``str`` or ``bytes``.
+            load: Decodes what ``save`` made (``bytes`` if ``binary`` else ``str``).
+            extension: The file extension of this type (default: ``name``).
+            binary: Whether ``load`` receives ``bytes`` rather than ``str``.
+
+        Raises:
+            ValueError: The name or extension is not usable or is confusable with another's.
         """
         self._types.register(name, save=save, load=load, extension=extension, binary=binary)
 
     async def save(
         self, obj: Any, name: str, *, task: str, config_hash: str, type_: str = "json"
     ) -> None:
-        """Store ``obj`` under the key, replacing what was there (last writer wins)."""
+        """Store ``obj`` under the key, replacing what was there (last writer wins).
+
+        A reader sees the whole old value or the whole new one, never a part.
+
+        Args:
+            obj: The object to store.
+            name: The object's name within the run.
+            task: The run's task name.
+            config_hash: The run's config hash.
+            type_: How it is encoded: ``"json"``, ``"text"``, ``"bytes"``, ``"pickle"`` or a
+                name given to :meth:`register_type`.
+
+        Raises:
+            ValueError: A key part is not usable (empty, a separator, a leading ``.``...) or
+                ``type_`` is unknown.
+        """
         check_key(name, task, config_hash)
         await self._save(obj, name, task, config_hash, self._types[type_])
 
@@ -135,6 +172,16 @@ class ResultStore(abc.ABC):
 
         Raises ``MissingObject`` (a ``KeyError``) naming the key if nothing is stored, also
         when ``lazy`` so a missing result is reported where it is asked for.
+
+        Args:
+            name: The object's name within the run.
+            task: The run's task name.
+            config_hash: The run's config hash.
+            lazy: Return a :class:`Promise` that reads the object when awaited.
+
+        Raises:
+            MissingObject: Nothing is stored under the key.
+            CorruptObject: What is stored cannot be decoded.
         """
         check_key(name, task, config_hash)
         if lazy:
@@ -147,28 +194,58 @@ class ResultStore(abc.ABC):
         return obj
 
     async def exists(self, name: str, *, task: str, config_hash: str) -> bool:
+        """Whether an object is stored under the key.
+
+        Args:
+            name: The object's name within the run.
+            task: The run's task name.
+            config_hash: The run's config hash.
+        """
         check_key(name, task, config_hash)
         return await self._exists(name, task, config_hash)
 
     async def delete(self, name: str, *, task: str, config_hash: str) -> None:
-        """Remove the object if present; deleting what is absent is not an error."""
+        """Remove the object if present; deleting what is absent is not an error.
+
+        Args:
+            name: The object's name within the run.
+            task: The run's task name.
+            config_hash: The run's config hash.
+        """
         check_key(name, task, config_hash)
         await self._delete(name, task, config_hash)
 
     async def delete_run(self, *, task: str, config_hash: str) -> None:
-        """Remove every object and the TaskInfo record of one run, if present."""
+        """Remove every object and the TaskInfo record of one run, if present.
+
+        Args:
+            task: The run's task name.
+            config_hash: The run's config hash.
+        """
         check_part("task", task)
         check_part("config_hash", config_hash)
         await self._delete_run(task, config_hash)
 
     async def get_results(self, *, task: str, config_hash: str) -> dict[str, Any]:
-        """Every object of one run, by name (empty if the run saved nothing)."""
+        """Every object of one run, by name (empty if the run saved nothing).
+
+        Args:
+            task: The run's task name.
+            config_hash: The run's config hash.
+        """
         check_part("task", task)
         check_part("config_hash", config_hash)
         return await self._get_results(task, config_hash)
 
     async def save_info(self, info: TaskInfo) -> None:
-        """Store the run's record, replacing the previous one."""
+        """Store the run's record, replacing the previous one.
+
+        Args:
+            info: The record; its ``task`` and ``config_hash`` say which run's it is.
+
+        Raises:
+            TypeError: ``info`` is not a :class:`TaskInfo`.
+        """
         if not isinstance(info, TaskInfo):
             raise InvalidArgumentType(f"info must be a TaskInfo, got {type(info).__name__}")
         check_part("task", info.task)
@@ -190,13 +267,22 @@ class ResultStore(abc.ABC):
             await self.save_info(info)
 
     async def load_info(self, *, task: str, config_hash: str) -> TaskInfo | None:
-        """The run's record, or None if it has none."""
+        """The run's record, or None if it has none.
+
+        Args:
+            task: The run's task name.
+            config_hash: The run's config hash.
+        """
         check_part("task", task)
         check_part("config_hash", config_hash)
         return await self._load_info(task, config_hash)
 
     async def list_infos(self, task: str | None = None) -> list[TaskInfo]:
-        """Every record (of one task, if given), ordered by task then config_hash."""
+        """Every record (of one task, if given), ordered by task then config_hash.
+
+        Args:
+            task: Only this task's records; None: every task's.
+        """
         if task is not None:
             check_part("task", task)
         infos = await self._list_infos(task)
@@ -211,7 +297,24 @@ class ResultStore(abc.ABC):
         config_hash: str,
         type_: str | None = None,
     ) -> AbstractAsyncContextManager[Any]:
-        """An async file over one stored object; only stores backed by files have one."""
+        """An async file over one stored object; only stores backed by files have one.
+
+        Usage::
+
+            async with store.open("log", "w", task=..., config_hash=...) as f:
+                await f.write("epoch 1\\n")
+
+        Args:
+            name: The object's name within the run.
+            task: The run's task name.
+            config_hash: The run's config hash.
+            mode: ``"r"``/``"rb"`` to read, ``"w"``/``"wb"`` to write a new version.
+            type_: The type whose extension the file has (default: the newest file under
+                the name to read; ``"text"`` or ``"bytes"`` to write).
+
+        Raises:
+            NotImplementedError: The store holds no files (every store but LocalFileStore).
+        """
         raise NotImplementedError(
             f"{type(self).__name__} does not hold files; open() needs a LocalFileStore"
         )

@@ -78,7 +78,17 @@ class LocalFileStore(ResultStore):
         return f"LocalFileStore({self._base!r})"
 
     def path(self, name: str, *, task: str, config_hash: str, type_: str = "json") -> str:
-        """Where an object of ``type_`` saved under this key lives (whether or not it exists)."""
+        """Where an object of ``type_`` saved under this key lives (whether or not it exists).
+
+        Args:
+            name: The object's name within the run.
+            task: The run's task name.
+            config_hash: The run's config hash.
+            type_: The type whose extension the file has.
+
+        Returns:
+            ``base_dir/task/config_hash/name.<extension>``, an absolute path.
+        """
         check_key(name, task, config_hash)
         return self._file(self._run_dir(task, config_hash), name, self._types[type_])
 
@@ -245,6 +255,18 @@ class LocalFileStore(ResultStore):
         the block exits without an error, so readers never see a partial file and an error
         keeps the old version. ``type_`` (default ``"text"`` for ``"w"``, ``"bytes"`` for
         ``"wb"``) picks the extension, so ``load`` decodes the file as that type afterwards.
+
+        Args:
+            name: The object's name within the run.
+            mode: ``"r"``/``"rb"`` to read, ``"w"``/``"wb"`` to write a new version.
+            task: The run's task name.
+            config_hash: The run's config hash.
+            type_: The type whose extension the file has (default: the newest file under
+                the name to read; ``"text"`` or ``"bytes"`` to write).
+
+        Raises:
+            ValueError: An unsupported mode, or an unusable key part.
+            MissingObject: Reading, and nothing is stored under the key.
         """
         check_key(name, task, config_hash)
         if mode in _READ_MODES:

@@ -54,6 +54,18 @@ class TaskInfo(BaseModel):
     failure formatted as text (``"ValueError: bad lr"``), because exceptions are not JSON.
     Unknown fields in a stored record are ignored, so records written by a newer aioflows still
     load.
+
+    Attributes:
+        task: The instance's task name.
+        config_hash: The instance's config hash: with ``task``, the run's key in the store.
+        unique_name: The instance's unique name (``"train-3"``).
+        state: Where the instance is: a :class:`TaskState` (or its string value).
+        config: The config the function received.
+        unique_config: The config that identifies the instance.
+        started: When it started (timezone-aware).
+        ended: When it ended (timezone-aware).
+        attempts: Attempts made.
+        error: The failure as text (``"ValueError: bad lr"``), for a FAILED instance.
     """
 
     model_config = ConfigDict(validate_assignment=True)
@@ -86,7 +98,11 @@ class TaskInfo(BaseModel):
 
     @classmethod
     def from_json(cls, data: str | bytes) -> TaskInfo:
-        """Parse a record produced by :meth:`to_json` (raises pydantic's ValidationError)."""
+        """Parse a record produced by :meth:`to_json` (raises pydantic's ValidationError).
+
+        Args:
+            data: The record's JSON text.
+        """
         try:
             return cls.model_validate_json(data)
         except pydantic.ValidationError as exc:
