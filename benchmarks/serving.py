@@ -461,11 +461,11 @@ def _answers(path: str, method: str = "GET", body: Any = None) -> Callable[[int]
     return ready
 
 
-def uvicorn(kind: str, ttl: float | None = None) -> Process:
+def uvicorn(kind: str, ttl: float | None = None, extra: dict[str, str] | None = None) -> Process:
     argv = [sys.executable, "-m", "uvicorn", "benchmarks.serving:make_app", "--factory"]
     argv += ["--host", "127.0.0.1", "--port", "{port}", "--no-access-log", "--loop", "asyncio"]
     argv += ["--http", _http_impl(), "--log-level", "warning", "--backlog", "512"]
-    env = {APP_ENV: kind}
+    env = {APP_ENV: kind, **(extra or {})}
     if ttl is not None:
         env[TTL_ENV] = str(ttl)
     if kind == "bare":
@@ -714,58 +714,94 @@ def _until(check: Callable[[], bool], seconds: float) -> None:
         time.sleep(0.1)
 
 
-def bench_memory(rounds: int) -> None:
-    print(
-        f"\n== memory: {N_HELD:,} finished requests held under result_ttl={MEMORY_TTL:g} s, "
-        f"then expired (one round) =="
-    )
-    server = uvicorn("server", MEMORY_TTL)
+@dataclass
+class Memory:
+    """One memory round: RSS in MiB at each moment, and how fast the requests went."""
+
+    fresh: float = 0.0
+    start: float = 0.0
+    held: float = 0.0
+    peak: float = 0.0
+    after: float = 0.0
+    gone: int = 0  # the status of GET of the first request after the TTL
+    submitted: float = 0.0  # seconds to submit them all
+    done: float = 0.0  # seconds until all were SUCCESS
+
+
+def memory_round(env: dict[str, str]) -> Memory:
+    """A fresh server: warm it up, fill it with ``N_HELD`` finished requests, let them expire."""
+    server = uvicorn("server", MEMORY_TTL, env)
+    out = Memory()
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{server.port}", timeout=30.0) as client:
-            fresh, _ = server.memory()
+            out.fresh, _ = server.memory()
             _submit(client, CHUNK)
             _until(lambda: _succeeded(client) >= CHUNK, 30)
-            start, _ = server.memory()
+            out.start, _ = server.memory()
             began = time.perf_counter()
             first = _submit(client, CHUNK)[0]
             for _ in range(N_HELD // CHUNK - 1):
                 _submit(client, CHUNK)
-            submitted = time.perf_counter() - began
+            out.submitted = time.perf_counter() - began
             _until(lambda: _succeeded(client) >= N_HELD + CHUNK, 120)
-            done = time.perf_counter() - began
+            out.done = time.perf_counter() - began
             last_finished = time.monotonic()
-            held, _ = server.memory()
+            out.held, _ = server.memory()
             state = client.get(f"/v1/requests/{first}").json().get("state")
             if state != "SUCCESS":
                 print(f"warning: the first request is {state!r}: not all were held at once")
-            period = min(max(MEMORY_TTL / 4, 0.05), 5.0)
+            period = min(max(MEMORY_TTL / 4, 0.05), 5.0)  # the server's sweeper
             time.sleep(max(0.0, last_finished + MEMORY_TTL + 2 * period - time.monotonic()))
-            gone = client.get(f"/v1/requests/{first}").status_code
-            after, peak = server.memory()
+            out.gone = client.get(f"/v1/requests/{first}").status_code
+            out.after, out.peak = server.memory()
     finally:
         server.stop()
+    return out
+
+
+PYMALLOC = "default allocator"
+MALLOC = "(PYTHONMALLOC=malloc)"
+
+
+def bench_memory(rounds: int) -> None:
+    print(
+        f"\n== memory: {N_HELD:,} finished requests held under result_ttl={MEMORY_TTL:g} s, "
+        f"then expired (one round per allocator) =="
+    )
+    runs = {PYMALLOC: memory_round({}), MALLOC: memory_round({"PYTHONMALLOC": "malloc"})}
+
+    def cells(moment: str) -> list[str]:
+        out = []
+        for run in runs.values():
+            value: float = getattr(run, moment)
+            out += [f"{value:.1f}", f"{value / run.start:.2f}x"]
+        return out
+
+    gone = "/".join(str(run.gone) for run in runs.values())
     print_table(
         "3. server RSS (MiB)",
-        ["moment", "RSS MiB", "vs start"],
+        ["moment", f"{PYMALLOC} MiB", "vs start", f"{MALLOC} MiB", "vs start"],
         [
-            ["fresh (started, no request yet)", f"{fresh:.1f}", f"{fresh / start:.2f}x"],
-            [f"start (after {CHUNK:,} warm-up requests)", f"{start:.1f}", "1.00x"],
-            [f"{N_HELD:,} more finished, all held", f"{held:.1f}", f"{held / start:.2f}x"],
-            ["peak (VmHWM)", f"{peak:.1f}", f"{peak / start:.2f}x"],
-            [
-                f"after the TTL + 2 sweeps ({gone} for the first id)",
-                f"{after:.1f}",
-                f"{after / start:.2f}x",
-            ],
+            ["fresh (started, no request yet)", *cells("fresh")],
+            [f"start (after {CHUNK:,} warm-up requests)", *cells("start")],
+            [f"{N_HELD:,} more finished, all held", *cells("held")],
+            ["peak (VmHWM)", *cells("peak")],
+            [f"after the TTL + 2 sweeps ({gone} for the first id)", *cells("after")],
         ],
     )
-    print(
-        f"submitted {N_HELD:,} in {submitted:.1f} s ({N_HELD / submitted:,.0f}/s through "
-        f"requests:batch), all SUCCESS after {done:.1f} s ({N_HELD / done:,.0f}/s); "
-        f"{(held - start) * 2**20 / N_HELD:,.0f} bytes per held request"
-    )
-    ratio = after / start
+    for name, run in runs.items():
+        print(
+            f"{name}: submitted {N_HELD:,} in {run.submitted:.1f} s through requests:batch, all "
+            f"SUCCESS after {run.done:.1f} s ({N_HELD / run.done:,.0f}/s); "
+            f"{(run.held - run.start) * 2**20 / N_HELD:,.0f} bytes per held request"
+        )
+    ratio = runs[PYMALLOC].after / runs[PYMALLOC].start
     target("RSS after the TTL within 10% of the start", ratio, ratio <= TARGET_MEMORY)
+    context = runs[MALLOC].after / runs[MALLOC].start
+    print(
+        f"(context) with PYTHONMALLOC=malloc: {context:.2f}x; CPython's small-object allocator "
+        "keeps a 1 MiB arena while one block in it lives, glibc's malloc_trim returns pages"
+    )
 
 
 PARTS = {"throughput": bench_throughput, "batching": bench_batching, "memory": bench_memory}

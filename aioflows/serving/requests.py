@@ -268,16 +268,22 @@ class Book:
         record.error = "the server stopped before the request finished"
         _wake_all(record)
 
-    def sweep(self) -> list[Record]:
-        """Forget the requests whose TTL has passed; return them (the store's copies are the
-        caller's to delete)."""
-        now, expiry, gone = time.time(), self._expiry, []
+    def sweep(self) -> list[str]:
+        """Forget the requests whose TTL has passed; return their ids, whose copies in the
+        store are the caller's to delete (none without a store). Only the ids, and only for a
+        store: what the requests held must be gone before their memory is handed back."""
+        now, expiry, records, gone = time.time(), self._expiry, self._records, []
+        keep_ids, count, request_id = self.store is not None, 0, ""
         while expiry and self._expired(expiry[0], now):
-            record = expiry.popleft()
-            if self._records.get(record.id) is record:
-                del self._records[record.id]
-            gone.append(record)
-        if gone and (
+            request_id = expiry[0].id
+            if records.get(request_id) is expiry[0]:
+                del records[request_id]
+            expiry.popleft()
+            count += 1
+            if keep_ids:
+                gone.append(request_id)
+        request_id = ""  # not even the last one is kept
+        if count and (
             (self._peak > 4096 and len(self._records) < self._peak // 4)
             or (self._residue and not self._records)
         ):
@@ -290,13 +296,13 @@ class Book:
             _release_memory()
         return gone
 
-    async def delete(self, records: Iterable[Record]) -> None:
+    async def delete(self, request_ids: Iterable[str]) -> None:
         """Delete expired records from the store."""
         if self.store is None:
             return
-        for record in records:
+        for request_id in request_ids:
             with contextlib.suppress(MissingObject):
-                await self.store.delete(record.id, task=STORE_TASK, config_hash=STORE_RUN)
+                await self.store.delete(request_id, task=STORE_TASK, config_hash=STORE_RUN)
 
     async def recover(self) -> list[Record]:
         """Load what the store kept: finished requests are served until they expire (expired
@@ -323,7 +329,7 @@ class Book:
                 self.add(record)
         finished.sort(key=lambda r: r.finished_at or 0.0)
         self._expiry.extend(finished)
-        await self.delete(expired)
+        await self.delete([record.id for record in expired])
         return again
 
     def _expired(self, record: Record, now: float) -> bool:
