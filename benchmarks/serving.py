@@ -36,7 +36,10 @@ answer ``{"result": {"sum": ..., "n": ...}}``:
 Targets: /predict at least 0.7x the bare route's requests/s, submit + wait at least 0.35x.
 Latencies (p50, p99) are those of the requests completed in the window, measured in the load
 generator from write to complete response. The af.Server of this part keeps the default
-``result_ttl`` (an hour), so it holds every request it has answered, as a server would.
+``result_ttl`` (an hour): the submitted requests stay held for the whole run (a ``/predict``
+is forgotten once answered). "server CPU µs/req" is the server process's CPU (from ``/proc``)
+per answered request: on a shared machine it says more than the rate, which depends on how
+much of a core the server was given ("server busy").
 
 Part ``batching``: an endpoint whose sync ``process`` sleeps ``2 ms + 0.02 ms x items`` with
 ``time.sleep`` (it runs in a worker thread, as a sync model call does; the GIL is released
@@ -47,13 +50,16 @@ does not run 8 calls in the time of one; with 8 threads that only sleep, the unb
 endpoint would be credited 8 free replicas). Target: batched at least 8x the unbatched
 requests/s. The unbatched endpoint at its default ``concurrency=8`` is shown for context.
 
-Part ``memory`` (one round: it measures a state, not a time): a fresh af.Server process with
-``result_ttl=15``; 1,000 requests warm it up, then its RSS is the start. 100,000 requests are
-submitted through ``requests:batch`` in chunks of 1,000 (the endpoint's ``max_queued`` raised
-to 100,000 so that none is refused), and when ``/metrics`` counts all of them SUCCESS (and the
-first is still retrievable, so all are held at once) the RSS is taken again; VmHWM is the peak.
-Then, once the TTL has passed for the last of them and the expiry sweeper has run twice, the RSS
-is taken a last time. Target: after the TTL, within 10 % of the start.
+Part ``memory`` (one round per allocator: it measures a state, not a time): a fresh af.Server
+process with ``result_ttl=15``; 1,000 requests warm it up, then its RSS is the start. 100,000
+requests are submitted through ``requests:batch`` in chunks of 1,000 (the endpoint's
+``max_queued`` raised so that none is refused), and when ``/metrics`` counts all of them
+SUCCESS (and the first is still retrievable, so all are held at once) the RSS is taken again;
+VmHWM is the peak. Once the TTL has passed for the last of them and the expiry sweeper has run
+twice, the RSS is taken a last time. Target: after the TTL, within 10 % of the start. The same
+round under ``PYTHONMALLOC=malloc`` is shown for context: CPython's small-object allocator
+keeps a 1 MiB arena while any block in it lives, where glibc's ``malloc_trim`` (which the
+server calls) returns every free page.
 """
 
 from __future__ import annotations
