@@ -271,16 +271,23 @@ class Pool:
         pull_nowait, deliver_nowait = source.pull_nowait, sink.deliver_nowait
         call_sync, grow, blocks = self._call_sync, self._grow, source.blocks
         countdown, after = STREAK, -1
+        # The last item and its result, dropped before the worker waits: an idle worker must
+        # not keep them alive (a server's idle workers held their last requests, each pinning
+        # a 1 MiB arena of the allocator long after the rest was freed).
+        item: Any = None
+        result: Any = None
         try:
             while True:
                 if admit is not None:
                     if admit.free > 0:  # try_acquire, inlined: this runs once per item
                         admit.free -= 1
                     else:
+                        item = result = None
                         await admit.acquire()
                 try:
                     pulled = pull_nowait()
                     if pulled is BLOCKED:
+                        item = result = None
                         pulled = await (self._pull_idle() if grow else source.pull())
                         if blocks:
                             after = -1  # it waited: the loop has run, the count starts again
@@ -301,7 +308,7 @@ class Pool:
                     await anyio.lowlevel.checkpoint()
                 after = index + 1
                 try:
-                    result: Any = await call(item) if call_sync is None else call_sync(item)
+                    result = await call(item) if call_sync is None else call_sync(item)
                 except BaseException as exc:
                     if not self._settle(exc):
                         return

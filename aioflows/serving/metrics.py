@@ -57,11 +57,22 @@ class Metrics:
         #: (endpoint, stat) -> its sum and how many requests reported it
         self._stats: dict[tuple[str, str], _Sum] = {}
         self.registry.register(_Live(runners, self._stats))
+        #: The labelled children, looked up once each: ``labels()`` takes a lock and builds
+        #: its key on every call, twice per request.
+        self._counters: dict[tuple[str, str], Counter] = {}
+        self._latencies: dict[str, Histogram] = {}
 
     def finished(self, endpoint: str, record: Record, stats: Mapping[str, float]) -> None:
-        self._requests.labels(endpoint, record.state.value).inc()
+        key = (endpoint, record.state.value)
+        counter = self._counters.get(key)
+        if counter is None:
+            counter = self._counters[key] = self._requests.labels(*key)
+        counter.inc()
         if record.finished_at is not None:
-            self._latency.labels(endpoint).observe(max(0.0, record.finished_at - record.created_at))
+            latency = self._latencies.get(endpoint)
+            if latency is None:
+                latency = self._latencies[endpoint] = self._latency.labels(endpoint)
+            latency.observe(max(0.0, record.finished_at - record.created_at))
         for name, value in stats.items():
             entry = self._stats.get((endpoint, name))
             if entry is None:

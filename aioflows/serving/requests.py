@@ -8,22 +8,29 @@ serves the finished ones until they expire and runs the unfinished ones again.
 Memory stays bounded by ``result_ttl``: finished requests expire in the order they finished
 (one TTL for all, so a FIFO is an expiry queue, no heap), swept on every finish and by the
 server's sweeper, and an expired request is a 404 even between sweeps. Waiting for a request
-(``?wait=``, ``/predict``) parks on one event per request, created only when someone waits,
-and set only once the final record is in the store: a client told SUCCESS can always read the
-result back, from this replica or another sharing the store.
+(``?wait=``, ``/predict``) parks on a future of the request's, made only when someone waits,
+and resolved only once the final record is in the store: a client told SUCCESS can always read
+the result back, from this replica or another sharing the store. The futures and their timers
+are asyncio's own, not an anyio Event under a cancel scope: a wait is on the path of every
+``/predict``, and the scope alone cost more than the rest of the wait (``docs/benchmarks.md``,
+Serving).
 """
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import contextlib
 import ctypes
 import ctypes.util
 import enum
+import functools
+import gc
 import logging
+import math
+import os
 import time
-import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,8 +62,15 @@ FINAL = frozenset({State.SUCCESS, State.FAILURE, State.CANCELLED})
 
 
 def new_id() -> str:
-    """An unguessable request id: 122 random bits, so ids cannot be enumerated."""
-    return uuid.uuid4().hex
+    """An unguessable request id: 122 random bits, so ids cannot be enumerated.
+
+    It is ``uuid.uuid4().hex`` (the version and variant bits set as uuid4 sets them) without
+    the ``UUID`` object, a third of the cost on the path of every request.
+    """
+    raw = bytearray(os.urandom(16))
+    raw[6] = raw[6] & 0x0F | 0x40  # version 4
+    raw[8] = raw[8] & 0x3F | 0x80  # the RFC 4122 variant
+    return raw.hex()
 
 
 @dataclass(slots=True, eq=False)
@@ -79,9 +93,10 @@ class Record:
     #: A ``/predict`` request: its HTTP request is its lifetime, so it is never written to the
     #: store, and it is forgotten once answered unless it failed (its id is in the error).
     ephemeral: bool = False
-    #: Set when someone waits for the final state; created lazily (most requests are polled
-    #: or never waited on), set once the final record is written.
-    done: anyio.Event | None = None
+    #: The futures of those waiting for the final state; made when someone waits (most
+    #: requests are polled or never waited on), resolved and dropped once the final record is
+    #: written.
+    waiters: list[asyncio.Future[None]] | None = None
 
     @property
     def final(self) -> bool:
@@ -140,6 +155,9 @@ class Book:
         self._records: dict[str, Record] = {}
         self._expiry: collections.deque[Record] = collections.deque()
         self._peak = 0
+        #: Whether the last compaction left requests behind: the book is compacted once more
+        #: when they are gone too, or what they hold would keep what the first one freed.
+        self._residue = False
 
     def __len__(self) -> int:
         return len(self._records)
@@ -198,10 +216,21 @@ class Book:
             return record
         if record.id not in self._records:  # another replica's: only the store can tell
             return await self._poll(record, seconds)
-        if record.done is None:
-            record.done = anyio.Event()
-        with anyio.move_on_after(seconds):
-            await record.done.wait()
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        if record.waiters is None:
+            record.waiters = [waiter]
+        else:
+            record.waiters.append(waiter)
+        timer = None if seconds == math.inf else loop.call_later(seconds, _wake, waiter)
+        try:
+            await waiter
+        finally:
+            if timer is not None:
+                timer.cancel()
+            if record.waiters is not None:  # not woken by finish: timed out or cancelled
+                with contextlib.suppress(ValueError):
+                    record.waiters.remove(waiter)
         return record
 
     async def _poll(self, record: Record, seconds: float) -> Record:
@@ -225,8 +254,7 @@ class Book:
         except Exception:  # the request is over whatever the store says; say so in the log
             logger.exception("could not write the final record of request %s", record.id)
         finally:
-            if record.done is not None:
-                record.done.set()
+            _wake_all(record)
             if record.ephemeral and record.state is State.SUCCESS:
                 self._records.pop(record.id, None)
             else:
@@ -238,34 +266,43 @@ class Book:
         and left as it is in the store, where a restart finds it unfinished."""
         record.state, record.finished_at = State.CANCELLED, time.time()
         record.error = "the server stopped before the request finished"
-        if record.done is not None:
-            record.done.set()
+        _wake_all(record)
 
-    def sweep(self) -> list[Record]:
-        """Forget the requests whose TTL has passed; return them (the store's copies are the
-        caller's to delete)."""
-        now, expiry, gone = time.time(), self._expiry, []
+    def sweep(self) -> list[str]:
+        """Forget the requests whose TTL has passed; return their ids, whose copies in the
+        store are the caller's to delete (none without a store). Only the ids, and only for a
+        store: what the requests held must be gone before their memory is handed back."""
+        now, expiry, records, gone = time.time(), self._expiry, self._records, []
+        keep_ids, count, request_id = self.store is not None, 0, ""
         while expiry and self._expired(expiry[0], now):
-            record = expiry.popleft()
-            if self._records.get(record.id) is record:
-                del self._records[record.id]
-            gone.append(record)
-        if gone and self._peak > 4096 and len(self._records) < self._peak // 4:
+            request_id = expiry[0].id
+            if records.get(request_id) is expiry[0]:
+                del records[request_id]
+            expiry.popleft()
+            count += 1
+            if keep_ids:
+                gone.append(request_id)
+        request_id = ""  # not even the last one is kept
+        if count and (
+            (self._peak > 4096 and len(self._records) < self._peak // 4)
+            or (self._residue and not self._records)
+        ):
             # A dict never shrinks its table by deletion: copy it once it is mostly empty, and
-            # hand the freed memory back to the system (glibc keeps it otherwise).
+            # hand the freed memory back to the system.
             self._records = dict(self._records)
             self._expiry = collections.deque(self._expiry)
             self._peak = len(self._records)
-            _trim_heap()
+            self._residue = bool(self._records)
+            _release_memory()
         return gone
 
-    async def delete(self, records: Iterable[Record]) -> None:
+    async def delete(self, request_ids: Iterable[str]) -> None:
         """Delete expired records from the store."""
         if self.store is None:
             return
-        for record in records:
+        for request_id in request_ids:
             with contextlib.suppress(MissingObject):
-                await self.store.delete(record.id, task=STORE_TASK, config_hash=STORE_RUN)
+                await self.store.delete(request_id, task=STORE_TASK, config_hash=STORE_RUN)
 
     async def recover(self) -> list[Record]:
         """Load what the store kept: finished requests are served until they expire (expired
@@ -292,7 +329,7 @@ class Book:
                 self.add(record)
         finished.sort(key=lambda r: r.finished_at or 0.0)
         self._expiry.extend(finished)
-        await self.delete(expired)
+        await self.delete([record.id for record in expired])
         return again
 
     def _expired(self, record: Record, now: float) -> bool:
@@ -300,13 +337,42 @@ class Book:
         return finished is not None and now - finished >= self.ttl
 
 
-def _trim_heap() -> None:
-    """Ask glibc to return freed heap pages to the system (a no-op elsewhere)."""
+def _wake_all(record: Record) -> None:
+    """Wake whoever waits for ``record``, once."""
+    waiters, record.waiters = record.waiters, None
+    if waiters is not None:
+        for waiter in waiters:
+            _wake(waiter)
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+def _release_memory() -> None:
+    """Give the memory of many freed requests back to the system.
+
+    A full collection first: it empties the interpreter's free lists (floats, dicts, lists,
+    tuples), which keep the last requests' blocks; each such block keeps its 1 MiB arena of
+    the small-object allocator, and so did most of the arenas of 100,000 expired requests
+    (``docs/benchmarks.md``, Serving). Then glibc's ``malloc_trim``, which returns the free
+    pages of its own heap (a no-op elsewhere).
+    """
+    gc.collect()
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], object] | None:
+    """glibc's ``malloc_trim``, looked up once (``find_library`` runs ``ldconfig``)."""
     name = ctypes.util.find_library("c")
     if name is None:
-        return
+        return None
     try:
-        trim = ctypes.CDLL(name).malloc_trim
+        trim: Callable[[int], object] = ctypes.CDLL(name).malloc_trim
     except (OSError, AttributeError):
-        return
-    trim(0)
+        return None
+    return trim

@@ -58,8 +58,12 @@ class _Refused(Exception):
         self.status, self.error, self.headers, self.extra = status, error, headers, extra
 
 
+#: The answers' encoder, made once (``json.dumps`` with options makes one per call).
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
 def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    body = json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
+    body = _ENCODER.encode(data).encode()
     return Response(body, status, headers, media_type="application/json")
 
 
@@ -240,16 +244,19 @@ def app(server: Server) -> Starlette:
         async with server:
             yield
 
+    # The routes are tried in this order, and no path matches two of them (but for the methods
+    # of one path): the ones on the path of every request come first, so that a /predict is
+    # not matched against five patterns before its own.
     return Starlette(
         routes=[
-            Route("/healthz", route(healthz, auth=False, phases=_ANY), methods=["GET"]),
-            Route("/metrics", route(metrics, phases=_ANY), methods=["GET"]),
-            Route("/v1/endpoints", route(endpoints, phases=_RUNNING), methods=["GET"]),
-            Route("/v1/endpoints/{name}/requests", route(submit), methods=["POST"]),
-            Route("/v1/endpoints/{name}/requests:batch", route(submit_batch), methods=["POST"]),
             Route("/v1/endpoints/{name}/predict", route(predict), methods=["POST"]),
+            Route("/v1/endpoints/{name}/requests", route(submit), methods=["POST"]),
             Route("/v1/requests/{id}", route(get, phases=_RUNNING), methods=["GET"]),
             Route("/v1/requests/{id}", route(cancel, phases=_RUNNING), methods=["DELETE"]),
+            Route("/v1/endpoints/{name}/requests:batch", route(submit_batch), methods=["POST"]),
+            Route("/v1/endpoints", route(endpoints, phases=_RUNNING), methods=["GET"]),
+            Route("/healthz", route(healthz, auth=False, phases=_ANY), methods=["GET"]),
+            Route("/metrics", route(metrics, phases=_ANY), methods=["GET"]),
         ],
         exception_handlers={404: not_found, 405: not_found},
         lifespan=lifespan,

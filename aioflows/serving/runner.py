@@ -340,9 +340,13 @@ def _copy(exc: Exception) -> Exception:
         return exc
 
 
+#: ``json.dumps(result, allow_nan=False)`` without making an encoder per call.
+_STRICT = json.JSONEncoder(allow_nan=False)
+
+
 def _check_json(result: Any) -> None:
     """A result must be JSON: it is answered as JSON and stored as JSON."""
     try:
-        json.dumps(result, allow_nan=False)
+        _STRICT.encode(result)
     except (TypeError, ValueError) as exc:
         raise TypeError(f"the endpoint's result is not JSON ({exc}): {result!r:.200}") from None
