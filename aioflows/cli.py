@@ -114,6 +114,10 @@ def _port(text: str) -> int:
     return value
 
 
+def _store_option(parser: argparse.ArgumentParser, help: str) -> None:
+    parser.add_argument("--store", metavar="DIR", default=DEFAULT_STORE, help=help)
+
+
 def _parser() -> _Parser:
     parser = _Parser(
         prog="aioflows",
@@ -140,12 +144,7 @@ def _parser() -> _Parser:
         ),
     )
     run.add_argument("target", metavar="FILE_OR_MODULE[:OBJECT]", help=target_help)
-    run.add_argument(
-        "--store",
-        metavar="DIR",
-        default=DEFAULT_STORE,
-        help=f"where results and task records are kept (default: ./{DEFAULT_STORE})",
-    )
+    _store_option(run, f"where results and task records are kept (default: ./{DEFAULT_STORE})")
     run.add_argument(
         "--concurrency",
         metavar="N",
@@ -214,12 +213,7 @@ def _parser() -> _Parser:
         description="List the stored record of every task instance (or of one task's).",
     )
     show.add_argument("task", metavar="TASK", nargs="?", default=None, help="only this task")
-    show.add_argument(
-        "--store",
-        metavar="DIR",
-        default=DEFAULT_STORE,
-        help=f"the store to read (default: ./{DEFAULT_STORE})",
-    )
+    _store_option(show, f"the store to read (default: ./{DEFAULT_STORE})")
     show.add_argument(
         "--last",
         action="store_true",
@@ -236,12 +230,7 @@ def _parser() -> _Parser:
             "instances, the graph, each failure's traceback and each instance's config."
         ),
     )
-    report.add_argument(
-        "--store",
-        metavar="DIR",
-        default=DEFAULT_STORE,
-        help=f"the store to read (default: ./{DEFAULT_STORE})",
-    )
+    _store_option(report, f"the store to read (default: ./{DEFAULT_STORE})")
     report.add_argument(
         "-o",
         "--output",

@@ -30,10 +30,9 @@ import aiofiles
 import anyio
 import anyio.lowlevel
 import pydantic
-import pydantic_core
 
 from .. import _validate
-from ..errors import CorruptObject, InvalidArgument, InvalidArgumentType, MissingObject
+from ..errors import CorruptObject, InvalidArgument, MissingObject
 from . import advice, files
 from .base import INFO_NAME, MISSING, ResultStore, check_key, check_part
 from .records import RawInfos, TaskInfo
@@ -170,12 +169,7 @@ class LocalFileStore(ResultStore):
 
     async def _save_info(self, info: TaskInfo) -> None:
         run = self._run(info.task, info.config_hash)
-        try:
-            data = info.to_json().encode()
-        except pydantic_core.PydanticSerializationError as exc:
-            raise InvalidArgumentType(
-                f"cannot save the TaskInfo of {info.unique_name!r} as JSON: {exc}"
-            ) from exc
+        data = info.to_bytes()
         await self._write(run, _INFO_FILE, data)
 
     async def _save_advice(self, batch: RawInfos) -> None:

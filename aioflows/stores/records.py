@@ -147,6 +147,18 @@ class TaskInfo(BaseModel):
                 data, indent=2, join_pairs=True, default=pydantic_core.to_jsonable_python
             )
 
+    def to_bytes(self) -> bytes:
+        """:meth:`to_json` as UTF-8, what a store writes; a record that cannot be JSON is an
+        ``InvalidArgumentType`` naming its instance."""
+        try:
+            return self.to_json().encode()
+        except pydantic_core.PydanticSerializationError as exc:
+            from ..errors import InvalidArgumentType
+
+            raise InvalidArgumentType(
+                f"cannot save the TaskInfo of {self.unique_name!r} as JSON: {exc}"
+            ) from exc
+
     @property
     def duration(self) -> float | None:
         """Seconds between ``started`` and ``ended``, when both are known."""

@@ -225,12 +225,7 @@ class RedisStore(ResultStore):
     # -- records -----------------------------------------------------------------------------
 
     async def _save_info(self, info: TaskInfo) -> None:
-        try:
-            data = info.to_json().encode()
-        except pydantic_core.PydanticSerializationError as exc:
-            raise InvalidArgumentType(
-                f"cannot save the TaskInfo of {info.unique_name!r} as JSON: {exc}"
-            ) from exc
+        data = info.to_bytes()
         await self._write_infos(info.task, [(info.config_hash, data)])
 
     async def _save_advice(self, batch: RawInfos) -> None:
