@@ -608,10 +608,15 @@ class KeyedRateLimiter:
         "_next_sweep",
         "_overrides",
         "_seq",
+        "_swept_at",
     )
 
     #: Below this many keys calls do not sweep.
     _SWEEP_FLOOR = 1024
+
+    #: Seconds between two sweeps at least, so that one sweep drops many keys at once; the keys
+    #: held stay bounded by those used within a bucket span and this long, plus the floor.
+    _SWEEP_EVERY = 1e-3
 
     def __init__(
         self,
@@ -637,6 +642,7 @@ class KeyedRateLimiter:
         # The loop time at which a call should sweep: the earliest filed time while more than
         # _SWEEP_FLOOR keys are held, else never.
         self._next_sweep = math.inf
+        self._swept_at = -math.inf
 
     @property
     def rate(self) -> Rate:
@@ -691,7 +697,13 @@ class KeyedRateLimiter:
             return False  # not enough tokens: the caller goes the slow way
         buckets[key] = after
         if entry is None:
-            self._file(key, kr, after)
+            if kr is self._default:  # _file, inlined: with many keys every call files one
+                self._fifo.append(key)
+                self._due.append(after)
+                if len(buckets) == self._SWEEP_FLOOR + 1:
+                    self._arm_sweep()
+            else:
+                self._file(key, kr, after)
         return True
 
     def _file(self, key: Hashable, kr: _KeyRate, when: float) -> None:
@@ -712,16 +724,21 @@ class KeyedRateLimiter:
             return
         fifo_first = self._due[0] if self._due else math.inf
         heap_first = self._heap[0][0] if self._heap else math.inf
-        self._next_sweep = fifo_first if fifo_first < heap_first else heap_first
+        first = fifo_first if fifo_first < heap_first else heap_first
+        # Not sooner than _SWEEP_EVERY after the last sweep: many keys that are full again a
+        # microsecond after use would otherwise make every call sweep one key.
+        spaced = self._swept_at + self._SWEEP_EVERY
+        self._next_sweep = first if first > spaced else spaced
 
     def _sweep(self, now: float) -> None:
         """Drop every filed key that is due and full; file the others for when they can be."""
+        self._swept_at = now
         buckets, fifo, due, heap = self._buckets, self._fifo, self._due, self._heap
         while due and due[0] <= now:
             due.popleft()
             key = fifo.popleft()
             entry = buckets[key]
-            if isinstance(entry, float):
+            if entry.__class__ is float:
                 if entry <= now:
                     del buckets[key]
                 else:  # used since it was filed; full by ``entry`` unless used again

@@ -586,6 +586,7 @@ class _EveryCallSweeps(af.KeyedRateLimiter):
     """Sweeps on every call, so that the property test exercises dropping as well."""
 
     _SWEEP_FLOOR = 0
+    _SWEEP_EVERY = 0.0
 
 
 #: The longest virtual wait a property example allows itself: asyncio sleeps at most a day per
