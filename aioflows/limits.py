@@ -738,7 +738,7 @@ class KeyedRateLimiter:
             due.popleft()
             key = fifo.popleft()
             entry = buckets[key]
-            if entry.__class__ is float:
+            if isinstance(entry, float):
                 if entry <= now:
                     del buckets[key]
                 else:  # used since it was filed; full by ``entry`` unless used again
