@@ -4,7 +4,9 @@ A :class:`RateLimiter` is one token bucket with continuous refill and a FIFO que
 Its design follows anyio's and trio's locks: an uncontended ``acquire`` takes its tokens without
 yielding to the event loop (the fast path; measured ~0.5 µs against ~8 µs for a checkpoint), and
 a contended one parks on a future that a single loop timer resolves when the head of the queue
-can be served. Nothing polls.
+can be served. Nothing polls, but for one case: a head of the queue due within ``_LATE``
+(0.2 ms) past a whole millisecond, in a bucket that would be full before epoll's rounded-up
+wake-up, is looked at on every loop iteration for that short while (see ``RateLimiter._arm``).
 
 No over-grant, ever: every grant is accounted at the moment it is released, so over any window
 of length ``T`` the tokens handed out stay within ``burst + T * rate`` as callers see them, not
@@ -12,8 +14,9 @@ only on some internal clock. The price is paid only by buckets whose burst barel
 request: asyncio wakes timers with epoll's millisecond granularity, so a waiter due at ``t`` is
 released at ``t + ~0.07 ms``, and a bucket that is full during that lateness cannot bank it.
 With ``burst=1`` at 1000/s that is about -6 % of the nominal rate (aiolimiter: -7 % on the same
-machine); with a burst of two requests or more the lateness is banked in the bucket and the rate
-is within 0.5 % (docs/benchmarks.md).
+machine); with a burst of two requests or more the lateness is banked in the bucket, and the
+short polling above keeps a bucket of two from overflowing while wake-ups are less than 0.2 ms
+late (docs/benchmarks.md: -0.02 % on a clock that sleeps like epoll, 0.15 ms late).
 Granting late wake-ups "back in time" would recover those 7 % only by handing callers more than
 ``burst`` tokens in some short window, which is what the caller set ``burst`` to forbid.
 """
@@ -40,6 +43,11 @@ __all__ = ["KeyedRateLimiter", "Rate", "RateLike", "RateLimiter"]
 #: re-checked on the next loop iteration (``call_soon``) rather than by a timer, which epoll
 #: would round up to a whole millisecond.
 _EARLY = 1e-6
+
+#: How late past its whole millisecond epoll wakes a timer, give or take (kernel timer slack and
+#: the loop's own work): a bucket that would be full before then is looked at by polling instead,
+#: for at most this long (see ``RateLimiter._arm``).
+_LATE = 2e-4
 
 #: Tolerance for float rounding in token arithmetic (0.3 - 0.2 is not 0.1), as a fraction of the
 #: bucket's capacity: without it a token that exists on paper after exactly ``1/rate`` seconds
@@ -440,8 +448,10 @@ class RateLimiter:
                 # hand out tokens that do not exist. Look again at the next tick instead.
                 due = now + (cost - tokens) / self._per_sec if tokens < cost else now
                 if due < self._paused_until:
-                    due = self._paused_until
-                self._arm(loop, due if due > now else math.nextafter(now, math.inf))
+                    due, full = self._paused_until, math.inf
+                else:  # when the bucket caps: a wake-up after that loses tokens for good
+                    full = now + (self._burst - self._tokens) / self._per_sec
+                self._arm(loop, due if due > now else math.nextafter(now, math.inf), full)
                 return
             self._tokens -= cost
             waiters.popleft()
@@ -450,13 +460,33 @@ class RateLimiter:
             self._timer.cancel()
             self._timer, self._timer_when = None, math.inf
 
-    def _arm(self, loop: asyncio.AbstractEventLoop, when: float) -> None:
+    def _arm(self, loop: asyncio.AbstractEventLoop, when: float, full: float = math.inf) -> None:
+        """Wake :meth:`_dispatch` at ``when``, or soon enough that the bucket (full at ``full``)
+        does not overflow while the head of the queue waits for the timer."""
         if self._timer is not None:
             if self._timer_when <= when:
                 return  # fires earlier and re-dispatches
             self._timer.cancel()
         now = loop.time()
-        if when - now <= _EARLY:
+        wait = when - now
+        if wait > _EARLY and now != self._soon_at:
+            # epoll sleeps whole milliseconds, rounded up, and wakes ~0.1 ms later still. If the
+            # bucket would be full by then, what it refills meanwhile is lost (at burst 2 and
+            # 1000/s, 1-3 % of the rate). When the head is due less than _LATE past a whole
+            # millisecond, sleep that whole millisecond and look again on every loop iteration
+            # for the rest (at most _LATE of polling) rather than overflow.
+            ms = wait * 1e3
+            if full - now < math.ceil(ms) * 1e-3 + _LATE and wait - math.floor(ms) * 1e-3 <= _LATE:
+                whole = math.floor(ms) * 1e-3
+                if whole > 0:
+                    self._timer_when = now + whole
+                    self._timer = loop.call_at(now + whole, self._on_timer)
+                else:
+                    self._soon_at = now
+                    self._timer_when = now
+                    self._timer = loop.call_soon(self._on_timer)
+                return
+        if wait <= _EARLY:
             if now != self._soon_at:
                 self._soon_at = now
                 self._timer_when = when
@@ -608,10 +638,15 @@ class KeyedRateLimiter:
         "_next_sweep",
         "_overrides",
         "_seq",
+        "_swept_at",
     )
 
     #: Below this many keys calls do not sweep.
     _SWEEP_FLOOR = 1024
+
+    #: Seconds between two sweeps at least, so that one sweep drops many keys at once; the keys
+    #: held stay bounded by those used within a bucket span and this long, plus the floor.
+    _SWEEP_EVERY = 1e-3
 
     def __init__(
         self,
@@ -637,6 +672,7 @@ class KeyedRateLimiter:
         # The loop time at which a call should sweep: the earliest filed time while more than
         # _SWEEP_FLOOR keys are held, else never.
         self._next_sweep = math.inf
+        self._swept_at = -math.inf
 
     @property
     def rate(self) -> Rate:
@@ -691,7 +727,13 @@ class KeyedRateLimiter:
             return False  # not enough tokens: the caller goes the slow way
         buckets[key] = after
         if entry is None:
-            self._file(key, kr, after)
+            if kr is self._default:  # _file, inlined: with many keys every call files one
+                self._fifo.append(key)
+                self._due.append(after)
+                if len(buckets) == self._SWEEP_FLOOR + 1:
+                    self._arm_sweep()
+            else:
+                self._file(key, kr, after)
         return True
 
     def _file(self, key: Hashable, kr: _KeyRate, when: float) -> None:
@@ -712,10 +754,15 @@ class KeyedRateLimiter:
             return
         fifo_first = self._due[0] if self._due else math.inf
         heap_first = self._heap[0][0] if self._heap else math.inf
-        self._next_sweep = fifo_first if fifo_first < heap_first else heap_first
+        first = fifo_first if fifo_first < heap_first else heap_first
+        # Not sooner than _SWEEP_EVERY after the last sweep: many keys that are full again a
+        # microsecond after use would otherwise make every call sweep one key.
+        spaced = self._swept_at + self._SWEEP_EVERY
+        self._next_sweep = first if first > spaced else spaced
 
     def _sweep(self, now: float) -> None:
         """Drop every filed key that is due and full; file the others for when they can be."""
+        self._swept_at = now
         buckets, fifo, due, heap = self._buckets, self._fifo, self._due, self._heap
         while due and due[0] <= now:
             due.popleft()

@@ -586,6 +586,7 @@ class _EveryCallSweeps(af.KeyedRateLimiter):
     """Sweeps on every call, so that the property test exercises dropping as well."""
 
     _SWEEP_FLOOR = 0
+    _SWEEP_EVERY = 0.0
 
 
 #: The longest virtual wait a property example allows itself: asyncio sleeps at most a day per
@@ -694,3 +695,76 @@ def test_a_keyed_limiter_holding_no_bucket_is_still_true() -> None:
     keyed = af.KeyedRateLimiter("10/s")
     assert len(keyed) == 0
     assert keyed  # `if limiter:` must not read "no limiter" because every bucket was full
+
+
+# -- Millisecond timers: what a bucket of burst 2 banks ----------------------------------------
+
+
+class _EpollLikeLoop(asyncio.SelectorEventLoop):
+    """A virtual clock that sleeps the way epoll does: whole milliseconds rounded up, then
+    ``late`` seconds later still; a loop iteration that does not sleep costs 5 µs."""
+
+    def __init__(self, late: float) -> None:
+        super().__init__()
+        self.virtual = 1000.0
+        select = self._selector.select
+
+        def sleep_like_epoll(timeout: float | None = None) -> list[object]:
+            if timeout is None or timeout > 0:
+                self.virtual += math.ceil((timeout or 1.0) * 1e3) * 1e-3 + late
+            else:
+                self.virtual += 5e-6
+            return list(select(0))
+
+        setattr(self._selector, "select", sleep_like_epoll)  # noqa: B010 (a method, patched)
+
+    def time(self) -> float:
+        return self.virtual
+
+
+def _grants_on_an_epoll_like_clock(rate: float, burst: float) -> list[float]:
+    """2,000 grants to 50 callers, timed on a clock whose wake-ups are 0.15 ms late."""
+    loop = _EpollLikeLoop(late=1.5e-4)
+    limiter = af.RateLimiter(rate, burst=burst)
+    times: list[float] = []
+
+    async def caller() -> None:
+        while len(times) < 2000:
+            await limiter.acquire()
+            times.append(loop.time())
+
+    async def main() -> None:
+        async with anyio.create_task_group() as tg:
+            for _ in range(50):
+                tg.start_soon(caller)
+
+    try:
+        loop.run_until_complete(main())
+    finally:
+        loop.close()
+    return times[:2000]
+
+
+def _steady_rate(times: list[float]) -> float:
+    steady = times[100:]
+    return (len(steady) - 1) / (steady[-1] - steady[0])
+
+
+def test_burst_2_keeps_the_rate_on_millisecond_timers_without_over_granting() -> None:
+    # Before: a head due 0.2 ms ahead slept 1 ms + 0.15 ms, and the bucket, full meanwhile,
+    # lost what it refilled past its burst (-1.07 % at 1000/s). Now it polls for that 0.2 ms.
+    times = _grants_on_an_epoll_like_clock(1000, burst=2)
+    assert _steady_rate(times) == pytest.approx(1000, rel=0.005)
+    # No over-grant, in O(n): with a_k = k - t_k * rate, a window's excess is a_j - a_i + 1 - burst.
+    lowest, worst = math.inf, -math.inf
+    for k, t in enumerate(times):
+        a = k - t * 1000
+        lowest = min(lowest, a)
+        worst = max(worst, a - lowest + 1 - 2)
+    assert worst <= 1e-6
+
+
+def test_a_wait_just_over_a_whole_millisecond_is_not_rounded_up_to_the_next() -> None:
+    # 900/s is 1.11 ms a grant: epoll made it 2 ms, half the rate (-47.7 % measured on the real
+    # loop). Now the limiter sleeps 1 ms and polls the last 0.11 ms.
+    assert _steady_rate(_grants_on_an_epoll_like_clock(900, burst=1)) > 0.95 * 900
