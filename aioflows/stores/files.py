@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import itertools
 import os
 import secrets
 import shutil
@@ -107,10 +108,28 @@ class Run(NamedTuple):
         return directory if filename is None else os.path.join(directory, filename)
 
 
+class _TempNames:
+    """Random per process, counted within it: a fresh name costs no ``getrandom`` syscall
+    (a save makes one in its worker thread, where every syscall also means taking the GIL
+    back). A fork draws a new prefix, so parent and child never count through the same names;
+    ``O_EXCL`` refuses a clash with anything else."""
+
+    prefix = secrets.token_hex(8)
+    count = itertools.count()  # next() on it is atomic under the GIL
+
+    @classmethod
+    def reseed(cls) -> None:
+        cls.prefix = secrets.token_hex(8)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_TempNames.reseed)
+
+
 def temp_name() -> str:
     """A fresh temporary file name: hidden (saved names never start with '.') and ending in
     .tmp, so it is never mistaken for a saved object."""
-    return f".{secrets.token_hex(8)}{_TEMP_SUFFIX}"
+    return f".{_TempNames.prefix}{next(_TempNames.count):x}{_TEMP_SUFFIX}"
 
 
 def is_temp(filename: str) -> bool:
@@ -311,6 +330,27 @@ def open_run(run: Run, *, create: bool = False) -> Dir | None:
 
 
 def _run_for_write(run: Run) -> Dir:
+    """The run's directory, created if missing.
+
+    Where directories can be held open (POSIX), the task directory is opened by its whole
+    path with ``O_NOFOLLOW``: that follows links only in ``base_dir``'s own path, as opening
+    ``base_dir`` does, and refuses one at the task directory, so it reaches the same
+    directory as :func:`open_run` with one ``open`` and one ``close`` fewer (a save's worker
+    thread takes the GIL back after each). Anything unusual (a missing directory, a link, a
+    file in the way) goes the general way, which creates what is missing and says what is
+    wrong.
+    """
+    if _AT:
+        flags = os.O_RDONLY | _O_DIRECTORY | _O_NOFOLLOW | _O_CLOEXEC
+        try:
+            fd = os.open(os.path.join(run.base, run.task), flags)
+        except OSError:
+            pass
+        else:
+            with Dir(os.path.join(run.base, run.task), fd) as task_dir:
+                found = task_dir.sub(run.config_hash, create=True)
+            assert found is not None  # created
+            return found
     directory = open_run(run, create=True)
     assert directory is not None  # created
     return directory
@@ -332,9 +372,11 @@ def write_atomic(run: Run, filename: str, data: bytes, siblings: Sequence[str] =
                 while view:  # a write may be partial
                     view = view[os.write(fd, view) :]
                 os.fsync(fd)
+                # Its time, for the siblings' check, from the descriptor: no lookup by name.
+                mtime = os.fstat(fd).st_mtime_ns if siblings else 0
             finally:
                 os.close(fd)
-            _commit(directory, temp, filename, siblings)
+            _commit(directory, temp, filename, siblings, mtime)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 directory.unlink(temp)
@@ -372,7 +414,9 @@ def commit(run: Run, temp: str, filename: str, siblings: Sequence[str]) -> None:
         _commit(directory, temp, filename, siblings)
 
 
-def _commit(directory: Dir, temp: str, filename: str, siblings: Sequence[str]) -> None:
+def _commit(
+    directory: Dir, temp: str, filename: str, siblings: Sequence[str], mtime: int = -1
+) -> None:
     """Publish ``temp`` as ``filename``; drop older files of the same name saved as another type.
 
     ``siblings`` are the file names the same name has under other extensions. The newest file
@@ -380,10 +424,13 @@ def _commit(directory: Dir, temp: str, filename: str, siblings: Sequence[str]) -
     made strictly newer than any sibling (file times are coarse: two quick saves can share
     one), and only siblings older than it are removed. Two writers saving one name as two
     types therefore never delete each other's file: one is strictly newer and wins.
+    ``mtime`` is ``temp``'s, if the caller has it already (-1: read it here).
     """
-    mtime = 0
-    if siblings:
+    if not siblings:
+        mtime = 0
+    elif mtime < 0:
         mtime = directory.lstat(temp).st_mtime_ns
+    if siblings:
         newest = max(_mtime(directory, s) for s in siblings)
         if newest >= mtime:
             mtime = newest + 1

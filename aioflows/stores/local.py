@@ -48,6 +48,17 @@ _WRITE_MODES = {"w": "text", "wb": "bytes"}
 _READ_MODES = frozenset({"r", "rb"})
 
 
+def _fits(part: str) -> bool:
+    """Whether ``part`` encodes to at most _MAX_FILENAME bytes (or raises as encoding does).
+
+    An ASCII str encodes to one byte a character, so the common key is checked without
+    encoding it: the save path runs on the event loop, once per part and candidate name.
+    """
+    if part.isascii():
+        return len(part) <= _MAX_FILENAME
+    return len(os.fsencode(part)) <= _MAX_FILENAME
+
+
 class LocalFileStore(ResultStore):
     """Results under ``base_dir``, one directory per task and per config hash.
 
@@ -92,21 +103,29 @@ class LocalFileStore(ResultStore):
         return self._file(self._run_dir(task, config_hash), name, self._types[type_])
 
     def _run_dir(self, task: str, config_hash: str) -> str:
-        for kind, part in (("task", task), ("config_hash", config_hash)):
-            if len(os.fsencode(part)) > _MAX_FILENAME:
-                raise InvalidArgument(f"{kind} {part[:40]!r}... exceeds {_MAX_FILENAME} bytes")
+        self._check_run(task, config_hash)
         return os.path.join(self._base, task, config_hash)
 
+    @staticmethod
+    def _check_run(task: str, config_hash: str) -> None:
+        for kind, part in (("task", task), ("config_hash", config_hash)):
+            if not _fits(part):
+                raise InvalidArgument(f"{kind} {part[:40]!r}... exceeds {_MAX_FILENAME} bytes")
+
     def _file(self, run_dir: str, name: str, stype: StoreType) -> str:
+        return os.path.join(run_dir, self._filename(name, stype))
+
+    @staticmethod
+    def _filename(name: str, stype: StoreType) -> str:
         filename = f"{name}.{stype.extension}"
-        if len(os.fsencode(filename)) > _MAX_FILENAME:
+        if not _fits(filename):
             raise InvalidArgument(
                 f"name {name!r} is too long: {filename!r} exceeds {_MAX_FILENAME} bytes"
             )
-        return os.path.join(run_dir, filename)
+        return filename
 
     def _run(self, task: str, config_hash: str) -> files.Run:
-        self._run_dir(task, config_hash)  # checks the lengths
+        self._check_run(task, config_hash)
         return files.Run(self._base, task, config_hash)
 
     def _candidates(self, name: str) -> list[tuple[StoreType, str]]:
@@ -114,7 +133,7 @@ class LocalFileStore(ResultStore):
         return [
             (stype, filename)
             for stype in self._types
-            if len(os.fsencode(filename := f"{name}.{stype.extension}")) <= _MAX_FILENAME
+            if _fits(filename := f"{name}.{stype.extension}")
         ]
 
     async def _write(
@@ -131,7 +150,7 @@ class LocalFileStore(ResultStore):
         self, obj: Any, name: str, task: str, config_hash: str, type_: StoreType
     ) -> None:
         run = self._run(task, config_hash)
-        filename = os.path.basename(self._file(run.path(), name, type_))
+        filename = self._filename(name, type_)
         data = type_.encode(obj, name)
         siblings = [f for t, f in self._candidates(name) if t is not type_]
         await self._write(run, filename, data, siblings)
@@ -297,7 +316,7 @@ class LocalFileStore(ResultStore):
         self, name: str, mode: str, task: str, config_hash: str, stype: StoreType
     ) -> AsyncIterator[Any]:
         run = self._run(task, config_hash)
-        filename = os.path.basename(self._file(run.path(), name, stype))
+        filename = self._filename(name, stype)
         siblings = [f for t, f in self._candidates(name) if t is not stype]
         fd, temp = await files.off_loop(files.create_temp, run)
         try:
