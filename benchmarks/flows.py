@@ -110,6 +110,9 @@ TARGET_CHAIN_GROWTH = 1.5
 TARGET_RSS_MIB = 1024.0
 N_FAILFAST = 10_000
 TARGET_FAILFAST = 1.5
+N_BIG = 1_000_000
+TARGET_BIG_CPU = 15.0  # seconds of CPU for flow.graph() + flow.run() at N_BIG nodes
+TARGET_BIG_MIB = 1024.0
 
 AIOFLOWS = "aioflows Flow.run"
 NAIVE = "naive anyio (task + Event)"
@@ -521,6 +524,81 @@ def bench_rss(rounds: int) -> None:
     )
 
 
+# -- part 6: a million nodes, in a fresh process -------------------------------------------
+
+
+def big_child(nodes: int) -> int:
+    """In a fresh process: the fan-out of ``nodes`` nodes, ``flow.graph()`` then ``flow.run()``
+    timed apart (the run reuses the graph while the flow is unchanged); print JSON."""
+    before_kib, source = peak_rss_kib()
+    flow = fanout_flow(nodes - 2)
+    gc.collect()
+    start = time.process_time()
+    graph = flow.graph()
+    graph_cpu = time.process_time() - start
+    assert len(graph) == nodes
+    del graph
+    start = time.process_time()
+    ran = asyncio.run(with_aioflows(flow))
+    run_cpu = time.process_time() - start
+    assert ran == nodes
+    peak_kib, source = peak_rss_kib()
+    print(
+        json.dumps(
+            {
+                "nodes": nodes,
+                "graph_cpu": graph_cpu,
+                "run_cpu": run_cpu,
+                "before_kib": before_kib,
+                "peak_kib": peak_kib,
+                "source": source,
+            }
+        )
+    )
+    return 0
+
+
+def bench_big(nodes: int) -> None:
+    """``flow.graph()`` + ``flow.run()`` of a ``nodes``-node fan-out, in a child process."""
+    print(f"\n== 6. big: a {nodes:,}-node fan-out ==")
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.flows", "--big-child", str(nodes)],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    total = report["graph_cpu"] + report["run_cpu"]
+    peak = report["peak_kib"] / 1024
+    per_node = (report["peak_kib"] - report["before_kib"]) * 1024 / nodes
+    print_table(
+        f"fan-out of {nodes:,} nodes (1 source -> {nodes - 2:,} instances -> reduce sink), "
+        "no store, one fresh process",
+        ["step", "CPU s", "CPU µs/node"],
+        [
+            [
+                "flow.graph()",
+                f"{report['graph_cpu']:.2f}",
+                f"{report['graph_cpu'] / nodes * 1e6:.1f}",
+            ],
+            ["flow.run()", f"{report['run_cpu']:.2f}", f"{report['run_cpu'] / nodes * 1e6:.1f}"],
+            ["both", f"{total:.2f}", f"{total / nodes * 1e6:.1f}"],
+        ],
+    )
+    print(
+        f"peak RSS ({report['source']}) {peak:.0f} MiB; above the imports "
+        f"{per_node:,.0f} bytes/node"
+    )
+    scale = nodes / N_BIG
+    print(
+        f"target (scaled to {nodes:,} nodes) CPU <= {TARGET_BIG_CPU * scale:.1f} s: {total:.2f} s "
+        f"{verdict(total <= TARGET_BIG_CPU * scale)}; peak RSS <= {TARGET_BIG_MIB:g} MiB: "
+        f"{peak:.0f} MiB {verdict(peak <= TARGET_BIG_MIB)}"
+    )
+
+
 # -- part 5: fail-fast, stopping 10,000 running instances -----------------------------------
 
 
@@ -718,9 +796,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         ROUNDS,
     )
     parser.add_argument("--rss-child", choices=sorted(RSS_CONTENDERS), help=argparse.SUPPRESS)
+    parser.add_argument("--big-child", type=int, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--big",
+        nargs="?",
+        type=int,
+        const=N_BIG,
+        metavar="NODES",
+        help=f"run only part 6: a fan-out of NODES nodes (default {N_BIG:,}) in a child process",
+    )
     args = parser.parse_args(argv)
     if args.rss_child:
         return rss_child(args.rss_child)
+    if args.big_child:
+        return big_child(args.big_child)
+    if args.big:
+        print_header(("aioflows", "anyio"), 1, "no warm-up")
+        bench_big(args.big)
+        return 0
     print_header(("aioflows", "anyio"), args.rounds)
     run_parts(PARTS, args.part, args.rounds)
     return 0
