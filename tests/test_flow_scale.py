@@ -4,8 +4,10 @@ the graph ``flow.graph()`` built while the flow is unchanged (and only then)."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
+import pickle
 from typing import Any
 
 from pydantic import BaseModel
@@ -175,3 +177,31 @@ async def test_a_failed_run_does_not_spoil_the_graph_for_the_next() -> None:
     run = await flow.run()
     assert run.ok
     assert run.values("flaky") == [1]
+
+
+async def test_a_reduce_gets_sweeps_as_before_their_configs_read_when_asked() -> None:
+    seen: list[af.Sweep[int]] = []
+
+    async def part(i: int, _tag: str = "x") -> int:
+        return i * 10
+
+    async def total(part: list[af.Sweep[int]]) -> int:
+        seen.extend(part)
+        return sum(s.value for s in part)
+
+    flow = af.Flow("reduce")
+    p = flow.add(part, {"i": [1, 2, 3]})
+    flow.add(total, requires=[p], reduce=True)
+    run = await flow.run()
+    assert run.values("total") == [60]
+    nodes = flow.graph().by_task("part")
+    expected = [
+        af.Sweep(i * 10, {"i": i}, n.unique_name, n.config_hash)
+        for i, n in zip([1, 2, 3], nodes, strict=True)
+    ]
+    assert seen == expected
+    assert [repr(s) for s in seen] == [repr(s) for s in expected]
+    copies = [pickle.loads(pickle.dumps(s)) for s in seen]
+    assert copies == expected
+    assert all(type(c) is af.Sweep for c in copies)
+    assert dataclasses.asdict(seen[0]) == dataclasses.asdict(expected[0])

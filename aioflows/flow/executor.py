@@ -38,7 +38,7 @@ from ..stores.records import TaskState, from_micros
 from .cache import RESULT_NAME, Cache
 from .context import TaskContext
 from .events import Events, Slot, now
-from .run import FlowRun, Sweep, TaskEvent, TaskResult
+from .run import FlowRun, NodeSweep, TaskEvent, TaskResult
 from .scheduler import Scheduler
 
 if TYPE_CHECKING:
@@ -152,9 +152,7 @@ class _Instances:
             if node.reduce:
                 for name in binding.results:
                     kwargs[name] = [
-                        Sweep(slots[p].value, p.unique_config, p.unique_name, p.config_hash)
-                        for p in node.predecessors
-                        if p.task == name
+                        NodeSweep(slots[p].value, p) for p in node.predecessors if p.task == name
                     ]
             else:
                 for p in node.predecessors:
