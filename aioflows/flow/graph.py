@@ -10,7 +10,6 @@ time linear in its output, and single-instance ancestors (chains, plain DAGs) ad
 
 from __future__ import annotations
 
-import gc
 import graphlib
 import inspect
 from collections.abc import Iterator, Mapping
@@ -19,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._callables import is_async_callable
 from ..errors import FlowError
+from ._bulk import gc_paused
 from .config import expand_config
 from .identity import encoded_config, node_hasher, strip_ignored
 
@@ -338,13 +338,8 @@ def build_graph(flow: Flow) -> Graph:
     The cyclic garbage collector is paused meanwhile: expansion makes no garbage cycles, but
     each full collection walks every node made so far, which was a quarter of the time of
     building a million (and the nodes are all alive until the graph is dropped)."""
-    paused = gc.isenabled()
-    gc.disable()
-    try:
+    with gc_paused():
         return _build(flow)
-    finally:
-        if paused:
-            gc.enable()
 
 
 def _build(flow: Flow) -> Graph:

@@ -47,14 +47,20 @@ class NodeSweep(Sweep[T]):
     _node: TaskNode
 
     def __init__(self, value: T, node: TaskNode) -> None:
-        object.__setattr__(self, "value", value)
-        object.__setattr__(self, "unique_name", node.unique_name)
-        object.__setattr__(self, "config_hash", node.config_hash)
-        object.__setattr__(self, "_node", node)
+        _set_value(self, value)
+        _set_node(self, node)
 
     @property
     def config(self) -> dict[str, Any]:
         return self._node.unique_config
+
+    @property
+    def unique_name(self) -> str:
+        return self._node.unique_name
+
+    @property
+    def config_hash(self) -> str:
+        return self._node.config_hash
 
     def _plain(self) -> Sweep[T]:
         return Sweep(self.value, self.config, self.unique_name, self.config_hash)
@@ -72,6 +78,11 @@ class NodeSweep(Sweep[T]):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (Sweep, (self.value, self.config, self.unique_name, self.config_hash))
+
+
+# The slots' own setters: a frozen dataclass's __setattr__ refuses, object.__setattr__ is slower.
+_set_value = Sweep.__dict__["value"].__set__
+_set_node = NodeSweep.__dict__["_node"].__set__
 
 
 @dataclass(frozen=True, slots=True)
