@@ -51,7 +51,7 @@ class TaskNode:
         config_hash: The digest of ``unique_config``: the instance's key in a store.
         predecessors: The predecessor instances it receives results from.
         reduce: Whether it receives every instance of its predecessors at once.
-        successors: The instances that receive its results (a tuple).
+        successors: The instances that receive its results.
         lineage: Which instance of each multi-instance ancestor it descends from (task name to
             index), which decides the predecessor combinations that are compatible (empty
             where no later task joins on it).
@@ -87,7 +87,7 @@ class TaskNode:
         self.config_hash = config_hash
         self.predecessors = predecessors
         self.reduce = reduce
-        self.successors: tuple[TaskNode, ...] = ()  # set once the graph is built
+        self.successors: list[TaskNode] = []
         self.lineage = lineage
         self._shape = shape
         self._unique: dict[str, Any] | None = None
@@ -352,9 +352,6 @@ def _build(flow: Flow) -> Graph:
     strip_ignored({}, prefix)  # checks the prefix once, for _identity
     # Tasks some later task joins on (not a reduce): only their instances need a lineage.
     joined = {p for name, spec in specs.items() if not spec.reduce for p in preds[name]}
-    # Each node's successors, made tuples at the end: a tuple of one costs 40 bytes less than
-    # the list it is appended to, a million times.
-    following: dict[TaskNode, list[TaskNode]] = {}
     for name, spec in specs.items():
         configs = expand_config(spec.config, spec.expand, flow.group_prefix)
         pred_names = preds[name]
@@ -395,12 +392,9 @@ def _build(flow: Flow) -> Graph:
                     shape,
                 )
                 for pred in combo:
-                    following[pred].append(node)
-                following[node] = []
+                    pred.successors.append(node)
                 own.append(node)
         del seen
         instances[name] = own
         nodes.extend(own)
-    for node in nodes:
-        node.successors = tuple(following.pop(node))
     return Graph(flow, nodes, specs, bindings)
