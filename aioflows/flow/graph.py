@@ -57,14 +57,13 @@ class TaskNode:
             where no later task joins on it).
     """
 
+    # Eight slots: 96 bytes a node with the GC's header (each slot more is 8, a million times).
     __slots__ = (
         "_shape",
-        "_unique",
         "config",
         "config_hash",
         "lineage",
         "predecessors",
-        "reduce",
         "successors",
         "task",
         "unique_name",
@@ -77,7 +76,6 @@ class TaskNode:
         config: dict[str, Any],
         config_hash: str,
         predecessors: tuple[TaskNode, ...],
-        reduce: bool,
         lineage: Mapping[str, int],
         shape: _Shape,
     ) -> None:
@@ -86,18 +84,22 @@ class TaskNode:
         self.config = config
         self.config_hash = config_hash
         self.predecessors = predecessors
-        self.reduce = reduce
         self.successors: list[TaskNode] = []
         self.lineage = lineage
         self._shape = shape
-        self._unique: dict[str, Any] | None = None
+
+    @property
+    def reduce(self) -> bool:
+        """Whether it receives every instance of its predecessors at once."""
+        return self._shape.reduce
 
     @property
     def unique_config(self) -> dict[str, Any]:
         """The config that identifies the instance (built on first read, then kept)."""
-        unique = self._unique
+        uniques = self._shape.uniques
+        unique = uniques.get(self)
         if unique is None:
-            unique = self._unique = self._shape.unique(self)
+            unique = uniques[self] = self._shape.unique(self)
         return unique
 
     def __repr__(self) -> str:
@@ -105,20 +107,23 @@ class TaskNode:
 
 
 class _Shape:
-    """What the instances of one task share: how their unique_config is built."""
+    """What the instances of one task share: whether it reduces, how their unique_config is
+    built, and those built so far (by node: a slot of each node would cost every node)."""
 
-    __slots__ = ("predecessors", "prefix")
+    __slots__ = ("predecessors", "prefix", "reduce", "uniques")
 
-    def __init__(self, prefix: str | None, predecessors: list[str]) -> None:
+    def __init__(self, prefix: str | None, predecessors: list[str], reduce: bool) -> None:
         self.prefix = prefix
         self.predecessors = predecessors
+        self.reduce = reduce
+        self.uniques: dict[TaskNode, dict[str, Any]] = {}
 
     def unique(self, node: TaskNode) -> dict[str, Any]:
         unique = _plain_copy(node.config, self.prefix)
         if unique is None:
             unique = strip_ignored(node.config, self.prefix)
         combo = node.predecessors
-        if node.reduce:
+        if self.reduce:
             for p in self.predecessors:
                 unique[p] = [n.unique_config for n in combo if n.task == p]
         else:
@@ -365,8 +370,7 @@ def _build(flow: Flow) -> Graph:
         hashers = [node_hasher(name, [(p.task, p.config_hash) for p in c]) for c, _ in combos]
         multi = len(configs) > 1
         keep_lineage = name in joined
-        shape = _Shape(prefix, pred_names)
-        reduce = spec.reduce
+        shape = _Shape(prefix, pred_names, spec.reduce)
         for i, config in enumerate(configs):
             encoded = encoded_config(name, _identity(config, prefix))
             for (combo, lineage), hasher in zip(combos, hashers, strict=True):
@@ -387,7 +391,6 @@ def _build(flow: Flow) -> Graph:
                     config,
                     digest,
                     combo,
-                    reduce,
                     lineage,
                     shape,
                 )
