@@ -325,7 +325,7 @@ def _identity(config: dict[str, Any], prefix: str | None) -> Mapping[str, Any]:
 
 
 def _has_ignored(value: Any, prefix: str) -> bool:
-    if isinstance(value, Mapping):
+    if type(value) is dict or isinstance(value, Mapping):  # the ABC test is slow: dicts first
         for key, item in value.items():
             if isinstance(key, str) and key.startswith(prefix):
                 return True
