@@ -2,7 +2,13 @@
 
 Run with ``python -m benchmarks.flows`` (about 2 minutes on a 2-core machine; ``--part
 fanout|chain|dag|rss|failfast`` runs one part, ``--rounds N`` changes the number of measured
-rounds). In parts 1-4 every node runs a no-op ``async def`` that returns at once, so what is
+rounds). ``--big [NODES]`` runs only part 6 (issue 15): a fan-out of 1,000,000 nodes (one
+source, one task over 999,998 configs, one reduce) with no store, in a fresh process:
+``flow.graph()`` and then ``flow.run()`` (which reuses that graph) timed apart in CPU
+seconds, and the child's peak RSS (``VmHWM``) and bytes per node above the imports, against
+the targets of 15 s CPU for both and 1 GiB (the CPU target scaled to NODES).
+
+In parts 1-4 every node runs a no-op ``async def`` that returns at once, so what is
 measured is the cost of the executor itself, in CPU time (``time.process_time``). Five parts:
 
 1. **fan-out/fan-in**: one source, a task expanded over 10,000 configs (``{"i": [0..9999]}``)
@@ -110,6 +116,9 @@ TARGET_CHAIN_GROWTH = 1.5
 TARGET_RSS_MIB = 1024.0
 N_FAILFAST = 10_000
 TARGET_FAILFAST = 1.5
+N_BIG = 1_000_000
+TARGET_BIG_CPU = 15.0  # seconds of CPU for flow.graph() + flow.run() at N_BIG nodes
+TARGET_BIG_MIB = 1024.0
 
 AIOFLOWS = "aioflows Flow.run"
 NAIVE = "naive anyio (task + Event)"
@@ -276,7 +285,11 @@ def dag() -> Workload:
 # -- the contenders ---------------------------------------------------------------------------
 
 
-async def with_aioflows(flow: af.Flow) -> int:
+async def with_aioflows(flow: af.Flow, fresh: bool = True) -> int:
+    """``flow.run()``; ``fresh``: with the graph expanded again, as a flow's first run does (a
+    flow keeps its last graph while unchanged, and rounds must not share one)."""
+    if fresh:
+        flow._graph = None
     run = await flow.run()
     assert run.ok
     return len(run.states)
@@ -328,6 +341,12 @@ async def with_graphlib(preds: Preds) -> int:
     return len(results)
 
 
+def fresh_graph(flow: af.Flow) -> af.Graph:
+    """``flow.graph()`` expanded anew (not the graph the flow keeps)."""
+    flow._graph = None
+    return flow.graph()
+
+
 def sync_ms(fn: Callable[[], object], rounds: int) -> float:
     """Median CPU ms of a synchronous step, timed apart from the runs (warm-up dropped)."""
     times = []
@@ -375,7 +394,7 @@ def bench_workloads(workloads: list[Workload], rounds: int) -> dict[str, dict[st
         )
         ratio = cpu[AIOFLOWS] / naive
         declare = sync_ms(workload.build_flow, rounds)
-        expand = sync_ms(flow.graph, rounds)
+        expand = sync_ms(functools.partial(fresh_graph, flow), rounds)
         print(
             f"timed apart: flow.add calls {declare:.1f} ms (not in the runs); "
             f"flow.graph() {expand:.1f} ms (expansion + hashing, inside Flow.run)"
@@ -518,6 +537,81 @@ def bench_rss(rounds: int) -> None:
     print(
         f"target Flow.run {N_RSS:,}-node fan-out peak RSS < {TARGET_RSS_MIB:g} MiB: "
         f"{peak:.0f} MiB {verdict(peak < TARGET_RSS_MIB)}"
+    )
+
+
+# -- part 6: a million nodes, in a fresh process -------------------------------------------
+
+
+def big_child(nodes: int) -> int:
+    """In a fresh process: the fan-out of ``nodes`` nodes, ``flow.graph()`` then ``flow.run()``
+    timed apart (the run reuses the graph while the flow is unchanged); print JSON."""
+    before_kib, source = peak_rss_kib()
+    flow = fanout_flow(nodes - 2)
+    gc.collect()
+    start = time.process_time()
+    graph = flow.graph()
+    graph_cpu = time.process_time() - start
+    assert len(graph) == nodes
+    del graph
+    start = time.process_time()
+    ran = asyncio.run(with_aioflows(flow, fresh=False))
+    run_cpu = time.process_time() - start
+    assert ran == nodes
+    peak_kib, source = peak_rss_kib()
+    print(
+        json.dumps(
+            {
+                "nodes": nodes,
+                "graph_cpu": graph_cpu,
+                "run_cpu": run_cpu,
+                "before_kib": before_kib,
+                "peak_kib": peak_kib,
+                "source": source,
+            }
+        )
+    )
+    return 0
+
+
+def bench_big(nodes: int) -> None:
+    """``flow.graph()`` + ``flow.run()`` of a ``nodes``-node fan-out, in a child process."""
+    print(f"\n== 6. big: a {nodes:,}-node fan-out ==")
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.flows", "--big-child", str(nodes)],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    total = report["graph_cpu"] + report["run_cpu"]
+    peak = report["peak_kib"] / 1024
+    per_node = (report["peak_kib"] - report["before_kib"]) * 1024 / nodes
+    print_table(
+        f"fan-out of {nodes:,} nodes (1 source -> {nodes - 2:,} instances -> reduce sink), "
+        "no store, one fresh process",
+        ["step", "CPU s", "CPU µs/node"],
+        [
+            [
+                "flow.graph()",
+                f"{report['graph_cpu']:.2f}",
+                f"{report['graph_cpu'] / nodes * 1e6:.1f}",
+            ],
+            ["flow.run()", f"{report['run_cpu']:.2f}", f"{report['run_cpu'] / nodes * 1e6:.1f}"],
+            ["both", f"{total:.2f}", f"{total / nodes * 1e6:.1f}"],
+        ],
+    )
+    print(
+        f"peak RSS ({report['source']}) {peak:.0f} MiB; above the imports "
+        f"{per_node:,.0f} bytes/node"
+    )
+    scale = nodes / N_BIG
+    print(
+        f"target (scaled to {nodes:,} nodes) CPU <= {TARGET_BIG_CPU * scale:.1f} s: {total:.2f} s "
+        f"{verdict(total <= TARGET_BIG_CPU * scale)}; peak RSS <= {TARGET_BIG_MIB:g} MiB: "
+        f"{peak:.0f} MiB {verdict(peak <= TARGET_BIG_MIB)}"
     )
 
 
@@ -718,9 +812,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         ROUNDS,
     )
     parser.add_argument("--rss-child", choices=sorted(RSS_CONTENDERS), help=argparse.SUPPRESS)
+    parser.add_argument("--big-child", type=int, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--big",
+        nargs="?",
+        type=int,
+        const=N_BIG,
+        metavar="NODES",
+        help=f"run only part 6: a fan-out of NODES nodes (default {N_BIG:,}) in a child process",
+    )
     args = parser.parse_args(argv)
     if args.rss_child:
         return rss_child(args.rss_child)
+    if args.big_child:
+        return big_child(args.big_child)
+    if args.big:
+        print_header(("aioflows", "anyio"), 1, "no warm-up")
+        bench_big(args.big)
+        return 0
     print_header(("aioflows", "anyio"), args.rounds)
     run_parts(PARTS, args.part, args.rounds)
     return 0

@@ -28,7 +28,11 @@ from .run import TaskEvent
 if TYPE_CHECKING:
     from .graph import TaskNode
 
-__all__ = ["SETTLED", "Events", "Slot", "now"]
+__all__ = ["HELD", "SETTLED", "Events", "Slot", "now"]
+
+#: ``Slot.remaining`` of an instance looked up in the store already and handed the task slot
+#: another instance freed: one that was parked, queued again, runs when taken (scheduler).
+HELD = -1
 
 _log = logging.getLogger("aioflows.flow")
 
@@ -57,7 +61,6 @@ class Slot:
         "attempts",
         "ended",
         "error",
-        "held",
         "made",
         "remaining",
         "started",
@@ -67,7 +70,10 @@ class Slot:
 
     def __init__(self, remaining: int) -> None:
         self.state = TaskState.PENDING
-        self.remaining = remaining  # predecessors in the run not yet done
+        # Predecessors in the run not yet done; HELD once all are and the instance, parked
+        # for its task's slot, is queued again with one (a flag of its own would be 16 more
+        # bytes a slot, a million times).
+        self.remaining = remaining
         self.value: Any = None
         self.attempts = 0
         self.started: int | None = None  # microseconds since the epoch (see now)
@@ -76,9 +82,6 @@ class Slot:
         # The run that computed a CACHED value (its record's run_id); a FINISHED one's is this
         # run's (see aioflows.flow.cache).
         self.made: str | None = None
-        # Looked up in the store already and handed the task slot another instance freed:
-        # an instance that was parked, queued again, runs when taken (scheduler).
-        self.held = False
 
 
 class Events:

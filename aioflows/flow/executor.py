@@ -35,10 +35,11 @@ from ..errors import FlowError, FlowFailed
 from ..stores.base import ResultStore
 from ..stores.memory import MemoryStore
 from ..stores.records import TaskState, from_micros
+from ._bulk import BULK, gc_paused
 from .cache import RESULT_NAME, Cache
 from .context import TaskContext
 from .events import Events, Slot, now
-from .run import FlowRun, Sweep, TaskEvent, TaskResult
+from .run import FlowRun, NodeSweep, TaskEvent, TaskResult
 from .scheduler import Scheduler
 
 if TYPE_CHECKING:
@@ -150,12 +151,12 @@ class _Instances:
         if binding.results:
             slots = self.slots
             if node.reduce:
-                for name in binding.results:
-                    kwargs[name] = [
-                        Sweep(slots[p].value, p.unique_config, p.unique_name, p.config_hash)
-                        for p in node.predecessors
-                        if p.task == name
-                    ]
+                preds = node.predecessors
+                with gc_paused() if len(preds) > BULK else contextlib.nullcontext():
+                    for name in binding.results:
+                        kwargs[name] = [
+                            NodeSweep(slots[p].value, p) for p in preds if p.task == name
+                        ]
             else:
                 for p in node.predecessors:
                     if p.task in binding.results:
@@ -243,10 +244,11 @@ def select(graph: Graph, targets: Sequence[str] | None) -> list[TaskNode]:
 
 def _slots(graph: Graph, nodes: list[TaskNode]) -> dict[TaskNode, Slot]:
     """A slot per instance to run, counting only the predecessors that are in the run."""
-    if len(nodes) == len(graph.nodes):
-        return {node: Slot(len(node.predecessors)) for node in nodes}
-    in_run = {id(n) for n in nodes}
-    return {node: Slot(sum(1 for p in node.predecessors if id(p) in in_run)) for node in nodes}
+    with gc_paused() if len(nodes) > BULK else contextlib.nullcontext():
+        if len(nodes) == len(graph.nodes):
+            return {node: Slot(len(node.predecessors)) for node in nodes}
+        in_run = {id(n) for n in nodes}
+        return {node: Slot(sum(1 for p in node.predecessors if id(p) in in_run)) for node in nodes}
 
 
 def new_run_id() -> str:

@@ -13,13 +13,14 @@ from __future__ import annotations
 import graphlib
 import inspect
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .._callables import is_async_callable
 from ..errors import FlowError
+from ._bulk import gc_paused
 from .config import expand_config
-from .identity import config_hash, strip_ignored
+from .identity import encoded_config, node_hasher, strip_ignored
 
 if TYPE_CHECKING:
     from .spec import Flow, TaskSpec
@@ -27,13 +28,20 @@ if TYPE_CHECKING:
 __all__ = ["Binding", "Graph", "TaskNode", "build_graph"]
 
 
-@dataclass(eq=False, slots=True)
+#: The lineage of an instance no later task joins on (shared: never written to).
+_NO_LINEAGE: Mapping[str, int] = {}
+
+
 class TaskNode:
     """One task instance: a spec with one expanded config and one set of predecessor instances.
 
     ``config`` is what the function receives; ``unique_config`` (without ignored keys, plus the
     predecessors' unique configs under their task names) and ``config_hash`` identify it.
     Made by :meth:`Flow.graph`, not by hand.
+
+    A flow of a million instances keeps a million of these, so a node holds only what the run
+    needs: ``unique_config`` is built when first read (a reduce's inputs, a record, a result)
+    and kept, and instances of one config share its dict.
 
     Attributes:
         unique_name: ``"<task>-<n>"``, n counting the task's instances from 1.
@@ -45,21 +53,83 @@ class TaskNode:
         reduce: Whether it receives every instance of its predecessors at once.
         successors: The instances that receive its results.
         lineage: Which instance of each multi-instance ancestor it descends from (task name to
-            index), which decides the predecessor combinations that are compatible.
+            index), which decides the predecessor combinations that are compatible (empty
+            where no later task joins on it).
     """
 
-    unique_name: str
-    task: str
-    config: dict[str, Any]
-    unique_config: dict[str, Any]
-    config_hash: str
-    predecessors: tuple[TaskNode, ...]
-    reduce: bool = False
-    successors: list[TaskNode] = field(default_factory=list, repr=False)
-    lineage: Mapping[str, int] = field(default_factory=dict, repr=False)
+    # Eight slots: 96 bytes a node with the GC's header (each slot more is 8, a million times).
+    __slots__ = (
+        "_shape",
+        "config",
+        "config_hash",
+        "lineage",
+        "predecessors",
+        "successors",
+        "task",
+        "unique_name",
+    )
+
+    def __init__(
+        self,
+        unique_name: str,
+        task: str,
+        config: dict[str, Any],
+        config_hash: str,
+        predecessors: tuple[TaskNode, ...],
+        lineage: Mapping[str, int],
+        shape: _Shape,
+    ) -> None:
+        self.unique_name = unique_name
+        self.task = task
+        self.config = config
+        self.config_hash = config_hash
+        self.predecessors = predecessors
+        self.successors: list[TaskNode] = []
+        self.lineage = lineage
+        self._shape = shape
+
+    @property
+    def reduce(self) -> bool:
+        """Whether it receives every instance of its predecessors at once."""
+        return self._shape.reduce
+
+    @property
+    def unique_config(self) -> dict[str, Any]:
+        """The config that identifies the instance (built on first read, then kept)."""
+        uniques = self._shape.uniques
+        unique = uniques.get(self)
+        if unique is None:
+            unique = uniques[self] = self._shape.unique(self)
+        return unique
 
     def __repr__(self) -> str:
         return f"TaskNode({self.unique_name!r}, config_hash={self.config_hash!r})"
+
+
+class _Shape:
+    """What the instances of one task share: whether it reduces, how their unique_config is
+    built, and those built so far (by node: a slot of each node would cost every node)."""
+
+    __slots__ = ("predecessors", "prefix", "reduce", "uniques")
+
+    def __init__(self, prefix: str | None, predecessors: list[str], reduce: bool) -> None:
+        self.prefix = prefix
+        self.predecessors = predecessors
+        self.reduce = reduce
+        self.uniques: dict[TaskNode, dict[str, Any]] = {}
+
+    def unique(self, node: TaskNode) -> dict[str, Any]:
+        unique = _plain_copy(node.config, self.prefix)
+        if unique is None:
+            unique = strip_ignored(node.config, self.prefix)
+        combo = node.predecessors
+        if self.reduce:
+            for p in self.predecessors:
+                unique[p] = [n.unique_config for n in combo if n.task == p]
+        else:
+            for pred in combo:
+                unique[pred.task] = pred.unique_config
+        return unique
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,17 +303,62 @@ def _combinations(
     return combos
 
 
+def _plain_copy(config: dict[str, Any], prefix: str | None) -> dict[str, Any] | None:
+    """``strip_ignored(config, prefix)`` for a config of scalars with no ignored key (a
+    reduce over a million instances reads as many unique configs), else None. The keys are
+    str: :func:`_bind` checked them."""
+    for key, value in config.items():
+        kind = type(value)
+        if not (kind is int or kind is str or kind is float or kind is bool or value is None):
+            return None
+        if prefix is not None and key.startswith(prefix):
+            return None
+    return dict(config)
+
+
+def _identity(config: dict[str, Any], prefix: str | None) -> Mapping[str, Any]:
+    """The config without ignored keys, for its hash only: the config itself when no key at
+    any depth is ignored (the common case, and no copy per instance then)."""
+    if prefix is None or not _has_ignored(config, prefix):
+        return config
+    return strip_ignored(config, prefix)
+
+
+def _has_ignored(value: Any, prefix: str) -> bool:
+    if type(value) is dict or isinstance(value, Mapping):  # the ABC test is slow: dicts first
+        for key, item in value.items():
+            if isinstance(key, str) and key.startswith(prefix):
+                return True
+            if type(item) is not int and type(item) is not str and _has_ignored(item, prefix):
+                return True
+        return False
+    if type(value) is list or type(value) is tuple:
+        return any(_has_ignored(item, prefix) for item in value)
+    return False
+
+
 def build_graph(flow: Flow) -> Graph:
-    """Expand every spec of ``flow``; raises FlowError for anything declared wrongly."""
+    """Expand every spec of ``flow``; raises FlowError for anything declared wrongly.
+
+    The cyclic garbage collector is paused meanwhile: expansion makes no garbage cycles, but
+    each full collection walks every node made so far, which was a quarter of the time of
+    building a million (and the nodes are all alive until the graph is dropped)."""
+    with gc_paused():
+        return _build(flow)
+
+
+def _build(flow: Flow) -> Graph:
     specs, preds = _order(flow)
     signatures: dict[int, inspect.Signature] = {}
     bindings = {name: _bind(spec, preds[name], signatures) for name, spec in specs.items()}
     instances: dict[str, list[TaskNode]] = {}
     nodes: list[TaskNode] = []
     prefix = flow.config_ignore_prefix
+    strip_ignored({}, prefix)  # checks the prefix once, for _identity
+    # Tasks some later task joins on (not a reduce): only their instances need a lineage.
+    joined = {p for name, spec in specs.items() if not spec.reduce for p in preds[name]}
     for name, spec in specs.items():
         configs = expand_config(spec.config, spec.expand, flow.group_prefix)
-        identities = [strip_ignored(c, prefix) for c in configs]
         pred_names = preds[name]
         own: list[TaskNode] = []
         seen: set[str] = set()
@@ -252,36 +367,37 @@ def build_graph(flow: Flow) -> Graph:
             combos: list[tuple[tuple[TaskNode, ...], Mapping[str, int]]] = [(gathered, {})]
         else:
             combos = _combinations([instances[p] for p in pred_names])
+        hashers = [node_hasher(name, [(p.task, p.config_hash) for p in c]) for c, _ in combos]
         multi = len(configs) > 1
-        for i, (config, identity) in enumerate(zip(configs, identities, strict=True)):
-            for combo, lineage in combos:
-                digest = config_hash(name, identity, [(p.task, p.config_hash) for p in combo])
+        keep_lineage = name in joined
+        shape = _Shape(prefix, pred_names, spec.reduce)
+        for i, config in enumerate(configs):
+            encoded = encoded_config(name, _identity(config, prefix))
+            for (combo, lineage), hasher in zip(combos, hashers, strict=True):
+                digest = hasher(encoded)
                 if digest in seen:
                     raise FlowError(
                         f"task {name!r} expands to the same instance twice (config {config!r}); "
                         "remove the repeated alternative"
                     )
-                unique = dict(identity)
-                if spec.reduce:
-                    for p in pred_names:
-                        unique[p] = [n.unique_config for n in combo if n.task == p]
-                else:
-                    for pred in combo:
-                        unique[pred.task] = pred.unique_config
                 seen.add(digest)
+                if not keep_lineage:
+                    lineage = _NO_LINEAGE
+                elif multi:
+                    lineage = {**lineage, name: i}
                 node = TaskNode(
-                    unique_name=f"{name}-{len(own) + 1}",
-                    task=name,
-                    config=config,
-                    unique_config=unique,
-                    config_hash=digest,
-                    predecessors=combo,
-                    reduce=spec.reduce,
-                    lineage={**lineage, name: i} if multi else lineage,
+                    f"{name}-{len(own) + 1}",
+                    name,
+                    config,
+                    digest,
+                    combo,
+                    lineage,
+                    shape,
                 )
                 for pred in combo:
                     pred.successors.append(node)
                 own.append(node)
+        del seen
         instances[name] = own
         nodes.extend(own)
     return Graph(flow, nodes, specs, bindings)

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from ..stores.records import TaskState
 
 if TYPE_CHECKING:
-    from .graph import Graph
+    from .graph import Graph, TaskNode
 
 __all__ = ["FlowRun", "Sweep", "TaskEvent", "TaskResult"]
 
@@ -35,6 +35,54 @@ class Sweep(Generic[T]):
     config: dict[str, Any]  # the instance's unique_config
     unique_name: str = ""
     config_hash: str = ""
+
+
+class NodeSweep(Sweep[T]):
+    """The :class:`Sweep` a run hands a reduce task: ``config`` read from the instance when
+    first asked for. A reduce over a million instances would otherwise build a million unique
+    configs nobody may read, at the run's peak of memory. It compares, hashes, prints and
+    pickles as the plain Sweep of the same fields (it unpickles as one)."""
+
+    __slots__ = ("_node",)
+    _node: TaskNode
+
+    def __init__(self, value: T, node: TaskNode) -> None:
+        _set_value(self, value)
+        _set_node(self, node)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return self._node.unique_config
+
+    @property
+    def unique_name(self) -> str:
+        return self._node.unique_name
+
+    @property
+    def config_hash(self) -> str:
+        return self._node.config_hash
+
+    def _plain(self) -> Sweep[T]:
+        return Sweep(self.value, self.config, self.unique_name, self.config_hash)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, NodeSweep):
+            other = other._plain()
+        return self._plain() == other
+
+    def __hash__(self) -> int:
+        return hash(self._plain())
+
+    def __repr__(self) -> str:
+        return repr(self._plain())
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Sweep, (self.value, self.config, self.unique_name, self.config_hash))
+
+
+# The slots' own setters: a frozen dataclass's __setattr__ refuses, object.__setattr__ is slower.
+_set_value = Sweep.__dict__["value"].__set__
+_set_node = NodeSweep.__dict__["_node"].__set__
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,7 +34,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from .._workers import Pool, QueueSource
 from ..stores.records import TaskState
-from .events import SETTLED, now
+from .events import HELD, SETTLED, now
 from .graph import TaskNode
 
 if TYPE_CHECKING:
@@ -191,7 +191,7 @@ class Scheduler:
     async def _ready(self, node: TaskNode, slot: Slot) -> bool:
         """Whether ``node`` is to run now: False if it was cached, failed to read the store,
         or is parked until its task has a free slot (then that slot is taken here)."""
-        if slot.held:  # parked before: looked up then, and handed its slot when queued again
+        if slot.remaining == HELD:  # parked before: looked up then, handed its slot when queued
             return True
         cache = self.cache
         if cache is not None and node.task not in cache.forced:
@@ -221,7 +221,7 @@ class Scheduler:
         # The longest-parked instance of the task goes back in the queue with the slot, so
         # no instance queued meanwhile takes it first and the parked one parks again.
         node = parked.popleft()
-        self.slots[node].held = True
+        self.slots[node].remaining = HELD
         self.ready.put(node)
 
     def _settle(self, node: TaskNode) -> None:

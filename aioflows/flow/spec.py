@@ -196,6 +196,10 @@ class TaskSpec:
         return f"TaskSpec({self.name!r}, requires={self.predecessors!r})"
 
 
+def _same(one: tuple[Any, ...], two: tuple[Any, ...]) -> bool:
+    return len(one) == len(two) and all(a is b for a, b in zip(one, two, strict=True))
+
+
 class Flow:
     """A set of task specs and their dependencies; expand it with :meth:`graph`, run it with
     :meth:`run`.
@@ -229,6 +233,9 @@ class Flow:
         self.config_ignore_prefix = config_ignore_prefix
         self.group_prefix = group_prefix
         self._specs: dict[str, TaskSpec] = {}
+        # The last graph built, and what it was built from (see graph()).
+        self._graph: Graph | None = None
+        self._stamp: tuple[Any, ...] = ()
 
     def add(
         self,
@@ -303,10 +310,31 @@ class Flow:
         return list(self._specs.values())
 
     def graph(self) -> Graph:
-        """Expand every spec into task instances without running anything."""
+        """Expand every spec into task instances without running anything.
+
+        The same :class:`Graph` is returned (and run by :meth:`run`) while the flow is
+        unchanged: expanding a million instances costs seconds, and a run needs exactly what
+        the last call built. Anything :meth:`add`, ``requires`` or setting an attribute of the
+        flow or of a spec changes makes a new one; a config dict edited in place after it
+        was added is not seen (give the spec a new dict: ``spec.config = {...}``).
+        """
         from .graph import build_graph
 
-        return build_graph(self)
+        stamp = self._stamp_now()
+        if self._graph is not None and _same(stamp, self._stamp):
+            return self._graph
+        graph = build_graph(self)
+        self._graph, self._stamp = graph, stamp
+        return graph
+
+    def _stamp_now(self) -> tuple[Any, ...]:
+        """What the graph is built from, compared by identity: the flow's prefixes, then each
+        spec, its attributes and its requirements (None ends each spec's)."""
+        parts: list[Any] = [self.config_ignore_prefix, self.group_prefix]
+        for spec in self._specs.values():
+            parts += (spec, spec.fn, spec.config, spec.name, spec.expand, spec.reduce)
+            parts += (spec.options, *spec._requires, None)
+        return tuple(parts)
 
     async def run(
         self,
