@@ -55,6 +55,16 @@ class TaskNode:
         lineage: Which instance of each multi-instance ancestor it descends from (task name to
             index), which decides the predecessor combinations that are compatible (empty
             where no later task joins on it).
+
+    Args:
+        unique_name: As the attribute.
+        task: As the attribute.
+        config: As the attribute.
+        config_hash: As the attribute.
+        predecessors: As the attribute.
+        lineage: As the attribute.
+        shape: What the instances of its task share (``reduce``, and where their unique
+            configs are built and kept): held per task, not per node.
     """
 
     # Eight slots: 96 bytes a node with the GC's header (each slot more is 8, a million times).
