@@ -32,7 +32,7 @@ import time
 from collections import deque
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
-from typing import TypeAlias
+from typing import Protocol, TypeAlias
 
 from . import _validate
 from .errors import InvalidArgument, InvalidArgumentType
@@ -561,12 +561,19 @@ class RateLimiter:
             self._tokens = empty
 
 
+class _Keyed(Protocol):
+    """What a key slot enters: a keyed limiter, local or in Redis."""
+
+    async def acquire(self, key: Hashable, cost: float = 1.0) -> None: ...
+
+
 class _KeySlot:
-    """``async with keyed(key):`` — acquires the key's bucket on entry."""
+    """``async with keyed(key):`` — acquires the key's bucket on entry (for
+    :class:`KeyedRateLimiter` and :class:`~aioflows.RedisRateLimiter` alike)."""
 
     __slots__ = ("_key", "_keyed")
 
-    def __init__(self, keyed: KeyedRateLimiter, key: Hashable) -> None:
+    def __init__(self, keyed: _Keyed, key: Hashable) -> None:
         self._keyed = keyed
         self._key = key
 

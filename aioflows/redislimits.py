@@ -52,7 +52,15 @@ import anyio
 
 from . import _redis, _validate
 from .errors import InvalidArgument, InvalidArgumentType, RedisUnavailable
-from .limits import Rate, RateLike, _check_cost, _positive_number, _token_count, as_rate
+from .limits import (
+    Rate,
+    RateLike,
+    _check_cost,
+    _KeySlot,
+    _positive_number,
+    _token_count,
+    as_rate,
+)
 
 __all__ = ["CLAIM_GRACE", "RedisRateLimiter"]
 
@@ -262,22 +270,6 @@ def bucket_name(prefix: str, key: object) -> str:
     """The Redis key of ``key``'s bucket: a digest, never the key itself."""
     digest = hashlib.blake2b(_key_bytes(key), digest_size=16, person=b"aioflows.rl").hexdigest()
     return f"{prefix}:rl:{digest}"
-
-
-class _KeySlot:
-    """``async with limiter(key):`` acquires one token of ``key`` on entry."""
-
-    __slots__ = ("_key", "_limiter")
-
-    def __init__(self, limiter: RedisRateLimiter, key: Hashable) -> None:
-        self._limiter = limiter
-        self._key = key
-
-    async def __aenter__(self) -> None:
-        await self._limiter.acquire(self._key)
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        return None
 
 
 class RedisRateLimiter:
