@@ -93,6 +93,8 @@ class Record:
     #: A ``/predict`` request: its HTTP request is its lifetime, so it is never written to the
     #: store, and it is forgotten once answered unless it failed (its id is in the error).
     ephemeral: bool = False
+    #: ``result`` as the JSON text it was checked as: what ``/predict`` answers, unencoded again.
+    result_json: str | None = None
     #: The futures of those waiting for the final state; made when someone waits (most
     #: requests are polled or never waited on), resolved and dropped once the final record is
     #: written.

@@ -181,7 +181,10 @@ def app(server: Server) -> Starlette:
         (record,) = await accept(runner, [body], predict=True)
         record = await server.book.wait(record, math.inf)
         if record.state is State.SUCCESS:
-            return _json({"result": record.result})
+            if record.result_json is None:
+                return _json({"result": record.result})
+            body = f'{{"result":{record.result_json}}}'.encode()
+            return Response(body, 200, media_type="application/json")
         if record.state is State.CANCELLED:
             return _json({"error": "the request was cancelled", "id": record.id}, 409)
         status = 504 if record.timed_out else 500

@@ -219,7 +219,9 @@ class Runner:
             try:
                 await book.write(record)
                 result = await call(job)
-                _check_json(result)
+                text = _as_json(result)
+                if record.ephemeral:  # kept only for the answer: held results stay as they are
+                    record.result_json = text
                 record.result, record.state = result, State.SUCCESS
             except Exception as exc:
                 record.state = State.FAILURE
@@ -340,13 +342,14 @@ def _copy(exc: Exception) -> Exception:
         return exc
 
 
-#: ``json.dumps(result, allow_nan=False)`` without making an encoder per call.
-_STRICT = json.JSONEncoder(allow_nan=False)
+#: A result as the answers write it (compact, UTF-8, no NaN), made once rather than per call.
+_STRICT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
-def _check_json(result: Any) -> None:
-    """A result must be JSON: it is answered as JSON and stored as JSON."""
+def _as_json(result: Any) -> str:
+    """``result`` as JSON text: it is answered and stored as JSON, so one that is not is the
+    request's failure. ``/predict`` answers with this text, so a result is encoded once."""
     try:
-        _STRICT.encode(result)
+        return _STRICT.encode(result)
     except (TypeError, ValueError) as exc:
         raise TypeError(f"the endpoint's result is not JSON ({exc}): {result!r:.200}") from None
