@@ -34,6 +34,9 @@ class Snapshot:
     elapsed: float  # seconds since the run started
     per_key: Mapping[str, int]
     quarantined: Sequence[str] = ()
+    cached: int = 0  # pairs of ok served from the cache
+    tokens: float = 0.0  # reported by the calls (key.report_usage)
+    cost: float | None = None  # of those tokens, with prices
 
     @property
     def done(self) -> int:
@@ -71,10 +74,18 @@ def _counts(snap: Snapshot) -> str:
     """``130/6,064 now, 3,936 done before | ok 120 failed 10 retried 5 | key-0:65 key-1:70``"""
     done = f"{snap.done:,}" if snap.to_run is None else f"{snap.done:,}/{snap.to_run:,}"
     before = f", {snap.before:,} done before" if snap.before else ""
+    cached = f" cached {snap.cached:,}" if snap.cached else ""
     return (
         f"{done} now{before} | ok {snap.ok:,} failed {snap.failed:,} "
-        f"retried {snap.retried:,} | {_keys(snap)}"
+        f"retried {snap.retried:,}{cached} | {_keys(snap)}{_usage(snap.tokens, snap.cost)}"
     )
+
+
+def _usage(tokens: float, cost: float | None) -> str:
+    """`` | tokens 12,345 cost 0.1852``: once a call has reported usage."""
+    if not tokens:
+        return ""
+    return f" | tokens {tokens:,.0f}" + ("" if cost is None else f" cost {cost:,.4f}")
 
 
 def took(seconds: float) -> str:
@@ -121,8 +132,18 @@ def summary_table(
     duration_s: float,
     per_key: Mapping[str, int],
     quarantined: Sequence[str],
+    cached: int = 0,
+    tokens: float = 0.0,
+    cost: float | None = None,
+    tokens_per_key: Mapping[str, float] | None = None,
+    cost_per_key: Mapping[str, float] | None = None,
 ) -> str:
-    """A :class:`~aioflows.LaunchSummary` as a table for a person (its ``str``)."""
+    """A :class:`~aioflows.LaunchSummary` as a table for a person (its ``str``).
+
+    The cache's and the usage's rows and columns are there only when they say something (a
+    pair served from the cache, a call that reported usage), so a plain run's table is as it
+    was.
+    """
     ran = succeeded + failed
     throughput = ran / duration_s if duration_s > 0 else 0.0
     rows = [
@@ -133,6 +154,12 @@ def summary_table(
         ("retried", f"{retried:,}", "calls sent again: failures and throttles"),
         ("took", took(duration_s), f"{throughput:,.1f} pairs/s"),
     ]
+    if cached:
+        rows.insert(2, ("cached", f"{cached:,}", "of succeeded: served from the cache, no call"))
+    if tokens_per_key:
+        rows.append(("tokens", f"{tokens:,.0f}", "reported by the calls"))
+        if cost is not None:
+            rows.append(("cost", f"{cost:,.4f}", "at price_per_1k_tokens"))
     width = max(len(value) for _, value, _ in rows)
     lines = ["launch summary"]
     lines += [f"  {name:<10} {value:>{width}}  {note}".rstrip() for name, value, note in rows]
@@ -140,13 +167,26 @@ def summary_table(
         calls = sum(per_key.values())
         label_width = max(3, *(len(label) for label in per_key))
         count_width = max(5, *(len(f"{n:,}") for n in per_key.values()))
-        lines.append(f"  {'key':<{label_width}} {'calls':>{count_width}}  {'share':>6}  {'/s':>7}")
+        used = tokens_per_key or {}
+        costs = cost_per_key or {}
+        usage = ""
+        if used:
+            usage = f"  {'tokens':>12}" + (f"  {'cost':>10}" if cost is not None else "")
+        lines.append(
+            f"  {'key':<{label_width}} {'calls':>{count_width}}  {'share':>6}  {'/s':>7}{usage}"
+        )
         for label, n in per_key.items():
             share = f"{100 * n / calls:.1f}%" if calls else "-"
             per_second = n / duration_s if duration_s > 0 else 0.0
             state = "  quarantined" if label in quarantined else ""
+            usage = ""
+            if used:
+                usage = f"  {used.get(label, 0.0):>12,.0f}"
+                if cost is not None:
+                    spent = costs.get(label)
+                    usage += f"  {'-' if spent is None else f'{spent:,.4f}':>10}"
             lines.append(
                 f"  {label:<{label_width}} {n:>{count_width},}  {share:>6}  "
-                f"{per_second:>7,.1f}{state}"
+                f"{per_second:>7,.1f}{usage}{state}"
             )
     return "\n".join(lines)

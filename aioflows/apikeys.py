@@ -190,7 +190,8 @@ class Key:
     """The key a call runs with: ``label`` (``"key-0"``...) and ``secret`` (the key string).
 
     ``report_usage(tokens)`` tells the key's token budget what the call really used: the
-    difference from the estimate reserved before the call is charged or refunded. The repr
+    difference from the estimate reserved before the call is charged or refunded; the launcher
+    also adds it to the run's usage (per key, overall, and the pair's record). The repr
     shows the label only, so a key can be logged safely. Made by the launcher for each call,
     not by hand.
 
@@ -199,12 +200,13 @@ class Key:
         reserved: The tokens reserved for this call (its ``cost`` estimate).
     """
 
-    __slots__ = ("_reserved", "_state", "unsettled")
+    __slots__ = ("_reserved", "_state", "unsettled", "used")
 
     def __init__(self, state: KeyState, reserved: float) -> None:
         self._state = state
         self._reserved = reserved
         self.unsettled = 0.0  # reported but not yet sent to a shared bucket in Redis
+        self.used: float | None = None  # the last report: the run's usage adds it up
 
     @property
     def label(self) -> str:
@@ -219,13 +221,15 @@ class Key:
     def report_usage(self, tokens: float) -> None:
         """Reconcile this call's token estimate with ``tokens`` actually used.
 
-        Reporting again replaces the previous report; without ``tokens_per_key`` it does
-        nothing.
+        Reporting again replaces the previous report. The run's usage (the summary's
+        ``tokens``, the record's ``usage``, with a cost under ``price_per_1k_tokens``) counts
+        the last report of each call; without ``tokens_per_key`` no budget is touched.
 
         Args:
             tokens: The tokens the call really used (a response's usage count).
         """
         tokens = _validate.number("tokens", tokens)
+        self.used = tokens
         bucket = self._state.tokens
         if bucket is None:
             return

@@ -53,7 +53,7 @@ import anyio.lowlevel
 import anyio.to_thread
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from . import _launch_display, _validate
+from . import _launch_cache, _launch_display, _usage, _validate
 from ._key_health import KeyHealth
 from ._workers import Pool, Source
 from .apikeys import (
@@ -80,6 +80,7 @@ from .jsonl import append, encode_line, faithful, finish, open_output, show
 from .limits import RateLike, as_rate
 from .redislimits import RedisRateLimiter
 from .retry import USE_DEFAULT, RetryLike, UseDefault, as_retry, throttle_delay, wait_cap
+from .stores.base import ResultStore
 
 __all__ = ["Key", "LaunchFailed", "LaunchSummary", "Launcher", "OutputFileError", "launch"]
 
@@ -116,6 +117,11 @@ class LaunchSummary:
         duration_s: Seconds the run took.
         per_key: Calls made with each key, by label.
         quarantined: Labels of the keys taken out of the rotation (401/403 in a row).
+        cached: Pairs of ``succeeded`` served from the cache, without a call.
+        tokens: Tokens the calls reported (``key.report_usage``), over every key.
+        cost: Their cost under ``price_per_1k_tokens`` (None without prices).
+        tokens_per_key: Tokens reported on each key, by label (keys with reports).
+        cost_per_key: The cost of each priced key's tokens, by label.
     """
 
     total: int
@@ -126,6 +132,11 @@ class LaunchSummary:
     duration_s: float
     per_key: dict[str, int] = field(default_factory=dict)
     quarantined: tuple[str, ...] = ()
+    cached: int = 0
+    tokens: float = 0.0
+    cost: float | None = None
+    tokens_per_key: dict[str, float] = field(default_factory=dict)
+    cost_per_key: dict[str, float] = field(default_factory=dict)
 
     def __str__(self) -> str:
         return _launch_display.summary_table(
@@ -137,6 +148,11 @@ class LaunchSummary:
             duration_s=self.duration_s,
             per_key=self.per_key,
             quarantined=self.quarantined,
+            cached=self.cached,
+            tokens=self.tokens,
+            cost=self.cost,
+            tokens_per_key=self.tokens_per_key,
+            cost_per_key=self.cost_per_key,
         )
 
 
@@ -183,6 +199,16 @@ class Launcher:
             machine or many that use the same keys stay within each key's limits together,
             and a throttle rests the key for all of them. The rates still come from
             ``rate_per_key``, ``keys`` and ``tokens_per_key``; only the buckets are shared.
+        cache: A :class:`~aioflows.ResultStore` (a ``LocalFileStore``, a ``RedisStore``...)
+            that keeps what each successful call returned, across runs: a later (input,
+            sample) whose input (what ``fn`` receives, but its id) was answered before, under
+            the same ``cache_key``, is served from it without a call (``"cached": true`` in
+            its record). See docs/launcher.md, "A request cache across runs".
+        cache_key: Names the model and prompt version the cached answers are of (default:
+            ``fn``'s module and qualified name); another one starts an empty cache.
+        price_per_1k_tokens: The price of 1,000 reported tokens, one for every key or a
+            mapping by key label (``{"key-0": 0.5}``; keys left out have no price): the cost
+            shown beside the tokens in the summary, the progress and each record's ``usage``.
 
     Every argument is checked here, before anything runs; the input as :meth:`run` pulls it
     (a list or tuple whole, before the first call).
@@ -211,6 +237,9 @@ class Launcher:
         output_interface: Callable[[Any], Any] | None = None,
         progress: bool = False,
         shared: RedisRateLimiter | None = None,
+        cache: ResultStore | None = None,
+        cache_key: str | None = None,
+        price_per_1k_tokens: float | Mapping[str, float] | None = None,
     ) -> None:
         if not callable(fn):
             raise InvalidArgumentType(f"fn must be an async callable, got {fn!r}")
@@ -251,6 +280,8 @@ class Launcher:
         self._output_interface = output_interface
         self._progress = bool(progress)
         self._turn = 0
+        self._cache, self._cache_key = _launch_cache.check(cache, cache_key, fn)
+        self._prices = _usage.check_prices(price_per_1k_tokens, self._keys)
 
     def __repr__(self) -> str:
         labels = [k.label for k in self._keys]
@@ -306,7 +337,8 @@ class Launcher:
         run.source = source
         started = time.monotonic()
         try:
-            await run.go(source.pairs)
+            async with _launch_cache.running(run.cache):  # read first, saved to the end
+                await run.go(source.pairs)
         except (KeyboardInterrupt, anyio.get_cancelled_exc_class()):
             # Ctrl-C (asyncio.run cancels the main task) or a cancellation: say what was done
             # before it goes on up, so that an interrupted run ends with its summary.
@@ -462,6 +494,20 @@ class _Run:
         self.send: MemoryObjectSendStream[_Finished]
         self.call = _KeyedCall(self)
         self.pool: Pool
+        self.cached = 0  # pairs served from the cache, counted as written
+        self.usage = _usage.Usage(launcher._prices)
+        self.cache = (
+            _launch_cache.RunCache(
+                launcher._cache,
+                launcher._cache_key,
+                id_key=launcher._id_key,
+                input_interface=launcher._input_interface,
+                output_interface=launcher._output_interface,
+                keys=launcher._keys,
+            )
+            if launcher._cache is not None
+            else None
+        )
 
     def summary(self, duration_s: float) -> LaunchSummary:
         source = self.source
@@ -474,6 +520,11 @@ class _Run:
             duration_s=duration_s,
             per_key=dict(self.per_key),
             quarantined=tuple(self.health.quarantined),
+            cached=self.cached,
+            tokens=self.usage.tokens,
+            cost=self.usage.cost,
+            tokens_per_key=dict(self.usage.tokens_per_key),
+            cost_per_key=dict(self.usage.cost_per_key),
         )
 
     def snapshot(self) -> _launch_display.Snapshot:
@@ -487,6 +538,9 @@ class _Run:
             elapsed=anyio.current_time() - self.started,
             per_key=dict(self.per_key),
             quarantined=tuple(self.health.quarantined),
+            cached=self.cached,
+            tokens=self.usage.tokens,
+            cost=self.usage.cost,
         )
 
     def all_keys_quarantined(self) -> None:
@@ -625,6 +679,15 @@ class _Run:
         started = time.monotonic()
         output: Any = None
         error: str | None = None
+        cache = self.cache
+        if cache is not None:
+            served = cache.serve(pair, started_at, started)  # a hit: no key, no call
+            if served is not None:
+                record, line, failure = served
+                if failure is not None:
+                    self._failed(failure, pair.ident, sample, "cache")
+                await anyio.lowlevel.checkpoint()  # a run of hits still lets the rest run
+                return record, line
         try:
             output = await self.call(pair)
         except Exception as exc:  # for good: retries spent, not retried, or the estimate failed
@@ -647,6 +710,10 @@ class _Run:
             "started_at": started_at.isoformat(),
             "duration_s": round(time.monotonic() - started, 6),
         }
+        if pair.tokens is not None:
+            record["usage"] = _usage.Usage.of(pair)
+        if cache is not None:
+            record["cached"] = False
         try:
             if error is None:
                 record["output"] = redact_value(output, launcher._keys)
@@ -658,6 +725,8 @@ class _Run:
             record["error"] = error = describe(not_json, launcher._keys)
             self._failed(not_json, ident, sample, key_label)
             line = encode_line(record)  # the id was checked, the rest is ours: this one always goes
+        if cache is not None and record["error"] is None:
+            cache.put(pair)
         return record, line
 
     def _failed(self, exc: BaseException, ident: Any, sample: int, key: str) -> None:
@@ -704,6 +773,8 @@ class _Run:
             self.records.extend(record for record, _ in batch)
         self.finished += len(batch)
         failed = sum(record["error"] is not None for record, _ in batch)
+        if self.cache is not None:
+            self.cached += sum(record["cached"] for record, _ in batch)
         self.failed += failed
         self.succeeded += len(batch) - failed
 
@@ -751,7 +822,21 @@ def _print(line: str) -> None:
 class _Pair:
     """One (input, sample) as it goes through the guard: what its record will say."""
 
-    __slots__ = ("attempts", "cost", "held", "ident", "item", "key", "prepared", "sample")
+    __slots__ = (
+        "argument",
+        "attempts",
+        "cost",
+        "digest",
+        "held",
+        "ident",
+        "item",
+        "key",
+        "prepared",
+        "raw",
+        "sample",
+        "spent",
+        "tokens",
+    )
 
     def __init__(self, item: dict[str, Any], sample: int, ident: Any) -> None:
         self.item = item
@@ -762,6 +847,13 @@ class _Pair:
         self.prepared: dict[str, Any] = item
         self.cost = 0.0
         self.held: KeyState | None = None  # the key of the last call: a retry prefers another
+        # The cache's: fn's argument made for the digest (its first attempt's), the digest,
+        # and what fn returned (before output_interface).
+        self.argument: dict[str, Any] | None = None
+        self.digest: str | None = None
+        self.raw: Any = None
+        self.tokens: float | None = None  # what its attempts reported (key.report_usage)
+        self.spent: float | None = None  # and what that cost, under price_per_1k_tokens
 
 
 class _KeyedCall(Guard[_Pair, KeyState, Any]):
@@ -794,9 +886,11 @@ class _KeyedCall(Guard[_Pair, KeyState, Any]):
 
     async def attempt(self, item: _Pair, held: KeyState) -> Any:
         launcher = self._run.launcher
-        argument = item.prepared
-        if launcher._input_interface is not None:
-            argument = launcher._input_interface(argument)
+        argument, item.argument = item.argument, None  # made for the cache's digest: once
+        if argument is None:
+            argument = item.prepared
+            if launcher._input_interface is not None:
+                argument = launcher._input_interface(argument)
         key = Key(held, item.cost)
         try:
             output = await launcher._fn(argument, key)
@@ -806,11 +900,14 @@ class _KeyedCall(Guard[_Pair, KeyState, Any]):
                 run.all_keys_quarantined()
             raise
         finally:
+            if key.used is not None:
+                self._run.usage.charge(item, held.label, key.used)
             if held.shared is not None:
                 # What report_usage said goes to Redis now, even if the call was cancelled.
                 with anyio.CancelScope(shield=True), anyio.move_on_after(5):
                     await held.shared.settle(key.unsettled)
         self._run.health.succeeded(held.label)
+        item.raw = output
         if launcher._output_interface is not None:
             output = launcher._output_interface(output)
         return output
@@ -883,7 +980,8 @@ def _run_once(
         Returns:
             One record per (input, sample), the dicts the output file holds: ``id``,
             ``sample``, ``key`` (a label), ``attempts``, ``output``, ``error``,
-            ``started_at`` and ``duration_s``.
+            ``started_at`` and ``duration_s``; ``usage`` when ``fn`` reported some, and
+            ``cached`` with a ``cache``.
 
         Raises:
             ValueError, TypeError: A bad option or input.
