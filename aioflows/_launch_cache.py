@@ -97,19 +97,19 @@ def hash_of(cache_key: str) -> str:
     return hashlib.sha256(cache_key.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
+#: Canonical JSON: one encoder made once (``json.dumps`` with options makes one a call).
+_canonical = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+).encode
+
+
 def _digest(argument: Any, id_key: str, sample: int, cache_key: str) -> str:
     body = (
         {k: v for k, v in argument.items() if k != id_key}
         if isinstance(argument, Mapping)
         else argument
     )
-    text = json.dumps(
-        [cache_key, sample, body],
-        sort_keys=True,
-        separators=(",", ":"),
-        ensure_ascii=False,
-        allow_nan=False,
-    )
+    text = _canonical([cache_key, sample, body])
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
@@ -242,12 +242,17 @@ class RunCache:
 
     # --- writing -----------------------------------------------------------------------------
 
-    def put(self, pair: _Cached) -> None:
-        """Keep a succeeded pair's answer, to be saved with the next segment."""
+    def put(self, pair: _Cached, recorded: Any) -> None:
+        """Keep a succeeded pair's answer, to be saved with the next segment.
+
+        ``recorded`` is its record's output: what ``fn`` returned, redacted, when there is
+        no ``output_interface`` (then not redacted twice).
+        """
         digest = pair.digest
         if digest is None:
             return
-        value = redact_value(pair.raw, self._keys)
+        raw = self._output_interface is not None
+        value = redact_value(pair.raw, self._keys) if raw else recorded
         self._entries[digest] = value
         self._pending[digest] = value
         if len(self._pending) >= FLUSH_AT:
