@@ -15,6 +15,7 @@ EXAMPLES = sorted((ROOT / "examples").glob("*.py"))
 #: A word each example prints once it has done its work.
 EXPECTED = {
     "fastapi_mount.py": "Mounted",
+    "launcher_cache.py": "Cached: 15 of 30",
     "flow_on_dask.py": "second run on Dask",
     "llm_batch.py": "Launched",
     "quickstart.py": "cached",
