@@ -8,17 +8,22 @@ and the answer is the same. Neither a key nor its secret is part of it. What is 
 applied on the way out, in the run that called and in every run served: a change to it needs
 no new ``cache_key``. Only pairs that succeeded are kept.
 
-The store holds the cache as *segments*: JSON objects of many entries each, under the task
-:data:`TASK` and one config hash per ``cache_key`` (a digest of it). A run reads every segment
-of its ``cache_key`` once, when it starts, and then serves hits from memory; what its calls
-return is gathered and saved as one new segment every :data:`FLUSH_EVERY` seconds (or
-:data:`FLUSH_AT` entries) and when the run ends. One object per entry would cost a store write
-(a file, an fsync, a rename) and a lookup per call, several times what the launcher itself
-spends on one; a segment costs that once per second. Segment names are unique per writer, so
-launchers on one machine or many may share a cache; each sees the entries saved before it
-started. A ``kill -9`` loses the entries of the last second at most (their pairs are in the
-output file, or are called again). When a run ends with more than :data:`COMPACT_AT` segments
-read or written, it saves what it knows as one segment and deletes the ones it merged.
+The store holds the cache as *segments*: objects of many entries each (type ``bytes``), under
+the task :data:`TASK` and one config hash per ``cache_key`` (a digest of it). A segment is a
+header line, then one line per entry: its digest, a space, and a JSON object whose ``output`` is
+the answer. That object is the pair's own record line when there is no ``output_interface``
+(the record's output *is* what ``fn`` returned, redacted), so an answer is encoded as JSON once,
+not once for the output file and once more for the cache. A run reads every segment of its
+``cache_key`` once, when it starts, keeps the entries' lines as they are, and decodes one only
+when it is a hit; what its calls return is gathered and saved as one new segment every
+:data:`FLUSH_EVERY` seconds (or :data:`FLUSH_AT` entries) and when the run ends. One object per
+entry would cost a store write (a file, an fsync, a rename) and a lookup per call, several times
+what the launcher itself spends on one; a segment costs that once per second. Segment names are
+unique per writer, so launchers on one machine or many may share a cache; each sees the entries
+saved before it started. A ``kill -9`` loses the entries of the last second at most (their pairs
+are in the output file, or are called again). When a run ends with more than
+:data:`COMPACT_AT` segments read or written, it saves what it knows as one segment and deletes
+the ones it merged.
 
 A store that fails never fails a call: a read error is a miss (logged once, as a warning), a
 write error is logged and the entries are lost (called again by a later run).
@@ -44,7 +49,17 @@ from .errors import InvalidArgument, InvalidArgumentType
 from .jsonl import encode_line
 from .stores.base import ResultStore
 
-__all__ = ["COMPACT_AT", "FLUSH_AT", "FLUSH_EVERY", "TASK", "RunCache", "check", "hash_of"]
+__all__ = [
+    "COMPACT_AT",
+    "FLUSH_AT",
+    "FLUSH_EVERY",
+    "HEADER",
+    "TASK",
+    "RunCache",
+    "check",
+    "entries",
+    "hash_of",
+]
 
 #: The store task every launcher cache lives under.
 TASK = "launcher-cache"
@@ -54,8 +69,8 @@ FLUSH_EVERY = 1.0
 FLUSH_AT = 5000
 #: Segments of one cache_key beyond which a run that ends merges them into one.
 COMPACT_AT = 64
-#: Segment format, inside each segment (a reader skips one it does not know).
-_VERSION = 1
+#: A segment's first line (a reader skips a segment that does not start with it).
+HEADER = b"aioflows launcher cache 1\n"
 
 logger = logging.getLogger("aioflows.launcher")
 
@@ -113,6 +128,24 @@ def _digest(argument: Any, id_key: str, sample: int, cache_key: str) -> str:
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
+def entries(segment: object) -> dict[str, bytes] | None:
+    """A segment's entries, digest to JSON line; None if it is not a segment of ours."""
+    if not isinstance(segment, bytes) or not segment.startswith(HEADER):
+        return None
+    found = {}
+    for line in segment[len(HEADER) :].splitlines():
+        if len(line) > 65 and line[64:65] == b" ":
+            found[line[:64].decode("ascii", "replace")] = line[65:]
+    return found
+
+
+def _segment(lines: dict[str, bytes]) -> bytes:
+    return HEADER + b"".join(
+        digest.encode("ascii") + b" " + line + (b"" if line.endswith(b"\n") else b"\n")
+        for digest, line in lines.items()
+    )
+
+
 class RunCache:
     """One run's view of the cache: the entries read at its start, and those it adds."""
 
@@ -149,8 +182,8 @@ class RunCache:
         self._input_interface = input_interface
         self._output_interface = output_interface
         self._keys = keys
-        self._entries: dict[str, Any] = {}
-        self._pending: dict[str, Any] = {}
+        self._entries: dict[str, bytes] = {}  # digest: a JSON object line with the "output"
+        self._pending: dict[str, bytes] = {}
         self._segments: list[str] = []  # the names read and written by this run
         self._wrote = 0
         self._warned: set[str] = set()
@@ -176,13 +209,12 @@ class RunCache:
             )
             return
         for name, segment in found.items():
-            if not isinstance(segment, dict) or segment.get("version") != _VERSION:
-                self._warn("format", "the launcher cache holds segments it does not know: skipped")
+            lines = entries(segment)
+            if lines is None:
+                self._warn("format", "the launcher cache holds objects it does not know: skipped")
                 continue
-            entries = segment.get("entries")
-            if isinstance(entries, dict):
-                self._entries.update(entries)
-                self._segments.append(name)
+            self._entries.update(lines)
+            self._segments.append(name)
 
     def serve(
         self, pair: _Cached, started_at: datetime, started: float
@@ -207,7 +239,13 @@ class RunCache:
             )
             pair.argument, pair.digest = None, None
             return None
-        stored = self._entries.get(digest, _MISS)
+        line = self._entries.get(digest)
+        stored: Any = _MISS
+        if line is not None:
+            try:
+                stored = json.loads(line)["output"]
+            except (ValueError, TypeError, KeyError):
+                self._warn("entry", "the launcher cache holds entries it cannot read: misses")
         if stored is _MISS:
             pair.argument, pair.digest = argument, digest
             return None
@@ -242,19 +280,23 @@ class RunCache:
 
     # --- writing -----------------------------------------------------------------------------
 
-    def put(self, pair: _Cached, recorded: Any) -> None:
+    def put(self, pair: _Cached, line: bytes) -> None:
         """Keep a succeeded pair's answer, to be saved with the next segment.
 
-        ``recorded`` is its record's output: what ``fn`` returned, redacted, when there is
-        no ``output_interface`` (then not redacted twice).
+        ``line`` is its record's: with no ``output_interface`` its output is what ``fn``
+        returned, redacted, so the line is kept as it is (encoded once, for both).
         """
         digest = pair.digest
         if digest is None:
             return
-        raw = self._output_interface is not None
-        value = redact_value(pair.raw, self._keys) if raw else recorded
-        self._entries[digest] = value
-        self._pending[digest] = value
+        if self._output_interface is not None:
+            try:
+                line = encode_line({"output": redact_value(pair.raw, self._keys)})
+            except Exception:  # a set, an object, NaN: what output_interface made JSON of
+                self._warn("json", "answers that are not JSON are not kept in the launcher cache")
+                return
+        self._entries[digest] = line
+        self._pending[digest] = line
         if len(self._pending) >= FLUSH_AT:
             self.full.set()
 
@@ -262,12 +304,12 @@ class RunCache:
         """Save what is pending as one segment (a write error: logged, the entries lost)."""
         if not self._pending:
             return
-        entries, self._pending = self._pending, {}
+        pending, self._pending = self._pending, {}
         if self.full.is_set():
             self.full = anyio.Event()
         name = f"{time.time_ns():x}-{os.getpid():x}-{secrets.token_hex(6)}"
         try:
-            await self._save(name, entries)
+            await self._save(name, pending)
         except Exception as exc:
             self._warn(
                 "write",
@@ -276,22 +318,11 @@ class RunCache:
             )
             return
         self._segments.append(name)
-        self._wrote += len(entries)
+        self._wrote += len(pending)
 
-    async def _save(self, name: str, entries: dict[str, Any]) -> None:
-        segment = {"version": _VERSION, "cache_key": self.cache_key, "entries": entries}
-        try:
-            await self._store.save(segment, name, task=TASK, config_hash=self._config)
-        except (TypeError, ValueError):
-            # An answer that is not JSON (an object, NaN) spoils its segment: keep the rest.
-            kept = {d: v for d, v in entries.items() if _is_json(v)}
-            if len(kept) == len(entries):
-                raise
-            self._warn("json", "answers that are not JSON are not kept in the launcher cache")
-            for digest in entries.keys() - kept.keys():
-                self._entries.pop(digest, None)
-            segment["entries"] = kept
-            await self._store.save(segment, name, task=TASK, config_hash=self._config)
+    async def _save(self, name: str, lines: dict[str, bytes]) -> None:
+        data = _segment(lines)
+        await self._store.save(data, name, task=TASK, config_hash=self._config, type_="bytes")
 
     async def compact(self) -> None:
         """Merge this cache_key's segments into one when there are many (a run's end)."""
@@ -316,14 +347,6 @@ class RunCache:
             # Shielded: the entries are taken from pending when the save starts.
             with anyio.CancelScope(shield=True), anyio.move_on_after(30):
                 await self.flush()
-
-
-def _is_json(value: Any) -> bool:
-    try:
-        json.dumps(value, allow_nan=False)
-    except (TypeError, ValueError, RecursionError):
-        return False
-    return True
 
 
 class _Miss:

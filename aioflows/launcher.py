@@ -726,7 +726,7 @@ class _Run:
             self._failed(not_json, ident, sample, key_label)
             line = encode_line(record)  # the id was checked, the rest is ours: this one always goes
         if cache is not None and record["error"] is None:
-            cache.put(pair, record["output"])
+            cache.put(pair, line)
         return record, line
 
     def _failed(self, exc: BaseException, ident: Any, sample: int, key: str) -> None:
