@@ -37,8 +37,7 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -160,7 +159,6 @@ class RunCache:
         "_segments",
         "_store",
         "_warned",
-        "_wrote",
         "cache_key",
         "full",
     )
@@ -185,7 +183,6 @@ class RunCache:
         self._entries: dict[str, bytes] = {}  # digest: a JSON object line with the "output"
         self._pending: dict[str, bytes] = {}
         self._segments: list[str] = []  # the names read and written by this run
-        self._wrote = 0
         self._warned: set[str] = set()
         self.full = anyio.Event()  # FLUSH_AT entries are waiting
 
@@ -318,7 +315,6 @@ class RunCache:
             )
             return
         self._segments.append(name)
-        self._wrote += len(pending)
 
     async def _save(self, name: str, lines: dict[str, bytes]) -> None:
         data = _segment(lines)
@@ -336,7 +332,11 @@ class RunCache:
             for old in merged:
                 await self._store.delete(old, task=TASK, config_hash=self._config)
         except Exception as exc:
-            self._warn("compact", "the launcher cache could not be compacted: %s", exc)
+            self._warn(
+                "compact",
+                "the launcher cache could not be compacted: %s",
+                describe(exc, self._keys),
+            )
             return
         self._segments = [name]
 
@@ -356,25 +356,33 @@ class _Miss:
 _MISS = _Miss()
 
 
-@asynccontextmanager
-async def running(cache: RunCache | None) -> AsyncIterator[None]:
-    """The cache around a run: read before the first call, saved as it goes and at the end.
+async def running(cache: RunCache | None, work: Callable[[], Awaitable[None]]) -> None:
+    """``work()`` (the run) with the cache: read before the first call, saved as it goes and
+    at the end.
 
     The last segment is saved however the run ends (shielded, for at most 30 s): the answers
-    of a run stopped by Ctrl-C are kept too.
+    of a run stopped by Ctrl-C are kept too. What ``work`` raises is raised as it is, not in
+    an exception group: the flusher's task group only ever ends cancelled.
     """
     if cache is None:
-        yield
+        await work()
         return
     await cache.load()
+    failure: BaseException | None = None
     try:
         async with anyio.create_task_group() as group:
             group.start_soon(cache._flusher)
             try:
-                yield
+                await work()
+            except anyio.get_cancelled_exc_class():
+                raise
+            except BaseException as exc:  # raised below, once the flusher has stopped
+                failure = exc
             finally:
                 group.cancel_scope.cancel()
     finally:
         with anyio.CancelScope(shield=True), anyio.move_on_after(30):
             await cache.flush()
             await cache.compact()
+    if failure is not None:
+        raise failure

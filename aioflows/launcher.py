@@ -337,8 +337,8 @@ class Launcher:
         run.source = source
         started = time.monotonic()
         try:
-            async with _launch_cache.running(run.cache):  # read first, saved to the end
-                await run.go(source.pairs)
+            # With a cache: read before the first call, saved as the run goes and at its end.
+            await _launch_cache.running(run.cache, lambda: run.go(source.pairs))
         except (KeyboardInterrupt, anyio.get_cancelled_exc_class()):
             # Ctrl-C (asyncio.run cancels the main task) or a cancellation: say what was done
             # before it goes on up, so that an interrupted run ends with its summary.

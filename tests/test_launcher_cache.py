@@ -11,10 +11,11 @@ import textwrap
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any, cast
 
+import anyio
 import pytest
 from redis_server import RedisServer
 
@@ -170,17 +171,21 @@ async def test_the_cache_holds_no_secret_and_what_fn_returned(
     assert [r["output"] for r in second] == [r["output"] for r in first] == ["reply to"] * 40
     config = _launch_cache.hash_of(_launch_cache.check(store, None, leaky)[1])
     segments = await store.get_results(task=_launch_cache.TASK, config_hash=config)
-    entries = [v for s in segments.values() for v in s["entries"].values()]
+    lines = [line for s in segments.values() for line in (_launch_cache.entries(s) or {}).values()]
+    entries = [json.loads(line)["output"] for line in lines]
     assert len(entries) == 40
     assert {e["auth"] for e in entries} <= {"Bearer <key-0>", "Bearer <key-1>"}  # fn's, redacted
-    everything = json.dumps(segments) + json.dumps(first)
+    everything = b"".join(segments.values()).decode() + json.dumps(first)
     if isinstance(store, af.LocalFileStore):
         everything += files_text(Path(store.base_dir))
     else:
         assert isinstance(store, af.RedisStore)
         for name in await store.redis.keys(f"{store.prefix}*"):
             everything += name.decode() + json.dumps(
-                {k.decode(): v.decode() for k, v in (await store.redis.hgetall(name)).items()}
+                {
+                    k.decode(): v.decode("utf-8", "replace")
+                    for k, v in (await store.redis.hgetall(name)).items()
+                }
             )
     assert all(secret not in everything for secret in SECRETS)
 
@@ -288,6 +293,51 @@ async def test_many_segments_are_merged_into_one(
     assert not fn.calls
 
 
+async def test_a_bad_input_and_a_stop_keep_their_errors_and_the_answers(tmp_path: Path) -> None:
+    fn = Counting()
+    store = af.LocalFileStore(tmp_path / "cache")
+
+    def twice() -> Iterator[dict[str, Any]]:
+        yield from items(0, 5)
+        yield {"id": 0, "prompt": "again"}
+
+    with pytest.raises(af.InvalidArgument, match="duplicate id 0"):  # itself, not in a group
+        await af.Launcher(fn, cache=store, concurrency=1).run(twice())
+    stop = anyio.CancelScope()
+
+    async def stopping(sample: dict[str, Any], key: af.Key) -> Any:
+        if sample["id"] == 20:
+            stop.cancel()  # as Ctrl-C would, from outside the run
+        return await fn(sample, key)
+
+    with stop:
+        await af.Launcher(stopping, cache=store, cache_key="stopped", concurrency=1).run(
+            items(0, 40)
+        )
+    records = await af.launch(fn, items(0, 20), cache=store, cache_key="stopped")
+    assert all(r["cached"] for r in records)  # what the stopped run answered was saved
+
+
+async def test_a_cached_answer_its_output_interface_refuses_fails_its_pair(
+    tmp_path: Path,
+) -> None:
+    fn = Counting()
+    store = af.LocalFileStore(tmp_path / "cache")
+    await af.launch(fn, items(0, 3), cache=store)
+
+    def refuse(output: Any) -> Any:
+        raise ValueError("not this one")
+
+    records = await af.launch(fn, items(0, 3), cache=store, output_interface=refuse)
+    assert [r["error"] for r in records] == ["ValueError: not this one"] * 3
+    assert all(r["cached"] for r in records)
+    with pytest.raises(af.LaunchFailed, match="not this one") as caught:
+        await af.Launcher(fn, cache=store, output_interface=refuse, fault_tolerant=False).run(
+            items(0, 3)
+        )
+    assert caught.value.key == "cache"
+
+
 def test_the_cache_options_are_checked_before_any_work(tmp_path: Path) -> None:
     fn = Counting()
     with pytest.raises(af.InvalidArgumentType, match="cache must be a ResultStore"):
@@ -351,12 +401,10 @@ def test_kill_9_mid_run_then_resume_writes_each_pair_once(tmp_path: Path) -> Non
     assert all(r["cached"] for r in records if r["id"] < 200)  # A's answers, never called
     assert all(r["error"] is None for r in records)
     assert "sk-kill" not in b.read_text()
-    assert all("sk-kill" not in p.read_text() for p in cache.rglob("*.json"))
+    assert "sk-kill" not in files_text(cache)
 
 
 def test_a_fully_cached_run_makes_no_call_and_says_so(tmp_path: Path) -> None:
-    import anyio
-
     fn = Counting()
     store = af.LocalFileStore(tmp_path / "cache")
 
