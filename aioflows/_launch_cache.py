@@ -58,6 +58,7 @@ __all__ = [
     "check",
     "entries",
     "hash_of",
+    "output_of",
 ]
 
 #: The store task every launcher cache lives under.
@@ -128,21 +129,23 @@ def _digest(argument: Any, id_key: str, sample: int, cache_key: str) -> str:
 
 
 def entries(segment: object) -> dict[str, bytes] | None:
-    """A segment's entries, digest to JSON line; None if it is not a segment of ours."""
+    """A segment's entries, digest to its whole line; None if it is not a segment of ours.
+
+    An entry is kept as the line it is in a segment (``<digest> <JSON>\\n``), so that a
+    segment is its lines joined, and only a hit is decoded (:func:`output_of`).
+    """
     if not isinstance(segment, bytes) or not segment.startswith(HEADER):
         return None
     found = {}
-    for line in segment[len(HEADER) :].splitlines():
-        if len(line) > 65 and line[64:65] == b" ":
-            found[line[:64].decode("ascii", "replace")] = line[65:]
+    for line in segment[len(HEADER) :].splitlines(keepends=True):
+        if len(line) > 66 and line[64:65] == b" " and line.endswith(b"\n"):
+            found[line[:64].decode("ascii", "replace")] = line
     return found
 
 
-def _segment(lines: dict[str, bytes]) -> bytes:
-    return HEADER + b"".join(
-        digest.encode("ascii") + b" " + line + (b"" if line.endswith(b"\n") else b"\n")
-        for digest, line in lines.items()
-    )
+def output_of(line: bytes) -> Any:
+    """The answer an entry's line holds (``ValueError``, ``KeyError``... if it holds none)."""
+    return json.loads(line[65:])["output"]
 
 
 class RunCache:
@@ -180,7 +183,7 @@ class RunCache:
         self._input_interface = input_interface
         self._output_interface = output_interface
         self._keys = keys
-        self._entries: dict[str, bytes] = {}  # digest: a JSON object line with the "output"
+        self._entries: dict[str, bytes] = {}  # digest: its segment line (see entries())
         self._pending: dict[str, bytes] = {}
         self._segments: list[str] = []  # the names read and written by this run
         self._warned: set[str] = set()
@@ -240,7 +243,7 @@ class RunCache:
         stored: Any = _MISS
         if line is not None:
             try:
-                stored = json.loads(line)["output"]
+                stored = output_of(line)
             except (ValueError, TypeError, KeyError):
                 self._warn("entry", "the launcher cache holds entries it cannot read: misses")
         if stored is _MISS:
@@ -292,6 +295,7 @@ class RunCache:
             except Exception:  # a set, an object, NaN: what output_interface made JSON of
                 self._warn("json", "answers that are not JSON are not kept in the launcher cache")
                 return
+        line = digest.encode() + b" " + line  # as a segment holds it: one join saves them
         self._entries[digest] = line
         self._pending[digest] = line
         if len(self._pending) >= FLUSH_AT:
@@ -317,7 +321,7 @@ class RunCache:
         self._segments.append(name)
 
     async def _save(self, name: str, lines: dict[str, bytes]) -> None:
-        data = _segment(lines)
+        data = b"".join([HEADER, *lines.values()])  # one copy of megabytes, not two
         await self._store.save(data, name, task=TASK, config_hash=self._config, type_="bytes")
 
     async def compact(self) -> None:

@@ -1,7 +1,7 @@
 """Benchmark of the launcher's request cache (issue 16): what reading and writing it costs a run.
 
-Run with ``python -m benchmarks.launcher_cache`` (about two minutes on a 2-core machine;
-``--part http|local`` runs one part, ``--rounds N`` changes the number of measured rounds,
+Run with ``python -m benchmarks.launcher_cache`` (about four minutes on a 2-core machine;
+``--part http|aiohttp|local`` runs one part, ``--rounds N`` changes the number of measured rounds,
 ``--pairs N`` the size of each run).
 
 Every contender runs ``af.Launcher`` over the same 20,000 inputs (an id and a prompt of about 200
@@ -15,6 +15,9 @@ its token usage and returns its text. Two parts, which differ in what ``fn`` cos
   connection per call in flight. This is an uncached run as a user has one, with the cheapest
   HTTP client there is: httpx costs more CPU per call (see the ``Launcher`` section), which
   would make the cache's share smaller still.
+- ``aiohttp``: the same requests through an ``aiohttp.ClientSession`` (its pool limited to 64
+  connections), a client LLM SDKs use (``httpx-aiohttp``); it costs more CPU a call than the
+  minimal one, as any full client does.
 - ``local`` (context, the harshest case): ``fn`` makes no request at all, it waits 5 ms and
   parses the completion from memory, so a call costs the launcher's own work and little more;
   what the cache adds is then the largest share of a run it can be.
@@ -219,6 +222,19 @@ class _Client:
             await stream.aclose()
 
 
+def aiohttp_fn(session: Any, base: str) -> Fn:
+    async def complete(sample: dict[str, Any], key: af.Key) -> Any:
+        """Part ``aiohttp``: the call through a common HTTP client, over the network."""
+        body = {"model": "bench-1", "prompt": sample["prompt"], "max_tokens": 256}
+        headers = {"Authorization": f"Bearer {key.secret}"}
+        async with session.post(f"{base}/v1/completions", json=body, headers=headers) as reply:
+            answer = await reply.json()
+        key.report_usage(answer["usage"]["total_tokens"])
+        return answer["choices"][0]["text"]
+
+    return complete
+
+
 def http_fn(client: _Client) -> Fn:
     async def complete(sample: dict[str, Any], key: af.Key) -> Any:
         """Part ``http``: the call as an LLM client makes it, over the network."""
@@ -316,12 +332,21 @@ def part(name: str, pairs: int) -> Callable[[int], None]:
     def run(rounds: int) -> None:
         data = _inputs(pairs)
         root = Path(tempfile.mkdtemp(prefix="aioflows-cache-bench-"))
-        server = _Server() if name == "http" else None
+        server = _Server() if name != "local" else None
         found: list[dict[str, tuple[float, float]]] = []
 
         async def go() -> None:
-            client = _Client(server.port) if server is not None else None
-            fn = http_fn(client) if client is not None else local_fn
+            client = _Client(server.port) if server is not None and name == "http" else None
+            session: Any = None
+            fn: Fn = local_fn
+            if client is not None:
+                fn = http_fn(client)
+            elif server is not None:
+                import aiohttp
+
+                connector = aiohttp.TCPConnector(limit=CONCURRENCY)
+                session = aiohttp.ClientSession(connector=connector)
+                fn = aiohttp_fn(session, f"http://127.0.0.1:{server.port}")
             try:
                 await _round(fn, data[: max(1, pairs // 10)], root / "warm", name == "local")
                 for number in range(1, rounds + 1):
@@ -334,6 +359,8 @@ def part(name: str, pairs: int) -> Callable[[int], None]:
             finally:
                 if client is not None:
                     await client.aclose()
+                if session is not None:
+                    await session.close()
 
         print(f"\n== {name} ==")
         try:
@@ -342,11 +369,12 @@ def part(name: str, pairs: int) -> Callable[[int], None]:
             if server is not None:
                 server.stop()
             shutil.rmtree(root, ignore_errors=True)
-        what = (
-            "POST over HTTP/1.1 keep-alive to a server in another process, answered after"
-            if name == "http"
-            else "no request: JSON in and out around a wait of"
-        )
+        what = {
+            "http": "a minimal HTTP/1.1 keep-alive POST to a server in another process, "
+            "answered after",
+            "aiohttp": "an aiohttp POST to a server in another process, answered after",
+            "local": "no request: JSON in and out around a wait of",
+        }[name]
         _report(
             f"{pairs:,} pairs, {len(KEYS)} keys, concurrency {CONCURRENCY}, fn: {what} "
             f"{LATENCY * 1000:g} ms",
@@ -357,10 +385,10 @@ def part(name: str, pairs: int) -> Callable[[int], None]:
         bar = statistics.median(r["no cache"][0] for r in found)
         hits = statistics.median(r["cache, all hits"][1] for r in found)
         ratio = misses / bar
-        if name == "http":
+        if name != "local":
             print(
                 f"target an uncached run with cache=LocalFileStore within {TARGET:.2f}x of no "
-                f"cache, in CPU: {ratio:.2f}x {verdict(ratio <= TARGET)}"
+                f"cache, in CPU ({name} client): {ratio:.2f}x {verdict(ratio <= TARGET)}"
             )
         else:
             print(f"(context) an uncached run with the cache, in CPU: {ratio:.2f}x of no cache")
@@ -387,7 +415,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-PARTS = ("http", "local")
+PARTS = ("http", "aiohttp", "local")
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -172,7 +172,7 @@ async def test_the_cache_holds_no_secret_and_what_fn_returned(
     config = _launch_cache.hash_of(_launch_cache.check(store, None, leaky)[1])
     segments = await store.get_results(task=_launch_cache.TASK, config_hash=config)
     lines = [line for s in segments.values() for line in (_launch_cache.entries(s) or {}).values()]
-    entries = [json.loads(line)["output"] for line in lines]
+    entries = [_launch_cache.output_of(line) for line in lines]
     assert len(entries) == 40
     assert {e["auth"] for e in entries} <= {"Bearer <key-0>", "Bearer <key-1>"}  # fn's, redacted
     everything = b"".join(segments.values()).decode() + json.dumps(first)
