@@ -118,10 +118,10 @@ _canonical = json.JSONEncoder(
 ).encode
 
 
-def _digest(argument: Any, id_key: str, sample: int, cache_key: str) -> str:
+def _digest(argument: Any, id_key: str | None, sample: int, cache_key: str) -> str:
     body = (
         {k: v for k, v in argument.items() if k != id_key}
-        if isinstance(argument, Mapping)
+        if id_key is not None and isinstance(argument, Mapping)
         else argument
     )
     text = _canonical([cache_key, sample, body])
@@ -225,12 +225,18 @@ class RunCache:
         input whose digest cannot be made (``input_interface`` raised, not JSON) is a miss
         with no digest: the call goes as without a cache, and its answer is not kept.
         """
-        argument: Any = dict(pair.item)  # what fn is given (as _KeyedCall.enter makes it)
-        argument["sample"] = pair.sample
+        argument: Any = None  # made here only for input_interface (then not made again)
         try:
-            if self._input_interface is not None:
+            if self._input_interface is None:
+                # What fn is given (as _KeyedCall.enter makes it), but its id: one dict.
+                body = {k: v for k, v in pair.item.items() if k != self._id_key}
+                body["sample"] = pair.sample
+                digest = _digest(body, None, pair.sample, self.cache_key)
+            else:
+                argument = dict(pair.item)
+                argument["sample"] = pair.sample
                 argument = self._input_interface(argument)
-            digest = _digest(argument, self._id_key, pair.sample, self.cache_key)
+                digest = _digest(argument, self._id_key, pair.sample, self.cache_key)
         except Exception as exc:
             self._warn(
                 "digest",
