@@ -23,6 +23,11 @@ A key the API keeps rejecting (401/403) leaves the rotation for the rest of the 
 (:mod:`aioflows._key_health`), and a call sent again after a failure prefers another key.
 What a run shows of itself, progress lines or a bar and the summary table, is made in
 :mod:`aioflows._launch_display` from one snapshot of the run's counters.
+
+With ``cache=`` a pair answered by an earlier run is served from a store without a key or a
+call (:mod:`aioflows._launch_cache`, where the digest and the segments are), after the resume
+has skipped what the output holds; the tokens calls report are added up per key, with their
+cost (:mod:`aioflows._usage`). Both hook into the run here at a few points only.
 """
 
 from __future__ import annotations
