@@ -10,7 +10,8 @@ materialised.
 - Sources (:mod:`.sources`): :class:`Source` over an iterable or async iterable,
   :class:`StreamSource` over a memory object stream of numbered items (a pipeline stage's
   input), :class:`QueueSource` fed by ``put`` and ended by ``close`` (the flow executor's ready
-  queue). They share one pull protocol: ``pull_nowait()`` gives a pair, :data:`DONE` or
+  queue), and :class:`KeptSource` (:mod:`.kept`), any of the first two seen through a sync
+  filter. They share one pull protocol: ``pull_nowait()`` gives a pair, :data:`DONE` or
   :data:`BLOCKED` (take the awaiting path), ``await pull()`` a pair or :data:`DONE`.
 - Admission and sinks (:mod:`.sinks`): :class:`Admit`, a counter of items a pool may hold at
   once, released by an ordered sink as results go out in order; :class:`Collect` (``map``'s
@@ -30,7 +31,9 @@ driven); this package re-exports what the rest of aioflows uses.
 
 from __future__ import annotations
 
+from .channel import Channel, Collected, Outlet, StreamOutlet
 from .driven import Driven, drive, feeding
+from .kept import KeptSource
 from .pool import STREAK, Pool, is_cancellation
 from .sinks import (
     Admit,
@@ -59,18 +62,23 @@ __all__ = [
     "DONE",
     "STREAK",
     "Admit",
+    "Channel",
     "Collect",
+    "Collected",
     "Driven",
     "AnySource",
     "Emit",
     "EmitNowait",
+    "KeptSource",
     "OrderedSink",
+    "Outlet",
     "Pool",
     "Pulled",
     "PulledNowait",
     "QueueSource",
     "Sink",
     "Source",
+    "StreamOutlet",
     "StreamSource",
     "UnorderedSink",
     "drive",
