@@ -1,20 +1,28 @@
-"""Streaming pipelines: stages joined by bounded streams, run by the same pool as ``imap``.
+"""Streaming pipelines: stages joined by bounded channels, run by the same pool as ``imap``.
 
 Each ``Stage`` (and ``Filter``, ``Unbatch``, ``Union``) is a worker pool
-(:class:`aioflows._workers.Pool`) pulling from the stream before it and emitting into a stream
-of at most ``buffer`` items after it, so a slow stage slows the source instead of letting items pile
-up. ``ordered=True`` keeps each stage's outputs in input order with that pool's ordered sink:
-a finished item waits only for the ones before it (the completed prefix is emitted at once),
-and admission holds back when the stage runs ``max(buffer, 2 * workers)`` items ahead of the
-next one to emit, so one slow item can never make a stage hold the whole stream. A flat stage
-makes each output of an input as it is emitted (:mod:`aioflows.flat`). ``Batch`` is a single
-task, which keeps order by construction.
+(:class:`aioflows._workers.Pool`) pulling from the channel before it and emitting into a
+channel of at most ``buffer`` items after it (:class:`aioflows._workers.Channel`), so a slow
+stage slows the source instead of letting items pile up. ``ordered=True`` keeps each stage's
+outputs in input order with that pool's ordered sink: a finished item waits only for the ones
+before it (the completed prefix is emitted at once), and admission holds back when the stage
+runs ``max(buffer, 2 * workers)`` items ahead of the next one to emit, so one slow item can
+never make a stage hold the whole stream. A flat stage makes each output of an input as it is
+emitted (:mod:`aioflows.flat`). ``Batch`` is a single task, which keeps order by construction.
+
+A sync ``Filter`` never waits, so it is no pool of its own: it runs in the emitter of the step
+before it, on each item as it goes out (once the channel has room for it, so exactly once per
+item, in order), or, at the head of the pipeline, in the first step's pulls
+(:class:`aioflows._workers.KeptSource`). Where the step before emits to a memory object stream,
+which cannot tell whether it has room (the output of ``stream``, an ordered flat stage's),
+the filter is a step like any other. ``run`` has the last stage append to its result itself.
 
 All pools run in one task group inside a driver task owned by the stream object, as ``imap``
-does: leaving ``async for``, an exception in the consumer or a cancellation stops every worker
-and closes an async-generator source. With ``on_error="raise"`` the first failure cancels
-everything and is raised as itself; ``"skip"`` drops the item; ``"collect"`` emits
-:class:`Failed` in its place, which later stages pass through untouched.
+does (``run`` runs that task group in its own task): leaving ``async for``, an exception in
+the consumer or a cancellation stops every worker and closes an async-generator source. With
+``on_error="raise"`` the first failure cancels everything and is raised as itself; ``"skip"``
+drops the item; ``"collect"`` emits :class:`Failed` in its place, which later stages pass
+through untouched.
 """
 
 from __future__ import annotations
@@ -254,8 +262,10 @@ class Filter:
     """Keep the items for which ``pred`` is true.
 
     An async ``pred`` is awaited; a sync one is called inline on the event loop, since a
-    predicate is usually a cheap check and a thread hop per item would cost far more than it.
-    Put a blocking check in a ``Stage`` returning the item or dropping it with ``flat=True``.
+    predicate is usually a cheap check and a thread hop per item would cost far more than it,
+    and in the step before it (as that step hands each item on, in order, once per item) rather
+    than in a stage of its own. Put a blocking check in a ``Stage`` returning the item or
+    dropping it with ``flat=True``.
 
     Args:
         pred: ``pred(item)``, async or sync: whether to keep the item.

@@ -239,7 +239,11 @@ async def test_fused_filters_follow_on_error(head: bool) -> None:
     assert [x for x in collected if not isinstance(x, af.Failed)] == [0, 1, 6]
     failed = {x.item: (type(x.error), x.stage) for x in collected if isinstance(x, af.Failed)}
     # A failure upstream of the filter passes it untouched (its predicate never sees it).
-    assert failed == {2: (ValueError, "fussy"), 4: (KeyError, "fail_on_four"), 5: (ValueError, "fussy")}
+    assert failed == {
+        2: (ValueError, "fussy"),
+        4: (KeyError, "fail_on_four"),
+        5: (ValueError, "fussy"),
+    }
     assert [x.item for x in collected if isinstance(x, af.Failed)] == [2, 4, 5]
 
 
