@@ -56,7 +56,9 @@ class Channel:
     """A bounded FIFO of numbered items between two stages; its reading end is a pool source.
 
     Invariant: a reader waits only while no item is buffered (a put hands the item straight to
-    the oldest waiting reader), so ``room()`` is just "fewer than ``size`` buffered".
+    the oldest waiting reader), so ``room()`` is just "fewer than ``size`` buffered". The one
+    way past ``size``: an item handed to a reader cancelled before it could take it goes back
+    at the front, full or not (a reader is cancelled only as its whole pipeline stops).
 
     Args:
         size: Most items buffered at once (items handed straight to a waiting reader are not
