@@ -1,24 +1,33 @@
-"""Streaming pipelines: stages joined by bounded streams, run by the same pool as ``imap``.
+"""Streaming pipelines: stages joined by bounded channels, run by the same pool as ``imap``.
 
 Each ``Stage`` (and ``Filter``, ``Unbatch``, ``Union``) is a worker pool
-(:class:`aioflows._workers.Pool`) pulling from the stream before it and emitting into a stream
-of at most ``buffer`` items after it, so a slow stage slows the source instead of letting items pile
-up. ``ordered=True`` keeps each stage's outputs in input order with that pool's ordered sink:
-a finished item waits only for the ones before it (the completed prefix is emitted at once),
-and admission holds back when the stage runs ``max(buffer, 2 * workers)`` items ahead of the
-next one to emit, so one slow item can never make a stage hold the whole stream. A flat stage
-makes each output of an input as it is emitted (:mod:`aioflows.flat`). ``Batch`` is a single
-task, which keeps order by construction.
+(:class:`aioflows._workers.Pool`) pulling from the channel before it and emitting into a
+channel of at most ``buffer`` items after it (:class:`aioflows._workers.Channel`), so a slow
+stage slows the source instead of letting items pile up. ``ordered=True`` keeps each stage's
+outputs in input order with that pool's ordered sink: a finished item waits only for the ones
+before it (the completed prefix is emitted at once), and admission holds back when the stage
+runs ``max(buffer, 2 * workers)`` items ahead of the next one to emit, so one slow item can
+never make a stage hold the whole stream. A flat stage makes each output of an input as it is
+emitted (:mod:`aioflows.flat`). ``Batch`` is a single task, which keeps order by construction.
+
+A sync ``Filter`` never waits, so it is no pool of its own: it runs in the emitter of the step
+before it, on each item as it goes out (once the channel has room for it, so exactly once per
+item, in order), or, at the head of the pipeline, in the first step's pulls
+(:class:`aioflows._workers.KeptSource`). Where the step before emits to a memory object stream,
+which cannot tell whether it has room (the output of ``stream``, an ordered flat stage's),
+the filter is a step like any other. ``run`` has the last stage append to its result itself.
 
 All pools run in one task group inside a driver task owned by the stream object, as ``imap``
-does: leaving ``async for``, an exception in the consumer or a cancellation stops every worker
-and closes an async-generator source. With ``on_error="raise"`` the first failure cancels
-everything and is raised as itself; ``"skip"`` drops the item; ``"collect"`` emits
-:class:`Failed` in its place, which later stages pass through untouched.
+does (``run`` runs that task group in its own task): leaving ``async for``, an exception in
+the consumer or a cancellation stops every worker and closes an async-generator source. With
+``on_error="raise"`` the first failure cancels everything and is raised as itself; ``"skip"``
+drops the item; ``"collect"`` emits :class:`Failed` in its place, which later stages pass
+through untouched.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import AsyncIterable, Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass
@@ -34,14 +43,18 @@ from ._callables import is_async_callable
 from ._workers import (
     DONE,
     Admit,
+    Channel,
+    Collected,
     Driven,
+    KeptSource,
     OrderedSink,
+    Outlet,
     Pool,
     Source,
+    StreamOutlet,
     StreamSource,
     UnorderedSink,
     drive,
-    emit,
     feeding,
     is_cancellation,
 )
@@ -85,21 +98,23 @@ class Failed(Generic[T]):
 
 
 class _Emitter:
-    """How a stage hands its outcomes on: drops skips, spreads flat outputs and, between
-    stages, numbers each item as it is sent.
+    """How a stage hands its outcomes on to its :class:`Outlet`: drops skips, spreads flat
+    outputs, and runs the sync filters fused after the stage (``keep``) on each item as it
+    goes out.
 
-    The number travels with the item, so the next stage's ordered sink knows its position
-    even when several of its workers were waiting on the stream and resume in another order
-    than the items were handed to them.
+    ``keep`` (the item, or ``_SKIP``) runs only once the outlet is known to take the item at
+    once, so it runs exactly once per item, in the order items go out (a stateful predicate,
+    such as "not seen before", sees them as its own stage would have). The sink's ``send``
+    argument is not used: the outlet is this object's.
     """
 
-    __slots__ = ("_count", "_stamp")
+    __slots__ = ("_keep", "_out")
 
-    def __init__(self, stamp: bool) -> None:
-        self._stamp = stamp
-        self._count = 0
+    def __init__(self, out: Outlet, keep: Callable[[Any], Any] | None = None) -> None:
+        self._out = out
+        self._keep = keep
 
-    async def __call__(self, send: MemoryObjectSendStream[Any], outcome: Any) -> None:
+    async def __call__(self, send: object, outcome: Any) -> None:
         kind = type(outcome)
         if kind is _Skip:
             return
@@ -112,26 +127,35 @@ class _Emitter:
             return
         await self.one(send, outcome)
 
-    async def one(self, send: MemoryObjectSendStream[Any], item: Any) -> None:
-        if self._stamp:
-            item = (self._count, item)
-            self._count += 1
-        await emit(send, item)
+    async def one(self, send: object, item: Any) -> None:
+        out, keep = self._out, self._keep
+        if keep is None:
+            if not out.put_nowait(item):
+                await out.put(item)
+            return
+        if not out.room():
+            await out.wait_room()
+        item = keep(item)
+        if item is _SKIP:
+            out.room_unused()
+            return
+        out.put_nowait(item)  # sure to go in: room, and no wait since
 
-    def nowait(self, send: MemoryObjectSendStream[Any], outcome: Any) -> bool:
+    def nowait(self, send: object, outcome: Any) -> bool:
         """Hand ``outcome`` on if that needs no waiting; False (having done nothing) if not."""
         kind = type(outcome)
         if kind is _Skip:
             return True
         if kind is _Outputs:
             return False  # outputs still to make: the awaiting path
-        item = (self._count, outcome) if self._stamp else outcome
-        try:
-            send.send_nowait(item)
-        except anyio.WouldBlock:
+        out, keep = self._out, self._keep
+        if keep is None:
+            return out.put_nowait(outcome)
+        if not out.room():
             return False
-        if self._stamp:
-            self._count += 1
+        outcome = keep(outcome)
+        if outcome is not _SKIP:
+            out.put_nowait(outcome)
         return True
 
 
@@ -238,8 +262,10 @@ class Filter:
     """Keep the items for which ``pred`` is true.
 
     An async ``pred`` is awaited; a sync one is called inline on the event loop, since a
-    predicate is usually a cheap check and a thread hop per item would cost far more than it.
-    Put a blocking check in a ``Stage`` returning the item or dropping it with ``flat=True``.
+    predicate is usually a cheap check and a thread hop per item would cost far more than it,
+    and in the step before it (as that step hands each item on, in order, once per item) rather
+    than in a stage of its own. Put a blocking check in a ``Stage`` returning the item or
+    dropping it with ``flat=True``.
 
     Args:
         pred: ``pred(item)``, async or sync: whether to keep the item.
@@ -439,8 +465,7 @@ class Pipeline:
         Raises:
             Exception: With ``on_error="raise"``, the first item's error, as itself.
         """
-        async with self.stream(source) as outputs:
-            return await outputs._drain()
+        return await PipelineStream(self, Source(source), collect=True)._run()
 
     def __repr__(self) -> str:
         return f"Pipeline({', '.join(map(repr, self.stages))}, buffer={self.buffer})"
@@ -471,15 +496,40 @@ def _guarded(call: Callable[[Any], Awaitable[Any]], name: str, on_error: str) ->
 
 
 class PipelineStream(Driven[Any]):
-    """What :meth:`Pipeline.stream` returns: an async iterator and async context manager."""
+    """What :meth:`Pipeline.stream` returns: an async iterator and async context manager.
 
-    __slots__ = ("_pipeline", "_source", "_streams")
+    With ``collect`` (what :meth:`Pipeline.run` makes), the last stage appends to the result
+    list itself and :meth:`_run` runs the stages in the calling task: no output stream, no
+    reader woken per batch of outputs, no driver task.
+    """
 
-    def __init__(self, pipeline: Pipeline, source: Source[Any]) -> None:
+    __slots__ = ("_collected", "_pipeline", "_source", "_streams")
+
+    def __init__(self, pipeline: Pipeline, source: Source[Any], collect: bool = False) -> None:
         super().__init__()
         self._pipeline = pipeline
         self._source = source
         self._streams: list[MemoryObjectSendStream[Any] | MemoryObjectReceiveStream[Any]] = []
+        self._collected: Collected | None = Collected() if collect else None
+
+    async def _run(self) -> list[Any]:
+        """Every output, as a list: what ``run`` does."""
+        driver = self._launch()
+        collected = self._collected
+        if collected is None:  # the last stage is an ordered flat one: it emits to a stream
+            self._driver = asyncio.get_running_loop().create_task(driver)
+            try:
+                return await self._drain()
+            finally:
+                await self.aclose()
+        try:
+            await driver
+        finally:
+            self._closed = True
+            await self._release()
+        if self._error:
+            raise self._error[0]
+        return collected.items
 
     async def _drain(self) -> list[Any]:
         """Every remaining output; what ``async for`` does, without a frame per item."""
@@ -514,29 +564,120 @@ class PipelineStream(Driven[Any]):
             stream.close()
 
     def _launch(self) -> Coroutine[Any, Any, None]:
+        """The runs of the steps, joined by channels; sync filters fused where they can be.
+
+        A sync filter at the head runs in the first step's pulls (:class:`KeptSource`); one
+        after a step runs in that step's emitter, on each item as it goes out, when the
+        step's outlet can tell that the item will go in at once (a channel, the result list).
+        Otherwise (a memory stream: the output of ``stream``, or what an ordered flat stage
+        emits to) it is a step of its own, like any other.
+        """
         pipeline = self._pipeline
-        receive: MemoryObjectReceiveStream[Any] | None = None
+        stages, on_error = pipeline.stages, pipeline.on_error
+        count = len(stages)
         runners: list[Callable[[], Awaitable[None]]] = []
-        source: Source[Any] | StreamSource[Any] = self._source
-        last = len(pipeline.stages) - 1
-        for i, step in enumerate(pipeline.stages):
-            send, receive = anyio.create_memory_object_stream[Any](pipeline.buffer)
-            self._streams += (send, receive)
-            runners.append(_runner(step, source, send, pipeline, _Emitter(stamp=i < last)))
-            source = StreamSource(receive)
-        self._receive = receive
+        head: Source[Any] | KeptSource[Any] = self._source
+        i = 0
+        while i < count - 1 and _is_sync_filter(stages[i]):
+            head = KeptSource(head, _keeping(stages[i], on_error), _SKIP)
+            i += 1
+        source: _Input = head
+        while i < count:
+            step = stages[i]
+            after = i + 1
+            while after < count and _is_sync_filter(stages[after]):
+                after += 1
+            flat_ordered = _is_flat_ordered(step, pipeline)
+            if flat_ordered or (after == count and self._collected is None):
+                after = i + 1  # it emits to a memory stream, which can not tell room
+            last = after == count
+            send: MemoryObjectSendStream[Any] | None = None
+            out: Outlet
+            following: _Input | None = None  # what the next step pulls from
+            if last and self._collected is not None and not flat_ordered:
+                out = self._collected
+            elif last or flat_ordered:
+                send, receive = anyio.create_memory_object_stream[Any](pipeline.buffer)
+                self._streams += (send, receive)
+                out = StreamOutlet(send, stamp=not last)
+                if last:
+                    self._receive = receive
+                    self._collected = None  # run() reads this stream
+                else:
+                    following = StreamSource(receive)
+            else:
+                out = following = Channel(pipeline.buffer)
+            emitter = _Emitter(out, _fused([_keeping(f, on_error) for f in stages[i + 1 : after]]))
+            runners.append(_runner(step, source, out, send, pipeline, emitter))
+            if following is not None:
+                source = following
+            i = after
         return drive(runners, self._error)
+
+
+#: What a step pulls from: the pipeline's input (maybe through sync filters), a channel, or
+#: the stream after an ordered flat stage.
+_Input = Source[Any] | KeptSource[Any] | Channel | StreamSource[Any]
+
+
+def _is_sync_filter(step: _Step) -> bool:
+    return isinstance(step, Filter) and not is_async_callable(step.pred)
+
+
+def _is_flat_ordered(step: _Step, pipeline: Pipeline) -> bool:
+    """Whether the step's sink is an ordered flat sink, which emits to a memory stream."""
+    return isinstance(step, Stage) and step.flat and pipeline.ordered and step.workers > 1
+
+
+def _fused(keeps: list[Callable[[Any], Any]]) -> Callable[[Any], Any] | None:
+    """Several fused filters as one ``keep``: each sees what the one before kept."""
+    if not keeps:
+        return None
+    if len(keeps) == 1:
+        return keeps[0]
+
+    def chain(item: Any) -> Any:
+        for keep in keeps:
+            item = keep(item)
+            if item is _SKIP:
+                break
+        return item
+
+    return chain
+
+
+def _keeping(step: _Step, on_error: str) -> Callable[[Any], Any]:
+    """A sync filter as a fused step: the item, or ``_SKIP`` to drop it; a predicate that
+    raises fails the item as ``on_error`` says, as the filter's own stage would."""
+    assert isinstance(step, Filter)
+    keep = _KeepSync(step.pred).sync
+    if on_error == "raise":
+        return keep  # the exception fails the step it runs in, and the pipeline with it
+    collect, name = on_error == "collect", step.name
+
+    def tolerant(item: Any) -> Any:
+        if type(item) is Failed:
+            return item  # failed upstream: carried through to the output as it is
+        try:
+            return keep(item)
+        except Exception as exc:
+            return Failed(item, exc, name) if collect else _SKIP
+
+    return tolerant
 
 
 def _runner(
     step: _Step,
-    source: Source[Any] | StreamSource[Any],
-    send: MemoryObjectSendStream[Any],
+    source: _Input,
+    out: Outlet,
+    send: MemoryObjectSendStream[Any] | None,
     pipeline: Pipeline,
     emit: _Emitter,
 ) -> Callable[[], Awaitable[None]]:
+    """The run of one step. ``send`` is ``out``'s memory stream, if it is one (an ordered
+    flat sink needs it)."""
     if isinstance(step, Batch):
-        return lambda: _batch(step, source, send, emit)
+        return lambda: _batch(step, source, out, emit)
     plain = step._callable()
     call = _guarded(plain, step.name, pipeline.on_error)
     call_sync = plain.sync if call is plain and isinstance(plain, _KeepSync) else None
@@ -544,13 +685,14 @@ def _runner(
     if pipeline.ordered and step.workers > 1:
         admit = Admit(max(pipeline.buffer, 2 * step.workers))
         if isinstance(step, Stage) and step.flat:
+            assert send is not None
             sink: Any = _OrderedFlatSink(send, admit, emit, emit.one, pipeline.buffer)
         else:
-            sink = OrderedSink(send, admit, emit, emit.nowait)
+            sink = OrderedSink(out, admit, emit, emit.nowait)
     else:  # one worker emits in order anyway
-        sink = UnorderedSink(send, emit, emit.nowait)
+        sink = UnorderedSink(out, emit, emit.nowait)
     pool = Pool(call, source, step.workers, sink=sink, admit=admit, call_sync=call_sync)
-    return feeding(pool, send)
+    return feeding(pool, out)
 
 
 class _Batching:
@@ -566,12 +708,7 @@ class _Batching:
         self.lock = anyio.Lock()  # emits happen one at a time, in order
 
 
-async def _batch(
-    step: Batch,
-    source: Source[Any] | StreamSource[Any],
-    send: MemoryObjectSendStream[Any],
-    emit: _Emitter,
-) -> None:
+async def _batch(step: Batch, source: _Input, send: Outlet, emit: _Emitter) -> None:
     """Fill batches from ``source``. A partial batch is flushed by a timer task rather than by
     cancelling a receive on a deadline, which could lose the item being handed over."""
     state = _Batching()
@@ -612,7 +749,7 @@ async def _batch(
         await flush()
 
     failure: list[BaseException] = []
-    with send:
+    try:
         try:
             async with anyio.create_task_group() as tg:
                 if step.timeout is not None:
@@ -627,5 +764,7 @@ async def _batch(
                 tg.cancel_scope.cancel()  # the timer has nothing left to time
         finally:
             await source.aclose()
+    finally:
+        send.close()
     if failure:
         raise failure[0]

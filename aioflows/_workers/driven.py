@@ -13,24 +13,30 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import anyio
 from anyio.abc import TaskGroup
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from anyio.streams.memory import MemoryObjectReceiveStream
 
 from .pool import Pool, is_cancellation
 
 R = TypeVar("R")
 
 
-def feeding(pool: Pool, send: MemoryObjectSendStream[Any]) -> Callable[[], Awaitable[None]]:
-    """A run of ``pool`` that ends ``send`` (its sink's stream) when the pool stops, so that
-    the reader of the stream sees its end."""
+class _Closable(Protocol):
+    def close(self) -> None: ...
+
+
+def feeding(pool: Pool, send: _Closable) -> Callable[[], Awaitable[None]]:
+    """A run of ``pool`` that ends ``send`` (its sink's stream or channel) when the pool
+    stops, so that the reader of the stream sees its end."""
 
     async def run() -> None:
-        with send:
+        try:
             await pool.run()
+        finally:
+            send.close()
 
     return run
 

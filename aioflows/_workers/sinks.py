@@ -67,9 +67,10 @@ class Sink(Protocol):
 
 #: How a sink hands one result to its stream (:func:`emit`, or a pipeline's, which may expand
 #: or drop it), and the same without waiting: True if done, False if it would have to wait
-#: (and then it has done nothing).
-Emit: TypeAlias = "Callable[[MemoryObjectSendStream[Any], Any], Awaitable[None]]"
-EmitNowait: TypeAlias = "Callable[[MemoryObjectSendStream[Any], Any], bool]"
+#: (and then it has done nothing). The first argument is the sink's ``send``: a memory object
+#: stream for these defaults, whatever a pipeline's own functions put into (its outlet).
+Emit: TypeAlias = "Callable[[Any, Any], Awaitable[None]]"
+EmitNowait: TypeAlias = "Callable[[Any, Any], bool]"
 
 
 def emit_nowait(send: MemoryObjectSendStream[Any], item: Any) -> bool:
@@ -134,7 +135,7 @@ class UnorderedSink:
 
     def __init__(
         self,
-        send: MemoryObjectSendStream[Any],
+        send: Any,
         emit: Emit = emit,
         emit_nowait: EmitNowait = emit_nowait,
     ) -> None:
@@ -160,7 +161,7 @@ class OrderedSink:
 
     def __init__(
         self,
-        send: MemoryObjectSendStream[Any],
+        send: Any,
         admit: Admit,
         emit: Emit = emit,
         emit_nowait: EmitNowait = emit_nowait,

@@ -24,12 +24,16 @@ import collections
 import contextlib
 import enum
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
-from typing import Any, Final, Generic, Literal, TypeAlias, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Generic, Literal, TypeAlias, TypeVar
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream
 
 from ..errors import InvalidArgumentType
+
+if TYPE_CHECKING:
+    from .channel import Channel
+    from .kept import KeptSource
 
 T = TypeVar("T")
 
@@ -292,4 +296,6 @@ class QueueSource(Generic[T]):
 
 
 #: The pull protocol every pool source follows.
-AnySource: TypeAlias = "Source[Any] | StreamSource[Any] | QueueSource[Any]"
+AnySource: TypeAlias = (
+    "Source[Any] | StreamSource[Any] | QueueSource[Any] | KeptSource[Any] | Channel"
+)
