@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import graphlib
 import inspect
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +20,7 @@ from .._callables import is_async_callable
 from ..errors import FlowError
 from ._bulk import gc_paused
 from .config import expand_config
+from .flatgrid import flat_grid
 from .identity import encoded_config, node_hasher, strip_ignored
 
 if TYPE_CHECKING:
@@ -41,7 +42,9 @@ class TaskNode:
 
     A flow of a million instances keeps a million of these, so a node holds only what the run
     needs: ``unique_config`` is built when first read (a reduce's inputs, a record, a result)
-    and kept, and instances of one config share its dict.
+    and kept, and instances of one config share its dict. So is ``config_hash``, for an
+    instance whose config is a flat dict of scalars (:mod:`aioflows.flow.flatgrid`): such a
+    config cannot change, and a run without a store never reads a hash.
 
     Attributes:
         unique_name: ``"<task>-<n>"``, n counting the task's instances from 1.
@@ -60,7 +63,8 @@ class TaskNode:
         unique_name: As the attribute.
         task: As the attribute.
         config: As the attribute.
-        config_hash: As the attribute.
+        config_hash: As the attribute; None: computed when first read, from the config and the
+            predecessors' hashes (only for a config of scalars, which cannot change meanwhile).
         predecessors: As the attribute.
         lineage: As the attribute.
         shape: What the instances of its task share (``reduce``, and where their unique
@@ -69,9 +73,9 @@ class TaskNode:
 
     # Eight slots: 96 bytes a node with the GC's header (each slot more is 8, a million times).
     __slots__ = (
+        "_hash",
         "_shape",
         "config",
-        "config_hash",
         "lineage",
         "predecessors",
         "successors",
@@ -84,7 +88,7 @@ class TaskNode:
         unique_name: str,
         task: str,
         config: dict[str, Any],
-        config_hash: str,
+        config_hash: str | None,
         predecessors: tuple[TaskNode, ...],
         lineage: Mapping[str, int],
         shape: _Shape,
@@ -92,7 +96,7 @@ class TaskNode:
         self.unique_name = unique_name
         self.task = task
         self.config = config
-        self.config_hash = config_hash
+        self._hash = config_hash
         self.predecessors = predecessors
         self.successors: list[TaskNode] = []
         self.lineage = lineage
@@ -102,6 +106,14 @@ class TaskNode:
     def reduce(self) -> bool:
         """Whether it receives every instance of its predecessors at once."""
         return self._shape.reduce
+
+    @property
+    def config_hash(self) -> str:
+        """The digest of ``unique_config``: the instance's key in a store."""
+        digest = self._hash
+        if digest is None:
+            digest = _hash_lazily(self)
+        return digest
 
     @property
     def unique_config(self) -> dict[str, Any]:
@@ -116,17 +128,53 @@ class TaskNode:
         return f"TaskNode({self.unique_name!r}, config_hash={self.config_hash!r})"
 
 
+def _hash_lazily(node: TaskNode) -> str:
+    """``node``'s digest, and first those of its ancestors not hashed yet, in a loop: a chain
+    of lazily hashed instances is deeper than the recursion limit."""
+    stack = [node]
+    while stack:
+        top = stack[-1]
+        if top._hash is not None:
+            stack.pop()
+            continue
+        waiting = [p for p in top.predecessors if p._hash is None]
+        if waiting:
+            stack.extend(waiting)
+            continue
+        stack.pop()
+        top._hash = top._shape.digest(top)
+    assert node._hash is not None
+    return node._hash
+
+
 class _Shape:
     """What the instances of one task share: whether it reduces, how their unique_config is
-    built, and those built so far (by node: a slot of each node would cost every node)."""
+    built, and those built so far (by node: a slot of each node would cost every node); and
+    how a lazily hashed one's digest is computed."""
 
-    __slots__ = ("predecessors", "prefix", "reduce", "uniques")
+    __slots__ = ("_combo", "_hasher", "predecessors", "prefix", "reduce", "task", "uniques")
 
-    def __init__(self, prefix: str | None, predecessors: list[str], reduce: bool) -> None:
+    def __init__(
+        self, task: str, prefix: str | None, predecessors: list[str], reduce: bool
+    ) -> None:
+        self.task = task
         self.prefix = prefix
         self.predecessors = predecessors
         self.reduce = reduce
         self.uniques: dict[TaskNode, dict[str, Any]] = {}
+        # The last predecessor combination hashed for, and its hasher: instances of one
+        # combination come in a run (every instance of a fan-out has the same source).
+        self._combo: tuple[TaskNode, ...] | None = None
+        self._hasher: Callable[[str], str] | None = None
+
+    def digest(self, node: TaskNode) -> str:
+        """``node``'s digest, its predecessors' hashed already: what expansion would compute."""
+        combo = node.predecessors
+        hasher = self._hasher
+        if combo is not self._combo or hasher is None:
+            hasher = node_hasher(self.task, [(p.task, p.config_hash) for p in combo])
+            self._combo, self._hasher = combo, hasher
+        return hasher(encoded_config(self.task, _identity(node.config, self.prefix)))
 
     def unique(self, node: TaskNode) -> dict[str, Any]:
         unique = _plain_copy(node.config, self.prefix)
@@ -368,7 +416,13 @@ def _build(flow: Flow) -> Graph:
     # Tasks some later task joins on (not a reduce): only their instances need a lineage.
     joined = {p for name, spec in specs.items() if not spec.reduce for p in preds[name]}
     for name, spec in specs.items():
-        configs = expand_config(spec.config, spec.expand, flow.group_prefix)
+        # A flat grid of scalars: expanded by itertools.product, its instances hashed when
+        # first read (never, in a run without a store).
+        flat = flat_grid(spec.config, spec.expand, flow.group_prefix, prefix)
+        lazy = flat is not None
+        configs = (
+            flat if flat is not None else expand_config(spec.config, spec.expand, flow.group_prefix)
+        )
         pred_names = preds[name]
         own: list[TaskNode] = []
         seen: set[str] = set()
@@ -377,20 +431,26 @@ def _build(flow: Flow) -> Graph:
             combos: list[tuple[tuple[TaskNode, ...], Mapping[str, int]]] = [(gathered, {})]
         else:
             combos = _combinations([instances[p] for p in pred_names])
-        hashers = [node_hasher(name, [(p.task, p.config_hash) for p in c]) for c, _ in combos]
+        hashers = (
+            [None] * len(combos)
+            if lazy
+            else [node_hasher(name, [(p.task, p.config_hash) for p in c]) for c, _ in combos]
+        )
         multi = len(configs) > 1
         keep_lineage = name in joined
-        shape = _Shape(prefix, pred_names, spec.reduce)
+        shape = _Shape(name, prefix, pred_names, spec.reduce)
         for i, config in enumerate(configs):
-            encoded = encoded_config(name, _identity(config, prefix))
+            encoded = "" if lazy else encoded_config(name, _identity(config, prefix))
             for (combo, lineage), hasher in zip(combos, hashers, strict=True):
-                digest = hasher(encoded)
-                if digest in seen:
-                    raise FlowError(
-                        f"task {name!r} expands to the same instance twice (config {config!r}); "
-                        "remove the repeated alternative"
-                    )
-                seen.add(digest)
+                digest = None
+                if hasher is not None:  # flat_grid's configs are distinct: not checked
+                    digest = hasher(encoded)
+                    if digest in seen:
+                        raise FlowError(
+                            f"task {name!r} expands to the same instance twice (config "
+                            f"{config!r}); remove the repeated alternative"
+                        )
+                    seen.add(digest)
                 if not keep_lineage:
                     lineage = _NO_LINEAGE
                 elif multi:

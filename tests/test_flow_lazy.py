@@ -1,0 +1,133 @@
+"""Issue 15, target 1: the fast paths of ``Flow.run`` give what the general paths gave.
+
+A flat grid of scalars is expanded by :func:`aioflows.flow.flatgrid.flat_grid` (the same
+configs as ``expand_config``) and its instances are hashed when first read (the same digests
+as hashing at expansion); the run's own fast path keeps every state, time and result.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import aioflows as af
+from aioflows.flow.config import expand_config
+from aioflows.flow.flatgrid import flat_grid
+from aioflows.flow.identity import config_hash, strip_ignored
+
+scalars = st.one_of(
+    st.integers(-5, 5),
+    st.booleans(),
+    st.none(),
+    st.floats(allow_nan=False, allow_infinity=False, width=16),
+    st.text(alphabet="ab_@é", max_size=3),
+)
+flat_grids = st.dictionaries(
+    st.text(alphabet="xyz_", min_size=1, max_size=3),
+    st.one_of(scalars, st.lists(scalars, min_size=1, max_size=4)),
+    max_size=4,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(flat_grids)
+def test_flat_grid_expands_as_expand_config(config: dict[str, Any]) -> None:
+    fast = flat_grid(config, "product", "@", "_")
+    try:
+        slow = expand_config(config, "product", "@")
+    except af.FlowError:  # a list of a lone group marker, say
+        assert fast is None
+        return
+    if fast is not None:
+        assert fast == slow
+        assert [list(c) for c in fast] == [list(c) for c in slow]  # key order too
+        assert [[type(v) for v in c.values()] for c in fast] == [
+            [type(v) for v in c.values()] for c in slow
+        ]
+        assert len({id(c) for c in fast}) == len(fast)  # dicts of their own
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"i": [1, 2, "@g"], "j": [3, 4, "@g"]},  # a zip group
+        {"a": {"b": [1, 2]}},  # a nested dict
+        {"a": [[1, 2]]},  # a literal list value
+        {"a": [1, 1]},  # a repeated alternative
+        {"a": [1.0, float("nan")]},  # not JSON
+        {"_a": [1, 2]},  # instances differing only in an ignored key
+        {"a": []},
+        {1: 2},
+    ],
+)
+def test_flat_grid_leaves_the_rest_to_the_general_path(config: Any) -> None:
+    assert flat_grid(config, "product", "@", "_") is None
+    assert flat_grid({"a": [1, 2]}, "zip", "@", "_") is None
+
+
+async def noop(**kwargs: Any) -> None:
+    return None
+
+
+def mixed_flow() -> af.Flow:
+    """Lazily hashed tasks (flat grids) and hashed ones (nested configs) in both orders."""
+    flow = af.Flow("mixed")
+    a = flow.add(noop, {"i": [1, 2, 3], "_verbose": True, "s": "x"}, name="a")
+    b = flow.add(noop, {"opts": {"depth": [1, 2]}}, name="b", requires=[a])
+    c = flow.add(noop, {"lr": [0.1, 0.01], "n": [1, 2]}, name="c", requires=[b])
+    flow.add(noop, name="d", requires=[c], reduce=True)
+    return flow
+
+
+def eager(node: af.TaskNode, prefix: str | None) -> str:
+    preds = [(p.task, eager(p, prefix)) for p in node.predecessors]
+    return config_hash(node.task, strip_ignored(node.config, prefix), preds)
+
+
+def test_lazy_hashes_are_what_hashing_at_expansion_gives() -> None:
+    graph = mixed_flow().graph()
+    assert len(graph) == 3 + 3 * 2 + 3 * 2 * 4 + 1
+    for node in reversed(graph.nodes):  # the sink first: its ancestors are hashed on the way
+        assert node.config_hash == eager(node, "_")
+    assert len({n.config_hash for n in graph.nodes}) == len(graph)
+
+
+def test_a_long_lazily_hashed_chain_is_hashed_without_recursion() -> None:
+    flow = af.Flow("chain")
+    prev = flow.add(noop, {"k": [0]}, name="t0")
+    for i in range(1, 3_000):
+        prev = flow.add(noop, {"k": i}, name=f"t{i}", requires=[prev])
+    graph = flow.graph()
+    last = graph.nodes[-1]
+    digest = last.config_hash
+    expected = ""
+    for node in graph.nodes:
+        preds = [(p.task, p.config_hash) for p in node.predecessors]
+        expected = config_hash(node.task, node.config, preds)
+        assert node.config_hash == expected
+    assert digest == expected
+
+
+@pytest.mark.parametrize("config", [{"i": [1, 2, 1]}, {"i": [1, 2], "_v": [True, False]}])
+def test_a_repeated_instance_is_still_refused(config: dict[str, Any]) -> None:
+    flow = af.Flow("dup")
+    flow.add(noop, config, name="t")
+    with pytest.raises(af.FlowError, match="same instance twice"):
+        flow.graph()
+
+
+async def test_a_run_without_a_store_hashes_nothing() -> None:
+    flow = af.Flow("fanout")
+    src = flow.add(noop, name="source")
+    work = flow.add(noop, {"i": list(range(50))}, name="work", requires=[src])
+    flow.add(noop, name="sink", requires=[work], reduce=True)
+    run = await flow.run()
+    assert run.ok
+    assert all(node._hash is None for node in run.graph.nodes)
+    # Read afterwards, they are the digests hashing at expansion would have given.
+    assert [r.config_hash for r in run.results["work"]] == [
+        eager(n, "_") for n in run.graph.by_task("work")
+    ]
