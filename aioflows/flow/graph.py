@@ -405,6 +405,77 @@ def build_graph(flow: Flow) -> Graph:
         return _build(flow)
 
 
+def _lazy_instances(
+    name: str,
+    configs: list[dict[str, Any]],
+    combos: list[tuple[tuple[TaskNode, ...], Mapping[str, int]]],
+    keep_lineage: bool,
+    shape: _Shape,
+) -> list[TaskNode]:
+    """The instances of a flat grid (:func:`flat_grid`: distinct configs of scalars), their
+    hashes left for later. One predecessor combination (a fan-out, a reduce, a source) is a
+    list comprehension and one ``extend`` per predecessor."""
+    multi = len(configs) > 1
+    if len(combos) == 1 and not (keep_lineage and multi):
+        combo, lineage = combos[0]
+        if not keep_lineage:
+            lineage = _NO_LINEAGE
+        own = [
+            TaskNode(f"{name}-{k}", name, config, None, combo, lineage, shape)
+            for k, config in enumerate(configs, 1)
+        ]
+        for pred in combo:  # each gets them in the order node-by-node appends would give
+            pred.successors.extend(own)
+        return own
+    own = []
+    for i, config in enumerate(configs):
+        for combo, lineage in combos:
+            if not keep_lineage:
+                lineage = _NO_LINEAGE
+            elif multi:
+                lineage = {**lineage, name: i}
+            node = TaskNode(f"{name}-{len(own) + 1}", name, config, None, combo, lineage, shape)
+            for pred in combo:
+                pred.successors.append(node)
+            own.append(node)
+    return own
+
+
+def _hashed_instances(
+    name: str,
+    configs: list[dict[str, Any]],
+    combos: list[tuple[tuple[TaskNode, ...], Mapping[str, int]]],
+    keep_lineage: bool,
+    shape: _Shape,
+) -> list[TaskNode]:
+    """The instances of any other grid, each hashed as it is made (the check
+    that no two are the same instance needs the digests)."""
+    hashers = [node_hasher(name, [(p.task, p.config_hash) for p in c]) for c, _ in combos]
+    multi = len(configs) > 1
+    seen: set[str] = set()
+    prefix = shape.prefix
+    own: list[TaskNode] = []
+    for i, config in enumerate(configs):
+        encoded = encoded_config(name, _identity(config, prefix))
+        for (combo, lineage), hasher in zip(combos, hashers, strict=True):
+            digest = hasher(encoded)
+            if digest in seen:
+                raise FlowError(
+                    f"task {name!r} expands to the same instance twice (config {config!r}); "
+                    "remove the repeated alternative"
+                )
+            seen.add(digest)
+            if not keep_lineage:
+                lineage = _NO_LINEAGE
+            elif multi:
+                lineage = {**lineage, name: i}
+            node = TaskNode(f"{name}-{len(own) + 1}", name, config, digest, combo, lineage, shape)
+            for pred in combo:
+                pred.successors.append(node)
+            own.append(node)
+    return own
+
+
 def _build(flow: Flow) -> Graph:
     specs, preds = _order(flow)
     signatures: dict[int, inspect.Signature] = {}
@@ -419,55 +490,19 @@ def _build(flow: Flow) -> Graph:
         # A flat grid of scalars: expanded by itertools.product, its instances hashed when
         # first read (never, in a run without a store).
         flat = flat_grid(spec.config, spec.expand, flow.group_prefix, prefix)
-        lazy = flat is not None
-        configs = (
-            flat if flat is not None else expand_config(spec.config, spec.expand, flow.group_prefix)
-        )
         pred_names = preds[name]
-        own: list[TaskNode] = []
-        seen: set[str] = set()
         if spec.reduce or not pred_names:
             gathered = tuple(n for p in pred_names for n in instances[p])
             combos: list[tuple[tuple[TaskNode, ...], Mapping[str, int]]] = [(gathered, {})]
         else:
             combos = _combinations([instances[p] for p in pred_names])
-        hashers = (
-            [None] * len(combos)
-            if lazy
-            else [node_hasher(name, [(p.task, p.config_hash) for p in c]) for c, _ in combos]
-        )
-        multi = len(configs) > 1
         keep_lineage = name in joined
         shape = _Shape(name, prefix, pred_names, spec.reduce)
-        for i, config in enumerate(configs):
-            encoded = "" if lazy else encoded_config(name, _identity(config, prefix))
-            for (combo, lineage), hasher in zip(combos, hashers, strict=True):
-                digest = None
-                if hasher is not None:  # flat_grid's configs are distinct: not checked
-                    digest = hasher(encoded)
-                    if digest in seen:
-                        raise FlowError(
-                            f"task {name!r} expands to the same instance twice (config "
-                            f"{config!r}); remove the repeated alternative"
-                        )
-                    seen.add(digest)
-                if not keep_lineage:
-                    lineage = _NO_LINEAGE
-                elif multi:
-                    lineage = {**lineage, name: i}
-                node = TaskNode(
-                    f"{name}-{len(own) + 1}",
-                    name,
-                    config,
-                    digest,
-                    combo,
-                    lineage,
-                    shape,
-                )
-                for pred in combo:
-                    pred.successors.append(node)
-                own.append(node)
-        del seen
+        if flat is not None:
+            own = _lazy_instances(name, flat, combos, keep_lineage, shape)
+        else:
+            configs = expand_config(spec.config, spec.expand, flow.group_prefix)
+            own = _hashed_instances(name, configs, combos, keep_lineage, shape)
         instances[name] = own
         nodes.extend(own)
     return Graph(flow, nodes, specs, bindings)
