@@ -1,7 +1,7 @@
 """The scheduling loop: run every task instance as soon as its own predecessors are done.
 
 The instances run on the scheduler's own workers, fed by a ready queue (a
-:class:`~aioflows._workers.QueueSource`): an instance is queued the moment its last
+:class:`~aioflows.flow.readyqueue.ReadyQueue`): an instance is queued the moment its last
 predecessor settles, so independent branches never wait for each other (no level-by-level
 barrier). The workers grow lazily, up to ``concurrency``, only while queued instances wait for
 a worker and every worker is inside an instance that waits. An instance costs a queue entry and
@@ -40,10 +40,11 @@ import anyio.lowlevel
 from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from .._workers import BLOCKED, DONE, STREAK, QueueSource
+from .._workers import STREAK
 from ..stores.records import TaskState
 from .events import HELD, SETTLED, now
 from .graph import TaskNode
+from .readyqueue import ReadyQueue
 
 if TYPE_CHECKING:
     from .cache import Cache
@@ -107,7 +108,7 @@ class Scheduler:
         self.fatal: BaseException | None = None
         # A failure of the scheduling itself (not of an instance): run() raises it.
         self.error: BaseException | None = None
-        self.ready: QueueSource[TaskNode] = QueueSource()
+        self.ready = ReadyQueue()
         self.stopping = False  # the workers are cancelled: by fail-fast or a fatal error
         self.resource_send: MemoryObjectSendStream[Any]
         self.resource_receive: MemoryObjectReceiveStream[Any]
@@ -169,7 +170,8 @@ class Scheduler:
                 tg.start_soon(self._worker)
         finally:
             self._group = None
-            await self.ready.aclose()
+            self.ready.close()
+            self.ready.items.clear()  # what is still queued will not run
 
     def _enqueue(self, node: TaskNode) -> None:
         if self._quiet:
@@ -199,7 +201,8 @@ class Scheduler:
         """
         self._spawning = False
         ready, slots, begin = self.ready, self.slots, self.begin
-        pull_nowait, put, cancelled = ready.pull_nowait, ready.put, self.cancelled
+        items, put, cancelled = ready.items, ready.put, self.cancelled
+        popleft = items.popleft
         cache, resources, task_slots = self.cache, self.resources, self.task_slots
         waits = cache is not None or bool(task_slots)
         quiet = self._quiet
@@ -207,19 +210,21 @@ class Scheduler:
         node: Any = None
         try:
             while True:
-                pulled = pull_nowait()
-                if pulled is BLOCKED:
+                if not items:
+                    if ready.closed:
+                        return
                     node = None  # an idle worker keeps nothing alive
                     self._idle += 1
                     try:
-                        pulled = await ready.pull()
+                        await ready.wait()
                     finally:
                         self._idle -= 1
                     after = -1  # it waited: the loop has run, the count starts again
-                if pulled is DONE:
-                    return
-                index, node = pulled
-                if ready.backlog and not (self._idle or self._pausing or self._spawning):
+                    continue
+                node = popleft()
+                index = ready.taken
+                ready.taken = index + 1
+                if items and not (self._idle or self._pausing or self._spawning):
                     self._spawn()
                 countdown = countdown - 1 if index == after else STREAK
                 if not countdown:
