@@ -139,14 +139,17 @@ class _Instances:
         self.store = store  # what ctx.store is: the run's store, else one in memory
         self.body = body
         self.plans: dict[str, _Plan] = {}
-        for name, spec in graph.specs.items():
-            call = guard(self._attempt, spec.options.policy)
-            binding = graph.bindings[name]
-            # Awaited directly: no guard around it, one level less.
-            direct = call == self._attempt and binding.is_async and body is run_body
-            self.plans[name] = _Plan(
-                call, spec.fn if direct else None, binding.results, binding.ctx, spec.reduce
-            )
+        attempt = self._attempt  # one bound method for every task without a guard
+        specs = graph.specs
+        with gc_paused() if len(specs) > BULK else contextlib.nullcontext():
+            for name, spec in specs.items():
+                call = guard(attempt, spec.options.policy)
+                binding = graph.bindings[name]
+                # Awaited directly: no guard around it, one level less.
+                direct = call == attempt and binding.is_async and body is run_body
+                self.plans[name] = _Plan(
+                    call, spec.fn if direct else None, binding.results, binding.ctx, spec.reduce
+                )
 
     def begin(self, node: TaskNode, slot: Slot, resource: Any) -> Awaitable[Any]:
         """The call of ``node``'s function (the scheduler marked it RUNNING), for the worker
