@@ -257,22 +257,42 @@ def _is_ctx(param: inspect.Parameter) -> bool:
     return getattr(annotation, "__name__", None) == "TaskContext"
 
 
-def _bind(
-    spec: TaskSpec, predecessors: list[str], signatures: dict[int, inspect.Signature]
-) -> Binding:
+class _Callee:
+    """What :func:`_bind` reads off a function's signature, read once per function (one
+    function often serves many specs: the random DAG of the benchmark, 10,000)."""
+
+    __slots__ = ("ctx", "is_async", "named", "params", "required", "var_kw")
+
+    def __init__(self, fn: Any, signature: inspect.Signature) -> None:
+        params = signature.parameters
+        self.params = params
+        self.var_kw = any(p.kind is p.VAR_KEYWORD for p in params.values())
+        self.named = {
+            name: p
+            for name, p in params.items()
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+        }
+        self.ctx = next((name for name, p in self.named.items() if _is_ctx(p)), None)
+        # Parameters without a default: a positional-only one cannot be filled, a named one
+        # must be (its check needs the spec's keys and predecessors).
+        self.required = [
+            (name, p.kind is p.POSITIONAL_ONLY)
+            for name, p in params.items()
+            if p.default is p.empty and (p.kind is p.POSITIONAL_ONLY or name in self.named)
+        ]
+        self.is_async = is_async_callable(fn)
+
+
+def _bind(spec: TaskSpec, predecessors: list[str], callees: dict[int, _Callee]) -> Binding:
     """Check that the function can take the spec's config and inputs; decide what to pass."""
-    signature = signatures.get(id(spec.fn))
-    if signature is None:  # one function often serves many specs: read it once
+    callee = callees.get(id(spec.fn))
+    if callee is None:  # one function often serves many specs: read it once
         try:
-            signature = signatures[id(spec.fn)] = inspect.signature(spec.fn)
+            signature = inspect.signature(spec.fn)
         except (TypeError, ValueError) as exc:
             raise FlowError(f"cannot read the signature of task {spec.name!r}: {exc}") from exc
-    params = signature.parameters
-    var_kw = any(p.kind is p.VAR_KEYWORD for p in params.values())
-    named = {
-        name: p for name, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
-    }
-    ctx = next((name for name, p in named.items() if _is_ctx(p)), None)
+        callee = callees[id(spec.fn)] = _Callee(spec.fn, signature)
+    named, var_kw, ctx = callee.named, callee.var_kw, callee.ctx
     keys = list(spec.config or {})
     for key in keys:
         if not isinstance(key, str):
@@ -283,17 +303,18 @@ def _bind(
             )
         if key == ctx or (key not in named and not var_kw):
             raise FlowError(f"task {spec.name!r} has no parameter for config key {key!r}")
-    provided = set(keys) | set(predecessors) | ({ctx} if ctx else set())
-    for name, p in params.items():
-        if p.kind is p.POSITIONAL_ONLY and p.default is p.empty:
-            raise FlowError(
-                f"task {spec.name!r}: positional-only parameter {name!r} cannot be filled"
-            )
-        if name in named and p.default is p.empty and name not in provided:
-            unused = [p for p in predecessors if p not in named and not var_kw]
-            raise FlowError(_unfilled(spec.name, name, keys, predecessors, unused))
+    if callee.required:
+        provided = set(keys) | set(predecessors) | ({ctx} if ctx else set())
+        for name, positional_only in callee.required:
+            if positional_only:
+                raise FlowError(
+                    f"task {spec.name!r}: positional-only parameter {name!r} cannot be filled"
+                )
+            if name not in provided:
+                unused = [p for p in predecessors if p not in named and not var_kw]
+                raise FlowError(_unfilled(spec.name, name, keys, predecessors, unused))
     results = frozenset(p for p in predecessors if p in named or var_kw)
-    return Binding(results=results, ctx=ctx, is_async=is_async_callable(spec.fn))
+    return Binding(results=results, ctx=ctx, is_async=callee.is_async)
 
 
 def _unfilled(
@@ -344,6 +365,8 @@ def _combinations(
 ) -> list[tuple[tuple[TaskNode, ...], Mapping[str, int]]]:
     """Compatible picks of one instance per predecessor, with their merged lineage."""
     first = groups[0]
+    if all(len(group) == 1 for group in groups):  # single instances (a plain DAG): no join
+        return _single_combination([group[0] for group in groups])
     combos: list[tuple[tuple[TaskNode, ...], Mapping[str, int]]] = [
         ((node,), node.lineage) for node in first
     ]
@@ -359,6 +382,22 @@ def _combinations(
                 joined.append(((*nodes, node), merged))
         combos = joined
     return combos
+
+
+def _single_combination(
+    picks: list[TaskNode],
+) -> list[tuple[tuple[TaskNode, ...], Mapping[str, int]]]:
+    """:func:`_combinations` of one instance per predecessor: them, if they descend from the
+    same instance of every ancestor they share (else no combination at all)."""
+    lineage = picks[0].lineage
+    for node in picks[1:]:
+        if not node.lineage:
+            continue
+        for key, index in node.lineage.items():
+            if lineage.get(key, index) != index:
+                return []
+        lineage = {**lineage, **node.lineage}
+    return [(tuple(picks), lineage)]
 
 
 def _plain_copy(config: dict[str, Any], prefix: str | None) -> dict[str, Any] | None:
@@ -478,8 +517,8 @@ def _hashed_instances(
 
 def _build(flow: Flow) -> Graph:
     specs, preds = _order(flow)
-    signatures: dict[int, inspect.Signature] = {}
-    bindings = {name: _bind(spec, preds[name], signatures) for name, spec in specs.items()}
+    callees: dict[int, _Callee] = {}
+    bindings = {name: _bind(spec, preds[name], callees) for name, spec in specs.items()}
     instances: dict[str, list[TaskNode]] = {}
     nodes: list[TaskNode] = []
     prefix = flow.config_ignore_prefix
