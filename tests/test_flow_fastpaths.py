@@ -2,13 +2,21 @@
 
 A flat grid of scalars is expanded by :func:`aioflows.flow.flatgrid.flat_grid` (the same
 configs as ``expand_config``) and its instances are hashed when first read (the same digests
-as hashing at expansion); the run's own fast path keeps every state, time and result.
+as hashing at expansion). The scheduler runs instances in its own worker loop: instances
+that never wait are served by one or two workers, instances that wait grow it as far as they
+need (up to ``concurrency``), and a large reduce gathers its inputs with the collector paused.
 """
 
 from __future__ import annotations
 
+import asyncio
+import gc
+import pickle
+import sys
 from typing import Any
 
+import anyio
+import anyio.lowlevel
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -111,6 +119,17 @@ def test_a_long_lazily_hashed_chain_is_hashed_without_recursion() -> None:
     assert digest == expected
 
 
+def test_a_lazily_hashed_node_pickles_before_and_after_its_hash_is_read() -> None:
+    graph = mixed_flow().graph()
+    first, last = graph.by_task("c")[0], graph.nodes[-1]
+    copy = pickle.loads(pickle.dumps(first))  # not hashed yet
+    assert first._hash is None
+    assert copy._hash is None
+    assert copy.config_hash == first.config_hash == eager(first, "_")
+    digest = last.config_hash
+    assert pickle.loads(pickle.dumps(last)).config_hash == digest
+
+
 @pytest.mark.parametrize("config", [{"i": [1, 2, 1]}, {"i": [1, 2], "_v": [True, False]}])
 def test_a_repeated_instance_is_still_refused(config: dict[str, Any]) -> None:
     flow = af.Flow("dup")
@@ -131,3 +150,81 @@ async def test_a_run_without_a_store_hashes_nothing() -> None:
     assert [r.config_hash for r in run.results["work"]] == [
         eager(n, "_") for n in run.graph.by_task("work")
     ]
+
+
+async def test_instances_that_never_wait_are_served_by_few_workers() -> None:
+    tasks: set[int] = set()
+
+    async def quick(i: int) -> int:
+        task = asyncio.current_task()
+        assert task is not None
+        tasks.add(id(task))
+        return i
+
+    flow = af.Flow("quick")
+    flow.add(quick, {"i": list(range(3_000))})
+    run = await flow.run()
+    assert run.values("quick") == list(range(3_000))
+    assert 1 <= len(tasks) <= 3
+
+
+@pytest.mark.parametrize("concurrency", [None, 40])
+async def test_instances_that_wait_get_as_many_workers_as_they_need(
+    concurrency: int | None,
+) -> None:
+    """Every instance waits until all that may run at once are running: the run ends only if
+    the workers grow that far, and never beyond."""
+    n, width = 300, concurrency or 300
+    running = 0
+    most = 0
+    enough = anyio.Event()
+
+    async def meet(i: int) -> int:
+        nonlocal running, most
+        running += 1
+        most = max(most, running)
+        if running >= width:
+            enough.set()
+        await enough.wait()
+        await anyio.lowlevel.checkpoint()
+        running -= 1
+        return i
+
+    flow = af.Flow("meet")
+    flow.add(meet, {"i": list(range(n))})
+    with anyio.fail_after(60):
+        run = await flow.run(concurrency=concurrency)
+    assert run.values("meet") == list(range(n))
+    assert most == width
+
+
+async def test_a_large_reduce_gathers_its_inputs_without_a_collection() -> None:
+    in_gather: list[int] = []
+
+    def watch(phase: str, info: dict[str, int]) -> None:
+        frame: Any = sys._getframe(1)
+        while phase == "start" and frame is not None:
+            if frame.f_code.co_name == "_gather":
+                in_gather.append(info["generation"])
+                return
+            frame = frame.f_back
+
+    async def ident(i: int) -> int:
+        return i
+
+    async def total(part: list[af.Sweep[int]]) -> int:
+        return sum(s.value for s in part)
+
+    flow = af.Flow("reduce")
+    flow.add(noop, name="source")
+    part = flow.add(ident, {"i": list(range(5_000))}, name="part")
+    flow.add(total, name="total", requires=[part], reduce=True)
+    gc.callbacks.append(watch)
+    try:
+        run = await flow.run()
+    finally:
+        gc.callbacks.remove(watch)
+    assert run.values("total") == [sum(range(5_000))]
+    # 5,000 sweeps would set off 7 young collections; paused, there is at most the one that
+    # was due, when the collector is enabled again on the way out.
+    assert len(in_gather) <= 1

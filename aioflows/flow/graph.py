@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import graphlib
 import inspect
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -21,7 +21,7 @@ from ..errors import FlowError
 from ._bulk import gc_paused
 from .config import expand_config
 from .flatgrid import flat_grid
-from .identity import encoded_config, node_hasher, strip_ignored
+from .identity import encoded_config, node_digest, node_hasher, node_suffix, strip_ignored
 
 if TYPE_CHECKING:
     from .spec import Flow, TaskSpec
@@ -152,7 +152,7 @@ class _Shape:
     built, and those built so far (by node: a slot of each node would cost every node); and
     how a lazily hashed one's digest is computed."""
 
-    __slots__ = ("_combo", "_hasher", "predecessors", "prefix", "reduce", "task", "uniques")
+    __slots__ = ("_combo", "_suffix", "predecessors", "prefix", "reduce", "task", "uniques")
 
     def __init__(
         self, task: str, prefix: str | None, predecessors: list[str], reduce: bool
@@ -162,19 +162,19 @@ class _Shape:
         self.predecessors = predecessors
         self.reduce = reduce
         self.uniques: dict[TaskNode, dict[str, Any]] = {}
-        # The last predecessor combination hashed for, and its hasher: instances of one
+        # The last predecessor combination hashed for, and its text: instances of one
         # combination come in a run (every instance of a fan-out has the same source).
         self._combo: tuple[TaskNode, ...] | None = None
-        self._hasher: Callable[[str], str] | None = None
+        self._suffix = ""
 
     def digest(self, node: TaskNode) -> str:
         """``node``'s digest, its predecessors' hashed already: what expansion would compute."""
         combo = node.predecessors
-        hasher = self._hasher
-        if combo is not self._combo or hasher is None:
-            hasher = node_hasher(self.task, [(p.task, p.config_hash) for p in combo])
-            self._combo, self._hasher = combo, hasher
-        return hasher(encoded_config(self.task, _identity(node.config, self.prefix)))
+        if combo is not self._combo:
+            self._suffix = node_suffix(self.task, [(p.task, p.config_hash) for p in combo])
+            self._combo = combo
+        encoded = encoded_config(self.task, _identity(node.config, self.prefix))
+        return node_digest(encoded, self._suffix)
 
     def unique(self, node: TaskNode) -> dict[str, Any]:
         unique = _plain_copy(node.config, self.prefix)
