@@ -198,6 +198,35 @@ async def test_instances_that_wait_get_as_many_workers_as_they_need(
     assert most == width
 
 
+async def test_a_worker_back_from_its_checkpoint_adds_a_worker_if_instances_wait() -> None:
+    """129 instances that never wait, then 3 that wait for one another. The first worker
+    passes its checkpoint on its 65th instance; the second, added meanwhile, takes the next 65
+    and holds the first ``meet`` through its own checkpoint; the first then takes the second
+    ``meet`` without adding a worker (one is at its checkpoint, about to run). The third
+    ``meet`` runs only if the worker back from its checkpoint, seeing it queued, adds one."""
+    met = 0
+    everyone = anyio.Event()
+
+    async def fast(i: int) -> int:
+        return i
+
+    async def meet(j: int) -> int:
+        nonlocal met
+        met += 1
+        if met == 3:
+            everyone.set()
+        await everyone.wait()
+        return j
+
+    flow = af.Flow("checkpoint")
+    flow.add(fast, {"i": list(range(129))})
+    flow.add(meet, {"j": [0, 1, 2]})
+    assert [n.task for n in flow.graph().nodes][128:] == ["fast", "meet", "meet", "meet"]
+    with anyio.fail_after(20):
+        run = await flow.run()
+    assert run.values("meet") == [0, 1, 2]
+
+
 async def test_a_large_reduce_gathers_its_inputs_without_a_collection() -> None:
     in_gather: list[int] = []
 

@@ -195,9 +195,10 @@ class Scheduler:
         of instances that never wait cannot starve the loop nor ignore a cancellation), "in a
         row" read off the indices the queue hands out, as :class:`aioflows._workers.Pool`
         does. Another worker is added when one takes an instance while more are queued and
-        no other worker is idle, about to run (started, or at its checkpoint) or able to take
-        them: so no-op instances are served by one or two workers, and instances that wait
-        grow the pool by one per loop pass, up to ``concurrency``.
+        no other worker is idle or about to run (just started, or at its checkpoint, which
+        looks again when back): so no-op instances are served by one or two workers, and
+        instances that wait grow the pool by one per loop pass, up to ``concurrency``. The
+        invariant: while instances are queued, some worker is about to look at the queue.
         """
         self._spawning = False
         ready, slots, begin = self.ready, self.slots, self.begin
@@ -234,6 +235,10 @@ class Scheduler:
                         await anyio.lowlevel.checkpoint()
                     finally:
                         self._pausing -= 1
+                    # Another worker may have left instances queued for this one, which goes
+                    # on with the instance it holds: if that one waits, someone must take them.
+                    if items and not (self._idle or self._pausing or self._spawning):
+                        self._spawn()
                 after = index + 1
                 slot = slots[node]
                 if slot.state is not _SCHEDULED:
