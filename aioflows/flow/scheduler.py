@@ -357,10 +357,9 @@ class Scheduler:
             self.ready.close()
 
     def _done(self, node: TaskNode) -> None:
-        """``node`` finished or was cached: queue the successors it was the last one for."""
-        self.unsettled -= 1
-        if self.unsettled == 0:
-            self.ready.close()
+        """``node`` finished or was cached: queue the successors it was the last one for
+        (the worker loop does the same inline for the instances it ran)."""
+        self._settle(node)
         slots = self.slots
         for succ in node.successors:
             slot = slots.get(succ)
