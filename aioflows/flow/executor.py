@@ -34,11 +34,11 @@ from ..calls import guard
 from ..errors import FlowError, FlowFailed
 from ..stores.base import ResultStore
 from ..stores.memory import MemoryStore
-from ..stores.records import TaskState, from_micros
+from ..stores.records import from_micros
 from ._bulk import BULK, gc_paused
 from .cache import RESULT_NAME, Cache
 from .context import TaskContext
-from .events import Events, Slot, now
+from .events import Events, Slot
 from .run import FlowRun, NodeSweep, TaskEvent, TaskResult
 from .scheduler import Scheduler
 
@@ -103,6 +103,27 @@ class _Call:
         self.kwargs = kwargs
 
 
+class _Plan:
+    """How one task's instances are called, looked up once per instance (not a binding, a
+    spec and a table of direct calls each)."""
+
+    __slots__ = ("call", "ctx", "direct", "reduce", "results")
+
+    def __init__(
+        self,
+        call: Callable[[_Call], Awaitable[Any]],
+        direct: Callable[..., Any] | None,
+        results: frozenset[str],
+        ctx: str | None,
+        reduce: bool,
+    ) -> None:
+        self.call = call
+        self.direct = direct  # async, no limiter, retry or timeout: awaited by the worker
+        self.results = results
+        self.ctx = ctx
+        self.reduce = reduce
+
+
 class _Instances:
     """Calls instances of ``graph``: what the scheduler's ``begin`` does for each."""
 
@@ -110,60 +131,56 @@ class _Instances:
         self,
         graph: Graph,
         slots: dict[TaskNode, Slot],
-        events: Events,
         store: ResultStore,
         body: Body,
     ) -> None:
         self.graph = graph
         self.slots = slots
-        self._set = events.set
         self.store = store  # what ctx.store is: the run's store, else one in memory
         self.body = body
-        self.calls = {
-            name: guard(self._attempt, spec.options.policy) for name, spec in graph.specs.items()
-        }
-        # Tasks whose function is awaited directly: no guard around it, one level less.
-        self.direct = (
-            {
-                name: spec.fn
-                for name, spec in graph.specs.items()
-                if self.calls[name] == self._attempt and graph.bindings[name].is_async
-            }
-            if body is run_body
-            else {}
-        )
+        self.plans: dict[str, _Plan] = {}
+        attempt = self._attempt  # one bound method for every task without a guard
+        specs = graph.specs
+        with gc_paused() if len(specs) > BULK else contextlib.nullcontext():
+            for name, spec in specs.items():
+                call = guard(attempt, spec.options.policy)
+                binding = graph.bindings[name]
+                # Awaited directly: no guard around it, one level less.
+                direct = call == attempt and binding.is_async and body is run_body
+                self.plans[name] = _Plan(
+                    call, spec.fn if direct else None, binding.results, binding.ctx, spec.reduce
+                )
 
     def begin(self, node: TaskNode, slot: Slot, resource: Any) -> Awaitable[Any]:
-        """Mark ``node`` RUNNING and return the call of its function, for the worker to await."""
-        slot.started = now()
-        self._set(node, TaskState.RUNNING)
-        kwargs = self._inputs(node, resource)
-        fn = self.direct.get(node.task)
-        if fn is not None:  # async, no limiter, retry or timeout: awaited by the worker itself
+        """The call of ``node``'s function (the scheduler marked it RUNNING), for the worker
+        to await."""
+        plan = self.plans[node.task]
+        kwargs = dict(node.config)
+        results = plan.results
+        if results:
+            if plan.reduce:
+                self._gather(node, results, kwargs)
+            else:
+                slots = self.slots
+                for p in node.predecessors:
+                    if p.task in results:
+                        kwargs[p.task] = slots[p].value
+        if plan.ctx is not None:
+            kwargs[plan.ctx] = TaskContext(node, self.store, resource)
+        fn = plan.direct
+        if fn is not None:
             slot.attempts += 1
             awaitable: Awaitable[Any] = fn(**kwargs)
             return awaitable
-        return self.calls[node.task](_Call(node, slot, kwargs))
+        return plan.call(_Call(node, slot, kwargs))
 
-    def _inputs(self, node: TaskNode, resource: Any) -> dict[str, Any]:
-        binding = self.graph.bindings[node.task]
-        kwargs = dict(node.config)
-        if binding.results:
-            slots = self.slots
-            if node.reduce:
-                preds = node.predecessors
-                with gc_paused() if len(preds) > BULK else contextlib.nullcontext():
-                    for name in binding.results:
-                        kwargs[name] = [
-                            NodeSweep(slots[p].value, p) for p in preds if p.task == name
-                        ]
-            else:
-                for p in node.predecessors:
-                    if p.task in binding.results:
-                        kwargs[p.task] = slots[p].value
-        if binding.ctx is not None:
-            kwargs[binding.ctx] = TaskContext(node, self.store, resource)
-        return kwargs
+    def _gather(self, node: TaskNode, results: frozenset[str], kwargs: dict[str, Any]) -> None:
+        """A reduce's inputs: a :class:`NodeSweep` per predecessor instance, by task."""
+        slots = self.slots
+        preds = node.predecessors
+        with gc_paused() if len(preds) > BULK else contextlib.nullcontext():
+            for name in results:
+                kwargs[name] = [NodeSweep(slots[p].value, p) for p in preds if p.task == name]
 
     async def _attempt(self, call: _Call) -> Any:
         call.slot.attempts += 1
@@ -325,7 +342,7 @@ async def _start(
     prefix = graph.flow.config_ignore_prefix
     run_id = new_run_id()
     own_store = store if store is not None else MemoryStore()
-    instances = _Instances(graph, slots, events, own_store, body)
+    instances = _Instances(graph, slots, own_store, body)
     scheduler = Scheduler(
         graph,
         nodes,

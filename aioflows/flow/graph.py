@@ -20,7 +20,8 @@ from .._callables import is_async_callable
 from ..errors import FlowError
 from ._bulk import gc_paused
 from .config import expand_config
-from .identity import encoded_config, node_hasher, strip_ignored
+from .flatgrid import flat_grid
+from .identity import encoded_config, node_digest, node_hasher, node_suffix, strip_ignored
 
 if TYPE_CHECKING:
     from .spec import Flow, TaskSpec
@@ -41,7 +42,9 @@ class TaskNode:
 
     A flow of a million instances keeps a million of these, so a node holds only what the run
     needs: ``unique_config`` is built when first read (a reduce's inputs, a record, a result)
-    and kept, and instances of one config share its dict.
+    and kept, and instances of one config share its dict. So is ``config_hash``, for an
+    instance whose config is a flat dict of scalars (:mod:`aioflows.flow.flatgrid`): such a
+    config cannot change, and a run without a store never reads a hash.
 
     Attributes:
         unique_name: ``"<task>-<n>"``, n counting the task's instances from 1.
@@ -60,7 +63,8 @@ class TaskNode:
         unique_name: As the attribute.
         task: As the attribute.
         config: As the attribute.
-        config_hash: As the attribute.
+        config_hash: As the attribute; None: computed when first read, from the config and the
+            predecessors' hashes (only for a config of scalars, which cannot change meanwhile).
         predecessors: As the attribute.
         lineage: As the attribute.
         shape: What the instances of its task share (``reduce``, and where their unique
@@ -69,9 +73,9 @@ class TaskNode:
 
     # Eight slots: 96 bytes a node with the GC's header (each slot more is 8, a million times).
     __slots__ = (
+        "_hash",
         "_shape",
         "config",
-        "config_hash",
         "lineage",
         "predecessors",
         "successors",
@@ -84,7 +88,7 @@ class TaskNode:
         unique_name: str,
         task: str,
         config: dict[str, Any],
-        config_hash: str,
+        config_hash: str | None,
         predecessors: tuple[TaskNode, ...],
         lineage: Mapping[str, int],
         shape: _Shape,
@@ -92,7 +96,7 @@ class TaskNode:
         self.unique_name = unique_name
         self.task = task
         self.config = config
-        self.config_hash = config_hash
+        self._hash = config_hash
         self.predecessors = predecessors
         self.successors: list[TaskNode] = []
         self.lineage = lineage
@@ -102,6 +106,14 @@ class TaskNode:
     def reduce(self) -> bool:
         """Whether it receives every instance of its predecessors at once."""
         return self._shape.reduce
+
+    @property
+    def config_hash(self) -> str:
+        """The digest of ``unique_config``: the instance's key in a store."""
+        digest = self._hash
+        if digest is None:
+            digest = _hash_lazily(self)
+        return digest
 
     @property
     def unique_config(self) -> dict[str, Any]:
@@ -116,17 +128,53 @@ class TaskNode:
         return f"TaskNode({self.unique_name!r}, config_hash={self.config_hash!r})"
 
 
+def _hash_lazily(node: TaskNode) -> str:
+    """``node``'s digest, and first those of its ancestors not hashed yet, in a loop: a chain
+    of lazily hashed instances is deeper than the recursion limit."""
+    stack = [node]
+    while stack:
+        top = stack[-1]
+        if top._hash is not None:
+            stack.pop()
+            continue
+        waiting = [p for p in top.predecessors if p._hash is None]
+        if waiting:
+            stack.extend(waiting)
+            continue
+        stack.pop()
+        top._hash = top._shape.digest(top)
+    assert node._hash is not None
+    return node._hash
+
+
 class _Shape:
     """What the instances of one task share: whether it reduces, how their unique_config is
-    built, and those built so far (by node: a slot of each node would cost every node)."""
+    built, and those built so far (by node: a slot of each node would cost every node); and
+    how a lazily hashed one's digest is computed."""
 
-    __slots__ = ("predecessors", "prefix", "reduce", "uniques")
+    __slots__ = ("_combo", "_suffix", "predecessors", "prefix", "reduce", "task", "uniques")
 
-    def __init__(self, prefix: str | None, predecessors: list[str], reduce: bool) -> None:
+    def __init__(
+        self, task: str, prefix: str | None, predecessors: list[str], reduce: bool
+    ) -> None:
+        self.task = task
         self.prefix = prefix
         self.predecessors = predecessors
         self.reduce = reduce
         self.uniques: dict[TaskNode, dict[str, Any]] = {}
+        # The last predecessor combination hashed for, and its text: instances of one
+        # combination come in a run (every instance of a fan-out has the same source).
+        self._combo: tuple[TaskNode, ...] | None = None
+        self._suffix = ""
+
+    def digest(self, node: TaskNode) -> str:
+        """``node``'s digest, its predecessors' hashed already: what expansion would compute."""
+        combo = node.predecessors
+        if combo is not self._combo:
+            self._suffix = node_suffix(self.task, [(p.task, p.config_hash) for p in combo])
+            self._combo = combo
+        encoded = encoded_config(self.task, _identity(node.config, self.prefix))
+        return node_digest(encoded, self._suffix)
 
     def unique(self, node: TaskNode) -> dict[str, Any]:
         unique = _plain_copy(node.config, self.prefix)
@@ -209,22 +257,42 @@ def _is_ctx(param: inspect.Parameter) -> bool:
     return getattr(annotation, "__name__", None) == "TaskContext"
 
 
-def _bind(
-    spec: TaskSpec, predecessors: list[str], signatures: dict[int, inspect.Signature]
-) -> Binding:
+class _Callee:
+    """What :func:`_bind` reads off a function's signature, read once per function (one
+    function often serves many specs: the random DAG of the benchmark, 10,000)."""
+
+    __slots__ = ("ctx", "is_async", "named", "params", "required", "var_kw")
+
+    def __init__(self, fn: Any, signature: inspect.Signature) -> None:
+        params = signature.parameters
+        self.params = params
+        self.var_kw = any(p.kind is p.VAR_KEYWORD for p in params.values())
+        self.named = {
+            name: p
+            for name, p in params.items()
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+        }
+        self.ctx = next((name for name, p in self.named.items() if _is_ctx(p)), None)
+        # Parameters without a default: a positional-only one cannot be filled, a named one
+        # must be (its check needs the spec's keys and predecessors).
+        self.required = [
+            (name, p.kind is p.POSITIONAL_ONLY)
+            for name, p in params.items()
+            if p.default is p.empty and (p.kind is p.POSITIONAL_ONLY or name in self.named)
+        ]
+        self.is_async = is_async_callable(fn)
+
+
+def _bind(spec: TaskSpec, predecessors: list[str], callees: dict[int, _Callee]) -> Binding:
     """Check that the function can take the spec's config and inputs; decide what to pass."""
-    signature = signatures.get(id(spec.fn))
-    if signature is None:  # one function often serves many specs: read it once
+    callee = callees.get(id(spec.fn))
+    if callee is None:  # one function often serves many specs: read it once
         try:
-            signature = signatures[id(spec.fn)] = inspect.signature(spec.fn)
+            signature = inspect.signature(spec.fn)
         except (TypeError, ValueError) as exc:
             raise FlowError(f"cannot read the signature of task {spec.name!r}: {exc}") from exc
-    params = signature.parameters
-    var_kw = any(p.kind is p.VAR_KEYWORD for p in params.values())
-    named = {
-        name: p for name, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
-    }
-    ctx = next((name for name, p in named.items() if _is_ctx(p)), None)
+        callee = callees[id(spec.fn)] = _Callee(spec.fn, signature)
+    named, var_kw, ctx = callee.named, callee.var_kw, callee.ctx
     keys = list(spec.config or {})
     for key in keys:
         if not isinstance(key, str):
@@ -235,17 +303,18 @@ def _bind(
             )
         if key == ctx or (key not in named and not var_kw):
             raise FlowError(f"task {spec.name!r} has no parameter for config key {key!r}")
-    provided = set(keys) | set(predecessors) | ({ctx} if ctx else set())
-    for name, p in params.items():
-        if p.kind is p.POSITIONAL_ONLY and p.default is p.empty:
-            raise FlowError(
-                f"task {spec.name!r}: positional-only parameter {name!r} cannot be filled"
-            )
-        if name in named and p.default is p.empty and name not in provided:
-            unused = [p for p in predecessors if p not in named and not var_kw]
-            raise FlowError(_unfilled(spec.name, name, keys, predecessors, unused))
+    if callee.required:
+        provided = set(keys) | set(predecessors) | ({ctx} if ctx else set())
+        for name, positional_only in callee.required:
+            if positional_only:
+                raise FlowError(
+                    f"task {spec.name!r}: positional-only parameter {name!r} cannot be filled"
+                )
+            if name not in provided:
+                unused = [p for p in predecessors if p not in named and not var_kw]
+                raise FlowError(_unfilled(spec.name, name, keys, predecessors, unused))
     results = frozenset(p for p in predecessors if p in named or var_kw)
-    return Binding(results=results, ctx=ctx, is_async=is_async_callable(spec.fn))
+    return Binding(results=results, ctx=ctx, is_async=callee.is_async)
 
 
 def _unfilled(
@@ -296,6 +365,8 @@ def _combinations(
 ) -> list[tuple[tuple[TaskNode, ...], Mapping[str, int]]]:
     """Compatible picks of one instance per predecessor, with their merged lineage."""
     first = groups[0]
+    if all(len(group) == 1 for group in groups):  # single instances (a plain DAG): no join
+        return _single_combination([group[0] for group in groups])
     combos: list[tuple[tuple[TaskNode, ...], Mapping[str, int]]] = [
         ((node,), node.lineage) for node in first
     ]
@@ -311,6 +382,22 @@ def _combinations(
                 joined.append(((*nodes, node), merged))
         combos = joined
     return combos
+
+
+def _single_combination(
+    picks: list[TaskNode],
+) -> list[tuple[tuple[TaskNode, ...], Mapping[str, int]]]:
+    """:func:`_combinations` of one instance per predecessor: them, if they descend from the
+    same instance of every ancestor they share (else no combination at all)."""
+    lineage = picks[0].lineage
+    for node in picks[1:]:
+        if not node.lineage:
+            continue
+        for key, index in node.lineage.items():
+            if lineage.get(key, index) != index:
+                return []
+        lineage = {**lineage, **node.lineage}
+    return [(tuple(picks), lineage)]
 
 
 def _plain_copy(config: dict[str, Any], prefix: str | None) -> dict[str, Any] | None:
@@ -357,10 +444,81 @@ def build_graph(flow: Flow) -> Graph:
         return _build(flow)
 
 
+def _lazy_instances(
+    name: str,
+    configs: list[dict[str, Any]],
+    combos: list[tuple[tuple[TaskNode, ...], Mapping[str, int]]],
+    keep_lineage: bool,
+    shape: _Shape,
+) -> list[TaskNode]:
+    """The instances of a flat grid (:func:`flat_grid`: distinct configs of scalars), their
+    hashes left for later. One predecessor combination (a fan-out, a reduce, a source) is a
+    list comprehension and one ``extend`` per predecessor."""
+    multi = len(configs) > 1
+    if len(combos) == 1 and not (keep_lineage and multi):
+        combo, lineage = combos[0]
+        if not keep_lineage:
+            lineage = _NO_LINEAGE
+        own = [
+            TaskNode(f"{name}-{k}", name, config, None, combo, lineage, shape)
+            for k, config in enumerate(configs, 1)
+        ]
+        for pred in combo:  # each gets them in the order node-by-node appends would give
+            pred.successors.extend(own)
+        return own
+    own = []
+    for i, config in enumerate(configs):
+        for combo, lineage in combos:
+            if not keep_lineage:
+                lineage = _NO_LINEAGE
+            elif multi:
+                lineage = {**lineage, name: i}
+            node = TaskNode(f"{name}-{len(own) + 1}", name, config, None, combo, lineage, shape)
+            for pred in combo:
+                pred.successors.append(node)
+            own.append(node)
+    return own
+
+
+def _hashed_instances(
+    name: str,
+    configs: list[dict[str, Any]],
+    combos: list[tuple[tuple[TaskNode, ...], Mapping[str, int]]],
+    keep_lineage: bool,
+    shape: _Shape,
+) -> list[TaskNode]:
+    """The instances of any other grid, each hashed as it is made (the check
+    that no two are the same instance needs the digests)."""
+    hashers = [node_hasher(name, [(p.task, p.config_hash) for p in c]) for c, _ in combos]
+    multi = len(configs) > 1
+    seen: set[str] = set()
+    prefix = shape.prefix
+    own: list[TaskNode] = []
+    for i, config in enumerate(configs):
+        encoded = encoded_config(name, _identity(config, prefix))
+        for (combo, lineage), hasher in zip(combos, hashers, strict=True):
+            digest = hasher(encoded)
+            if digest in seen:
+                raise FlowError(
+                    f"task {name!r} expands to the same instance twice (config {config!r}); "
+                    "remove the repeated alternative"
+                )
+            seen.add(digest)
+            if not keep_lineage:
+                lineage = _NO_LINEAGE
+            elif multi:
+                lineage = {**lineage, name: i}
+            node = TaskNode(f"{name}-{len(own) + 1}", name, config, digest, combo, lineage, shape)
+            for pred in combo:
+                pred.successors.append(node)
+            own.append(node)
+    return own
+
+
 def _build(flow: Flow) -> Graph:
     specs, preds = _order(flow)
-    signatures: dict[int, inspect.Signature] = {}
-    bindings = {name: _bind(spec, preds[name], signatures) for name, spec in specs.items()}
+    callees: dict[int, _Callee] = {}
+    bindings = {name: _bind(spec, preds[name], callees) for name, spec in specs.items()}
     instances: dict[str, list[TaskNode]] = {}
     nodes: list[TaskNode] = []
     prefix = flow.config_ignore_prefix
@@ -368,46 +526,22 @@ def _build(flow: Flow) -> Graph:
     # Tasks some later task joins on (not a reduce): only their instances need a lineage.
     joined = {p for name, spec in specs.items() if not spec.reduce for p in preds[name]}
     for name, spec in specs.items():
-        configs = expand_config(spec.config, spec.expand, flow.group_prefix)
+        # A flat grid of scalars: expanded by itertools.product, its instances hashed when
+        # first read (never, in a run without a store).
+        flat = flat_grid(spec.config, spec.expand, flow.group_prefix, prefix)
         pred_names = preds[name]
-        own: list[TaskNode] = []
-        seen: set[str] = set()
         if spec.reduce or not pred_names:
             gathered = tuple(n for p in pred_names for n in instances[p])
             combos: list[tuple[tuple[TaskNode, ...], Mapping[str, int]]] = [(gathered, {})]
         else:
             combos = _combinations([instances[p] for p in pred_names])
-        hashers = [node_hasher(name, [(p.task, p.config_hash) for p in c]) for c, _ in combos]
-        multi = len(configs) > 1
         keep_lineage = name in joined
-        shape = _Shape(prefix, pred_names, spec.reduce)
-        for i, config in enumerate(configs):
-            encoded = encoded_config(name, _identity(config, prefix))
-            for (combo, lineage), hasher in zip(combos, hashers, strict=True):
-                digest = hasher(encoded)
-                if digest in seen:
-                    raise FlowError(
-                        f"task {name!r} expands to the same instance twice (config {config!r}); "
-                        "remove the repeated alternative"
-                    )
-                seen.add(digest)
-                if not keep_lineage:
-                    lineage = _NO_LINEAGE
-                elif multi:
-                    lineage = {**lineage, name: i}
-                node = TaskNode(
-                    f"{name}-{len(own) + 1}",
-                    name,
-                    config,
-                    digest,
-                    combo,
-                    lineage,
-                    shape,
-                )
-                for pred in combo:
-                    pred.successors.append(node)
-                own.append(node)
-        del seen
+        shape = _Shape(name, prefix, pred_names, spec.reduce)
+        if flat is not None:
+            own = _lazy_instances(name, flat, combos, keep_lineage, shape)
+        else:
+            configs = expand_config(spec.config, spec.expand, flow.group_prefix)
+            own = _hashed_instances(name, configs, combos, keep_lineage, shape)
         instances[name] = own
         nodes.extend(own)
     return Graph(flow, nodes, specs, bindings)

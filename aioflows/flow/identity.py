@@ -20,7 +20,15 @@ from pydantic import BaseModel
 
 from ..errors import FlowError
 
-__all__ = ["canonical_json", "config_hash", "encoded_config", "node_hasher", "strip_ignored"]
+__all__ = [
+    "canonical_json",
+    "config_hash",
+    "encoded_config",
+    "node_digest",
+    "node_hasher",
+    "node_suffix",
+    "strip_ignored",
+]
 
 # One encoder for every dumps: json.dumps with options makes a new JSONEncoder per call (and
 # JSONEncoder.encode a new C encoder per call), which was a third of the cost of hashing a
@@ -116,6 +124,18 @@ def node_hasher(task: str, predecessors: Iterable[tuple[str, str]]) -> Callable[
         return sha256((encoded + suffix).encode("ascii")).hexdigest()[:16]
 
     return digest
+
+
+def node_suffix(task: str, predecessors: Iterable[tuple[str, str]]) -> str:
+    """The closing of the canonical text :func:`config_hash` digests (its task and
+    predecessors), for :func:`node_digest`: a string, where :func:`node_hasher` gives a
+    function (a graph's node keeps it for a hash computed when first read, and must pickle)."""
+    return _node_suffix(task, predecessors)
+
+
+def node_digest(encoded: str, suffix: str) -> str:
+    """``config_hash`` from its two parts: :func:`encoded_config` and :func:`node_suffix`."""
+    return hashlib.sha256((encoded + suffix).encode("ascii")).hexdigest()[:16]
 
 
 def encoded_config(task: str, config: Mapping[str, Any]) -> str:
