@@ -16,6 +16,7 @@ EXAMPLES = sorted((ROOT / "examples").glob("*.py"))
 EXPECTED = {
     "fastapi_mount.py": "Mounted",
     "flow_on_dask.py": "second run on Dask",
+    "llm_auto_limits.py": "Learned limits",
     "llm_batch.py": "Launched",
     "quickstart.py": "cached",
     "rate_limited_map.py": "Summary",
