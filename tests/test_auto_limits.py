@@ -413,3 +413,30 @@ def test_auto_is_not_for_shared_buckets() -> None:
         af.Launcher(fn, keys=[FAST], rate_per_key="auto", shared=shared)
     # A key without a rate keeps its old meaning there: unlimited, nothing learned.
     assert af.Launcher(fn, keys=[FAST], shared=shared) is not None
+
+
+async def test_token_limits_are_learned_with_tokens_per_key_auto(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # 1,000 requests but 600 tokens a second: at 30 tokens a call, the tokens bind (20/s).
+    limits = {FAST: Limit(1000, tokens=600)}
+    with ProviderServer(limits, style="anthropic") as server:
+        async with af.HttpClient(server.url, retry=None) as client:
+
+            async def fn(sample: dict[str, Any], key: af.Key) -> None:
+                response = await client.post("/v1/messages", headers=_auth(FAST), json=sample)
+                response.raise_for_status()
+                key.report_usage(response.json()["usage"]["tokens"])
+
+            with caplog.at_level(logging.INFO, logger=LOG):
+                t0 = time.monotonic()
+                summary = await af.Launcher(
+                    fn, keys=[FAST], tokens_per_key="auto", cost=lambda sample: 30
+                ).run({"id": n, "tokens": 30} for n in range(45))
+                t1 = time.monotonic()
+    assert summary.succeeded == 45
+    assert "key-0: learned 1000 requests per 1s" in caplog.text
+    assert "key-0: learned 600 tokens per 1s" in caplog.text
+    assert server.count(FAST, 429) <= 3
+    # 45 calls of 30 tokens: the first 20 from the full bucket, the rest at 19 a second.
+    assert t1 - t0 > 0.9
