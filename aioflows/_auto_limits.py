@@ -11,9 +11,13 @@ call at a time, until the first call's response reports them (:class:`RateLimitI
   limit over shorter spans too, so a key with 60/min must not fire 60 calls at once;
 - the window is not in the headers. Under a token bucket (what both providers describe) the
   deficit ``L - remaining`` refills in ``reset`` seconds, so the window is ``reset * L /
-  (L - remaining)``, kept from the largest deficit seen (see :data:`KEEP`) and snapped to a
-  second, a minute, an hour or a day when within :data:`SNAP` of one. Until the first
-  estimate: a minute, the providers' window;
+  (L - remaining)``. But a reset is rounded (to the millisecond, or the second), and an RFC
+  3339 one is read on arrival, up to the call's round trip late, so each report only says a
+  range: from ``reset - rounding`` to ``reset + rounding + round trip``, over the deficit's
+  share. The window starts at a minute (the providers' window) and stays while the reports'
+  ranges hold it (within :data:`SNAP`); one that does not moves it to the nearest of a second,
+  a minute, an hour or a day that its range holds. So a noisy report (a small deficit, a slow
+  round trip) never moves it, and a clear one (a 429's: the whole limit) always can;
 - ``remaining`` caps what the bucket holds now (never more): ``remaining`` less the calls
   started on the key after the reporting one, which the server had not counted yet. The first
   report sets it; later ones only lower it, so that the server's bucket, refilling at the full
@@ -53,14 +57,10 @@ AUTO = "auto"
 HEADROOM = 0.95
 #: The window assumed until the headers let one be estimated: providers' limits are per minute.
 DEFAULT_WINDOW = 60.0
-#: Windows an estimate snaps to when within :data:`SNAP` (a factor) of one.
+#: The windows a key's may be (a report whose range holds none sets its own).
 WINDOWS = (1.0, 60.0, 3600.0, 86400.0)
+#: How far (a factor) outside a report's range a window may be and still be held by it.
 SNAP = 1.5
-#: A window estimate is replaced by one measured at a deficit at least this share of the best
-#: one's: a reset is rounded (to the millisecond, or the second) and an RFC 3339 one is read on
-#: arrival, a response's time late, so the short reset of a small deficit says little, and the
-#: estimate from the largest deficit seen (a 429's: the whole limit) is kept over them.
-KEEP = 0.5
 
 #: What takes a response's report: the ``Key`` of the launcher call running.
 Reporter: TypeAlias = "Callable[[RateLimitInfo], None]"
@@ -134,40 +134,43 @@ def _probe() -> _LearnedBucket:
 class _Dimension:
     """What was learned of one limit of a key (requests or tokens)."""
 
-    __slots__ = ("limit", "quality", "window")
+    __slots__ = ("limit", "window")
 
     def __init__(self) -> None:
         self.limit: float | None = None
         self.window = DEFAULT_WINDOW
-        self.quality = 0.0  # the deficit, as a share of the limit, the window was measured at
 
     def learn(
-        self, limit: float | None, remaining: float | None, reset_s: float | None, rtt: float
+        self,
+        limit: float | None,
+        remaining: float | None,
+        reset_s: float | None,
+        slack: tuple[float, float],
     ) -> bool:
-        """Take one response's figures in (``rtt``: seconds since its call started); whether
-        the limit or the window changed."""
+        """Take one response's figures in (``slack``: how far its reset may be off, early and
+        late); whether the limit or the window changed."""
         if limit is None:
             return False
         window = self.window
         if remaining is not None and reset_s is not None and remaining < limit:
             share = (limit - remaining) / limit
-            if share >= self.quality * KEEP:
-                fitted = _fit(reset_s / share, (reset_s + rtt) / share)
-                if fitted is not None:
-                    window = fitted
-                    self.quality = max(self.quality, share)
+            early, late = slack
+            window = _fit(max(0.0, reset_s - early) / share, (reset_s + late) / share, window)
         changed = limit != self.limit or window != self.window
         self.limit, self.window = limit, window
         return changed
 
 
-def _fit(low: float, high: float) -> float | None:
-    """The window between ``low`` and ``high``: the longest standard one within :data:`SNAP`
-    of that range (the cautious choice, which later reports refine), else ``low`` itself."""
+def _fit(low: float, high: float, window: float) -> float:
+    """The window a report between ``low`` and ``high`` leaves: ``window`` itself if within
+    :data:`SNAP` of that range (a noisy report does not move it), else the standard window in
+    the range nearest to it, else ``low`` itself (a window of no standard length)."""
+    if low / SNAP <= window <= high * SNAP:
+        return window
     fits = [w for w in WINDOWS if low / SNAP <= w <= high * SNAP]
     if fits:
-        return fits[-1]
-    return low if low > 0 else None
+        return min(fits, key=lambda w: abs(math.log(w / window)))
+    return low if low > 0 else window
 
 
 class AutoLimits:
@@ -218,7 +221,8 @@ class AutoLimits:
 
     def learn(self, state: KeyState, info: RateLimitInfo, mark: Mark) -> None:
         """One response's report, for the call that started at ``mark``."""
-        rtt = max(0.0, _loop_time() - mark[2])
+        rounding = info.reset_rounding_s
+        slack = (rounding, rounding + max(0.0, _loop_time() - mark[2]))
         if self.learn_requests:
             self._follow(
                 state,
@@ -228,7 +232,7 @@ class AutoLimits:
                 info.requests_remaining,
                 info.requests_reset_s,
                 self.started - mark[0],
-                rtt,
+                slack,
             )
         if self.learn_tokens:
             self._follow(
@@ -239,7 +243,7 @@ class AutoLimits:
                 info.tokens_remaining,
                 info.tokens_reset_s,
                 self.started_cost - mark[1],
-                rtt,
+                slack,
             )
         if self.probing and self.requests.limit is not None:
             self.probing = False
@@ -253,9 +257,9 @@ class AutoLimits:
         remaining: float | None,
         reset_s: float | None,
         later: float,
-        rtt: float,
+        slack: tuple[float, float],
     ) -> None:
-        changed = dimension.learn(limit, remaining, reset_s, rtt)
+        changed = dimension.learn(limit, remaining, reset_s, slack)
         window = dimension.window
         bucket = state.requests if kind == "requests" else state.tokens
         learned = isinstance(bucket, _LearnedBucket) and not (kind == "requests" and self.probing)

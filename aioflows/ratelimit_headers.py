@@ -22,7 +22,7 @@ import math
 import re
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, TypeAlias
 
@@ -110,6 +110,20 @@ def parse_reset(text: str, now: float | None = None) -> float | None:
     return max(0.0, at - (time.time() if now is None else now))
 
 
+def _rounding(text: str) -> float:
+    """How far a reset, as written, may be off: one unit of its last digit (``120ms``: 1 ms;
+    ``6m0s``: 1 s; ``1.3s``: 0.1 s; a whole-second RFC 3339 time: 1 s)."""
+    text = text.strip()
+    match = _RFC3339.fullmatch(text)
+    if match is not None:
+        fraction = match.group(7)
+        return 10.0 ** -(len(fraction) - 1) if fraction else 1.0
+    parts = _DURATION_PART.findall(text) or [(text, "s")]
+    number, unit = parts[-1]
+    decimals = len(number.partition(".")[2])
+    return 10.0**-decimals * _UNIT_SECONDS[unit]
+
+
 def _count(text: str) -> float | None:
     try:
         value = float(text.strip())
@@ -156,6 +170,8 @@ class RateLimitInfo:
         tokens_limit: Tokens the key may use per window.
         tokens_remaining: Tokens left when the request was served.
         tokens_reset_s: Seconds until the token limit is whole again.
+        reset_rounding_s: How far the resets may be off as written (a unit of their last
+            digit: 0.001 for ``120ms``, 1 for ``6m0s`` or a whole-second time); not compared.
     """
 
     requests_limit: float | None = None
@@ -164,6 +180,7 @@ class RateLimitInfo:
     tokens_limit: float | None = None
     tokens_remaining: float | None = None
     tokens_reset_s: float | None = None
+    reset_rounding_s: float = field(default=0.0, compare=False, repr=False)
 
     @classmethod
     def from_headers(cls, headers: HeadersLike) -> RateLimitInfo | None:
@@ -181,18 +198,22 @@ class RateLimitInfo:
             return None
         values: dict[str, float] = {}
         now = time.time()
-        for field, *names in _FIELDS:
+        rounding = 0.0
+        for name_of_field, *names in _FIELDS:
             for name in names:
                 text = found.get(name)
                 if text is None:
                     continue
-                value = parse_reset(text, now) if field.endswith("_s") else _count(text)
-                if value is not None and value > _LONGEST and field.endswith("_s"):
+                reset = name_of_field.endswith("_s")
+                value = parse_reset(text, now) if reset else _count(text)
+                if value is not None and reset and value > _LONGEST:
                     value = None
                 if value is None:
                     logger.debug("ignored the rate-limit header %s: %.60r", name, text)
                     continue
-                values[field] = value
+                values[name_of_field] = value
+                if reset:
+                    rounding = max(rounding, _rounding(text))
                 break
         if values.get("requests_limit") == 0:
             logger.debug("ignored a request limit of 0")
@@ -200,7 +221,7 @@ class RateLimitInfo:
         if values.get("tokens_limit") == 0:
             logger.debug("ignored a token limit of 0")
             del values["tokens_limit"]
-        return cls(**values) if values else None
+        return cls(**values, reset_rounding_s=rounding) if values else None
 
     @classmethod
     def of(cls, response: Any) -> RateLimitInfo | None:

@@ -7,7 +7,8 @@ the key's limits in OpenAI's style (``x-ratelimit-*``, resets as Go durations), 
 (``anthropic-ratelimit-*``, resets as RFC 3339 times), both, or none; a request over the limit
 gets 429 with ``Retry-After`` (and the headers, remaining 0); an unknown bearer gets 401.
 Limits can be changed mid-run (:meth:`ProviderServer.set_limit`), and every answer is counted
-per key with its time, so a test can measure each key's served rate and its 429s.
+per key with its time, so a test can measure each key's served rate and its 429s (and
+another process read the counts: ``GET /stats``).
 
 A request may say its token cost in a JSON body ``{"tokens": n}`` (default 1 when the key has
 a token limit). Reusable by any test::
@@ -115,7 +116,9 @@ class ProviderServer:
         self.answers: list[Answer] = []
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
 
     @staticmethod
@@ -233,7 +236,22 @@ class ProviderServer:
                 self.end_headers()
                 self.wfile.write(payload)
 
-            do_GET = do_POST
+            def do_GET(self) -> None:
+                if self.path != "/stats":
+                    self.do_POST()
+                    return
+                # What another process (a benchmark) reads: answers per key and status.
+                stats: dict[str, dict[str, int]] = {}
+                with server._lock:
+                    for answer in server.answers:
+                        counts = stats.setdefault(answer.key, {})
+                        counts[str(answer.status)] = counts.get(str(answer.status), 0) + 1
+                payload = json.dumps(stats).encode()
+                self.send_response(200)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
 
         return Handler
 
