@@ -13,7 +13,8 @@ concurrency 16 through one shared HTTP client, a fresh server per run, interleav
 round:
 
 - **aioflows auto**: ``af.Launcher(fn, keys=[k0, k1], rate_per_key="auto")`` with an
-  ``af.HttpClient(retry=None)``: no rate written anywhere, each key learns its own.
+  ``af.HttpClient`` that hands 429s to the launcher (``max_throttles=0``): no rate written
+  anywhere, each key learns its own.
 - **aioflows explicit** (the bar): the same with the right rates written by hand,
   ``keys={k0: "60/s", k1: "20/s"}``.
 - **aiolimiter by hand** (a peer): 16 workers, keys 3:1 by the same hand-written limits, one
@@ -68,7 +69,9 @@ def _call(client: httpx.AsyncClient, secret: str) -> Awaitable[httpx.Response]:
 
 
 async def aioflows_run(url: str, keys: Any, rate: Any) -> None:
-    async with af.HttpClient(url, retry=None) as client:
+    # The client retries a broken connection, and hands every 429 to the launcher.
+    retry = af.Retry(3, backoff=0.01, max_throttles=0)
+    async with af.HttpClient(url, retry=retry) as client:
 
         async def fn(sample: dict[str, Any], key: af.Key) -> int:
             response = await _call(client, key.secret or "")
@@ -108,7 +111,10 @@ async def bare(url: str, limited: bool) -> None:
                 while True:
                     if limited:
                         await limiters[key].acquire()
-                    response = await _call(client, key)
+                    try:
+                        response = await _call(client, key)
+                    except httpx.TransportError:  # a connection the server dropped: again
+                        continue
                     if response.status_code != 429:
                         response.raise_for_status()
                         break

@@ -25,7 +25,7 @@ import aioflows as af
 
 #: Each key's limit at the provider, per second (a real one's would be per minute).
 LIMITS = {"sk-demo-tier2-5d1e0c9a77": 60.0, "sk-demo-tier1-0b8f3a2c14": 20.0}
-CALLS = 150
+CALLS = 120
 
 
 class Provider:
@@ -97,8 +97,10 @@ async def main() -> None:
     server = serve(provider)
     url = f"http://127.0.0.1:{server.server_address[1]}"
     try:
-        # retry=None: a 429 comes back to the call, and the launcher rests that key.
-        async with af.HttpClient(url, retry=None, timeout=10) as client:
+        # max_throttles=0: a 429 comes back to the call, and the launcher rests that key;
+        # a dropped connection is still retried by the client.
+        retry = af.Retry(3, backoff=0.01, max_throttles=0)
+        async with af.HttpClient(url, retry=retry, timeout=10) as client:
 
             async def ask(sample: dict[str, Any], key: af.Key) -> str:
                 response = await client.post(

@@ -23,6 +23,8 @@ import aioflows as af
 from aioflows.ratelimit_headers import parse_duration, parse_reset
 
 FAST, SLOW = "sk-test-fast-4f9a0c11d2", "sk-test-slow-7b3e55a9c0"
+#: The client retries a broken connection itself, and hands every 429 to the launcher.
+RETRY = af.Retry(3, backoff=0.01, max_throttles=0)
 LOG = "aioflows.launcher"
 
 
@@ -239,7 +241,7 @@ def _auth(secret: str | None) -> dict[str, str]:
 
 async def test_http_client_responses_carry_rate_limit() -> None:
     with ProviderServer({FAST: Limit(3, window=60)}, style="anthropic") as server:
-        async with af.HttpClient(server.url, retry=None) as client:
+        async with af.HttpClient(server.url, retry=RETRY) as client:
             first = await client.post("/v1/messages", headers=_auth(FAST), json={})
             assert first.status_code == 200
             info = first.rate_limit  # type: ignore[attr-defined]
@@ -307,7 +309,7 @@ async def test_two_keys_learn_their_different_limits(caplog: pytest.LogCaptureFi
     issue's 300/min and 60/min scaled to seconds), nothing said of them but the headers."""
     limits = {FAST: Limit(150), SLOW: Limit(50)}
     with ProviderServer(limits, style="openai", latency=0.005) as server:
-        async with af.HttpClient(server.url, retry=None) as client:
+        async with af.HttpClient(server.url, retry=RETRY) as client:
             with caplog.at_level(logging.INFO, logger=LOG):
                 started = time.monotonic()
                 summary = await af.Launcher(
@@ -332,7 +334,7 @@ async def test_two_keys_learn_their_different_limits(caplog: pytest.LogCaptureFi
 
 async def test_a_limit_changed_mid_run_is_followed(caplog: pytest.LogCaptureFixture) -> None:
     with ProviderServer({FAST: Limit(100)}, style="anthropic", latency=0.003) as server:
-        async with af.HttpClient(server.url, retry=None) as client:
+        async with af.HttpClient(server.url, retry=RETRY) as client:
             launcher = af.Launcher(_caller(client), keys=[FAST], concurrency=8)
             t0 = time.monotonic()
 
@@ -361,13 +363,13 @@ async def test_a_limit_changed_mid_run_is_followed(caplog: pytest.LogCaptureFixt
 async def test_explicit_rates_win_over_headers(caplog: pytest.LogCaptureFixture) -> None:
     limits = {FAST: Limit(200), SLOW: Limit(200)}
     with ProviderServer(limits, style="both") as server:
-        async with af.HttpClient(server.url, retry=None) as client:
+        async with af.HttpClient(server.url, retry=RETRY) as client:
             launcher = af.Launcher(
                 _caller(client), keys={FAST: "5/s", SLOW: "auto"}, rate_per_key="5/s"
             )
             with caplog.at_level(logging.INFO, logger=LOG):
                 t0 = time.monotonic()
-                await launcher.run(_until(1.0))
+                await launcher.run(_until(0.6))
                 t1 = time.monotonic()
     assert "key-0: learned" not in caplog.text
     assert "key-1: learned 200 requests per 1s" in caplog.text
@@ -439,7 +441,7 @@ async def test_token_limits_are_learned_with_tokens_per_key_auto(
     # 1,000 requests but 600 tokens a second: at 30 tokens a call, the tokens bind (20/s).
     limits = {FAST: Limit(1000, tokens=600)}
     with ProviderServer(limits, style="anthropic") as server:
-        async with af.HttpClient(server.url, retry=None) as client:
+        async with af.HttpClient(server.url, retry=RETRY) as client:
 
             async def fn(sample: dict[str, Any], key: af.Key) -> None:
                 response = await client.post("/v1/messages", headers=_auth(FAST), json=sample)
