@@ -97,7 +97,7 @@ OPENAI = {
 ANTHROPIC = {
     "anthropic-ratelimit-requests-limit": "50",
     "anthropic-ratelimit-requests-remaining": "49",
-    "anthropic-ratelimit-requests-reset": _in(2),
+    "anthropic-ratelimit-requests-reset": _in(3600),  # made at collection: an hour holds
     "anthropic-ratelimit-tokens-limit": "80000",
     "anthropic-ratelimit-tokens-remaining": "80000",
     "anthropic-ratelimit-tokens-reset": _in(0),
@@ -134,7 +134,7 @@ ANTHROPIC = {
             {
                 "requests_limit": 50,
                 "requests_remaining": 49,
-                "requests_reset_s": (0.5, 2.1),
+                "requests_reset_s": (3000, 3601),
                 "tokens_limit": 80000,
                 "tokens_remaining": 80000,
                 "tokens_reset_s": (0, 0.1),
