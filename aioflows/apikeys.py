@@ -255,7 +255,8 @@ class Key:
         ``anthropic-ratelimit-*``); returns them parsed, None if there were none.
 
         A key given an explicit rate ignores them (explicit rates always win); headers that
-        cannot be read are ignored, never raised.
+        cannot be read are ignored, never raised. Call it from the call's own async code,
+        not from a worker thread (the key's buckets belong to the event loop).
 
         Args:
             headers: The response's headers: any mapping of str, or ``(name, value)`` pairs.
