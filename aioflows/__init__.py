@@ -48,6 +48,7 @@ from .launcher import launch as launch
 from .limits import KeyedRateLimiter as KeyedRateLimiter
 from .limits import Rate as Rate
 from .limits import RateLimiter as RateLimiter
+from .ratelimit_headers import RateLimitInfo as RateLimitInfo
 from .redislimits import RedisRateLimiter as RedisRateLimiter
 from .retry import Retry as Retry
 from .serving import Client as Client
@@ -101,6 +102,7 @@ __all__ = [
     "Pipeline",
     "Promise",
     "Rate",
+    "RateLimitInfo",
     "RateLimited",
     "RateLimiter",
     "RedisRateLimiter",

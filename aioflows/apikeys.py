@@ -19,8 +19,10 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from . import _validate
+from ._auto_limits import AUTO, AutoLimits, is_auto
 from .errors import AioflowsError, InvalidArgument, InvalidArgumentType
-from .limits import RateLike, RateLimiter, as_rate
+from .limits import Rate, RateLike, RateLimiter, as_rate
+from .ratelimit_headers import HeadersLike, RateLimitInfo
 
 if TYPE_CHECKING:
     from .redislimits import RedisRateLimiter, _Spec
@@ -117,10 +119,12 @@ class KeyState:
     """One API key and its buckets, shared by every call that uses it.
 
     With a shared limiter (``Launcher(shared=...)``) the buckets live in Redis (:attr:`shared`)
-    and ``requests``/``tokens`` only say their rates and bursts.
+    and ``requests``/``tokens`` only say their rates and bursts. A key whose limits are learned
+    from the provider's headers has :attr:`auto` (:mod:`aioflows._auto_limits`), which changes
+    its buckets as responses come.
     """
 
-    __slots__ = ("label", "paused_until", "requests", "secret", "shared", "tokens")
+    __slots__ = ("auto", "label", "paused_until", "requests", "secret", "shared", "tokens")
 
     def __init__(
         self,
@@ -135,6 +139,7 @@ class KeyState:
         self.tokens = tokens
         self.paused_until = -math.inf  # a throttle rests the key even when it has no bucket
         self.shared: SharedBuckets | None = None
+        self.auto: AutoLimits | None = None
 
     def delay(self, cost: float) -> float:
         wait = self.requests.delay(1.0) if self.requests is not None else 0.0
@@ -195,18 +200,24 @@ class Key:
     shows the label only, so a key can be logged safely. Made by the launcher for each call,
     not by hand.
 
+    ``report_headers(headers)`` tells a key whose limits are learned (``rate_per_key="auto"``,
+    or no rate) what a response said of them, for a client other than ``HttpClient`` (which
+    reports on its own).
+
     Args:
         state: The key's own state: its label, secret and limiters.
         reserved: The tokens reserved for this call (its ``cost`` estimate).
     """
 
-    __slots__ = ("_reserved", "_state", "unsettled", "used")
+    __slots__ = ("_mark", "_reserved", "_state", "unsettled", "used")
 
     def __init__(self, state: KeyState, reserved: float) -> None:
         self._state = state
         self._reserved = reserved
         self.unsettled = 0.0  # reported but not yet sent to a shared bucket in Redis
         self.used: float | None = None  # the last report: the run's usage adds it up
+        auto = state.auto
+        self._mark = auto.start(reserved) if auto is not None else (0, 0.0, 0.0)
 
     @property
     def label(self) -> str:
@@ -243,6 +254,27 @@ class Key:
             bucket.refund(-difference)
         self._reserved = tokens
 
+    def report_headers(self, headers: HeadersLike) -> RateLimitInfo | None:
+        """Tell the key what a response's rate-limit headers say (``x-ratelimit-*`` or
+        ``anthropic-ratelimit-*``); returns them parsed, None if there were none.
+
+        A key given an explicit rate ignores them (explicit rates always win); headers that
+        cannot be read are ignored, never raised. Call it from the call's own async code,
+        not from a worker thread (the key's buckets belong to the event loop).
+
+        Args:
+            headers: The response's headers: any mapping of str, or ``(name, value)`` pairs.
+        """
+        info = RateLimitInfo.from_headers(headers)
+        if info is not None:
+            self._report(info)
+        return info
+
+    def _report(self, info: RateLimitInfo) -> None:
+        auto = self._state.auto
+        if auto is not None:
+            auto.learn(self._state, info, self._mark)
+
     def __repr__(self) -> str:
         return f"Key({self._state.label!r})"
 
@@ -253,8 +285,15 @@ def make_keys(
     tokens_per_key: RateLike | None,
     *,
     burst: float | None = None,
+    learn: bool = True,
 ) -> list[KeyState]:
-    """One state per key; ``burst`` is every request bucket's capacity (None: one second's)."""
+    """One state per key; ``burst`` is every request bucket's capacity (None: one second's).
+
+    A key with no rate, or ``"auto"``, learns its request limits from the provider's headers
+    (and its token limits with ``tokens_per_key="auto"``); but the ``"default"`` key of a
+    launcher without keys only with ``"auto"`` itself (nothing says it is an API key), and
+    none with ``learn=False`` (buckets shared in Redis), where ``"auto"`` is refused.
+    """
     if isinstance(keys, str):
         raise InvalidArgumentType(
             "keys must be a sequence or a mapping of key strings, not one str"
@@ -264,31 +303,49 @@ def make_keys(
         pairs = [(k, r if r is not None else rate_per_key) for k, r in keys.items()]
     else:
         pairs = [(k, rate_per_key) for k in keys]
-    token_rate = as_rate(tokens_per_key, "tokens_per_key") if tokens_per_key is not None else None
+    learn_tokens = tokens_per_key == AUTO
+    if not learn and (learn_tokens or AUTO in (rate_per_key, *(r for _, r in pairs))):
+        raise InvalidArgument(
+            "limits learned from headers ('auto') are this process's own: not with shared="
+        )
+    token_rate = (
+        as_rate(tokens_per_key, "tokens_per_key")
+        if tokens_per_key is not None and not learn_tokens
+        else None
+    )
     states = []
     for i, (secret, rate) in enumerate(pairs):
         if not isinstance(secret, str) or not secret:
             raise InvalidArgument(f"key #{i} must be a non-empty str")
-        states.append(
-            KeyState(
-                f"key-{i}",
-                secret,
-                RateLimiter(rate, burst=burst) if rate is not None else None,
-                RateLimiter(token_rate, burst=token_rate.limit) if token_rate else None,
-            )
-        )
+        states.append(_state(f"key-{i}", secret, rate, token_rate, burst, learn, learn_tokens))
     if len({s.secret for s in states}) != len(states):
         raise InvalidArgument("keys holds the same key twice")
     if not states:
-        states.append(
-            KeyState(
-                "default",
-                None,
-                RateLimiter(rate_per_key, burst=burst) if rate_per_key is not None else None,
-                RateLimiter(token_rate, burst=token_rate.limit) if token_rate else None,
-            )
-        )
+        learn = learn and rate_per_key == AUTO
+        states.append(_state("default", None, rate_per_key, token_rate, burst, learn, learn_tokens))
     return states
+
+
+def _state(
+    label: str,
+    secret: str | None,
+    rate: RateLike | None,
+    token_rate: Rate | None,
+    burst: float | None,
+    learn: bool,
+    learn_tokens: bool,
+) -> KeyState:
+    """A key's state; ``learn``: its request limits may be learned (when it has no rate)."""
+    learn_requests = learn and is_auto(rate)
+    if learn_requests:
+        requests: RateLimiter | None = AutoLimits.probe()
+    else:
+        requests = RateLimiter(rate, burst=burst) if rate is not None and rate != AUTO else None
+    tokens = RateLimiter(token_rate, burst=token_rate.limit) if token_rate else None
+    state = KeyState(label, secret, requests, tokens)
+    if learn_requests or learn_tokens:
+        state.auto = AutoLimits(learn_requests, learn_tokens)
+    return state
 
 
 def redact(text: str, keys: Sequence[KeyState]) -> str:

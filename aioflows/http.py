@@ -14,6 +14,14 @@ one) for as long as the server asked, in seconds or as an HTTP date, never longe
 connection-level errors are failures retried with backoff. When retries run out, the last
 response is returned as httpx would return it (check ``status_code`` or call
 ``raise_for_status``); a connection error is raised.
+
+Every response carries the provider's rate-limit headers parsed, as ``response.rate_limit``
+(a :class:`~aioflows.RateLimitInfo`, or None). It is an attribute set on the ``httpx.Response``
+itself, so that what the client returns stays httpx's own type (``client.get`` is still typed
+``httpx.Response``; the type checker does not know the attribute, which is why
+``af.RateLimitInfo.of(response)`` reads it typed). Each response is also reported, as it
+arrives and 429s included, to the launcher key whose call is running
+(:mod:`aioflows._auto_limits`), so that keys without a rate learn their limits.
 """
 
 from __future__ import annotations
@@ -26,9 +34,10 @@ from typing import Any, Literal
 import anyio
 import httpx
 
-from . import _validate
+from . import _auto_limits, _validate
 from .calls import CallPolicy, KeyedLimiterLike, LimiterLike, as_keyed_limiter, as_limiter, guard
 from .errors import InvalidArgument, InvalidArgumentType
+from .ratelimit_headers import RateLimitInfo
 from .retry import USE_DEFAULT, RetryLike, UseDefault, as_retry
 
 __all__ = ["HttpClient"]
@@ -180,7 +189,8 @@ class _LimitedTransport(httpx.AsyncBaseTransport):
         try:
             return await self._send(request)
         except _RetryableStatus as exc:
-            return exc.response  # retries ran out (or were not allowed): the response itself
+            # Retries ran out (or were not allowed): the response itself, read in _read.
+            return _noted(exc.response)
 
     async def _attempt(self, request: httpx.Request) -> httpx.Response:
         slots = self._slots
@@ -190,7 +200,7 @@ class _LimitedTransport(httpx.AsyncBaseTransport):
             except anyio.WouldBlock:
                 await slots.acquire()
         try:
-            response = await self._inner.handle_async_request(request)
+            response = _noted(await self._inner.handle_async_request(request))
             if response.status_code in RETRY_STATUS:
                 # Read now and release the connection: the response is either dropped for a
                 # retry or returned as the last word, and in both cases must not hold a socket.
@@ -228,6 +238,16 @@ class _LimitedTransport(httpx.AsyncBaseTransport):
         await self._inner.aclose()
 
 
+def _noted(response: httpx.Response) -> httpx.Response:
+    """``response`` with its ``rate_limit`` (parsed once), reported to a learning key."""
+    if "rate_limit" not in response.__dict__:
+        info = RateLimitInfo.from_headers(response.headers)
+        # In the instance's __dict__: an attribute httpx.Response does not declare.
+        response.__dict__["rate_limit"] = info
+        _auto_limits.report(info)
+    return response
+
+
 async def _read(response: httpx.Response, request: httpx.Request) -> httpx.Response:
     """``response`` with its raw body read and its connection closed, as a fresh response that
     the client decodes (and streams, if asked) as it would the original."""
@@ -237,13 +257,16 @@ async def _read(response: httpx.Response, request: httpx.Request) -> httpx.Respo
         body = b"".join([chunk async for chunk in response.aiter_raw()])
     finally:
         await response.aclose()
-    return httpx.Response(
+    fresh = httpx.Response(
         response.status_code,
         headers=response.headers,
         stream=httpx.ByteStream(body),
         extensions=response.extensions,
         request=request,
     )
+    if "rate_limit" in response.__dict__:  # parsed and reported already
+        fresh.__dict__["rate_limit"] = response.__dict__["rate_limit"]
+    return fresh
 
 
 class _ReleasingStream(httpx.AsyncByteStream):

@@ -58,7 +58,7 @@ import anyio.lowlevel
 import anyio.to_thread
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from . import _launch_cache, _launch_display, _usage, _validate
+from . import _auto_limits, _launch_cache, _launch_display, _usage, _validate
 from ._key_health import KeyHealth
 from ._workers import Pool, Source
 from .apikeys import (
@@ -176,14 +176,21 @@ class Launcher:
     Args:
         fn: ``async fn(sample, key)``: ``sample`` is a copy of the input with its ``"sample"``
             number, ``key`` the :class:`Key` the call must use.
-        keys: The API key strings, or a mapping of key string to that key's rate. Empty: one
-            unlimited key, ``"default"``, whose secret is None.
-        rate_per_key: Requests per unit of time for each key (None: no limit).
+        keys: The API key strings, or a mapping of key string to that key's rate (None or
+            ``"auto"``: learned, as below). Empty: one unlimited key, ``"default"``, whose
+            secret is None.
+        rate_per_key: Requests per unit of time for each key; None or ``"auto"``: learned
+            from the provider's rate-limit headers (``x-ratelimit-*``,
+            ``anthropic-ratelimit-*``), one call at a time per key until the first response
+            says them, and unlimited if it says nothing (docs/launcher.md, "Limits from
+            rate-limit headers"). The ``"default"`` key of a launcher without keys learns
+            only with ``"auto"``.
         burst_per_key: The requests each key may send at once, its bucket's capacity (at
             least 1; None: one second's worth of its rate). ``1`` for an API that counts
             strictly per second: a full bucket of one second's worth at the start lets the
             first second see up to twice the rate.
-        tokens_per_key: A token budget for each key, such as ``"90000/min"``; with ``cost``.
+        tokens_per_key: A token budget for each key, such as ``"90000/min"``, or ``"auto"``:
+            learned from the headers; with ``cost``.
         cost: ``cost(sample)``: the tokens a call is expected to use, reserved before it.
         concurrency: Most calls in flight at once.
         samples: How many independent times each input runs.
@@ -203,7 +210,8 @@ class Launcher:
             buckets live (named by a digest of the key), so that launcher processes on one
             machine or many that use the same keys stay within each key's limits together,
             and a throttle rests the key for all of them. The rates still come from
-            ``rate_per_key``, ``keys`` and ``tokens_per_key``; only the buckets are shared.
+            ``rate_per_key``, ``keys`` and ``tokens_per_key``; only the buckets are shared
+            (so keys without a rate stay unlimited, and ``"auto"`` is refused).
         cache: A :class:`~aioflows.ResultStore` (a ``LocalFileStore``, a ``RedisStore``...)
             that keeps what each successful call returned, across runs: a later (input,
             sample) whose input (what ``fn`` receives, but its id) was answered before, under
@@ -257,14 +265,16 @@ class Launcher:
                 raise InvalidArgumentType(f"{name} must be callable, got {hook!r}")
         if (tokens_per_key is None) != (cost is None):
             raise InvalidArgument("tokens_per_key and cost go together")
-        if rate_per_key is not None:
+        if rate_per_key is not None and rate_per_key != _auto_limits.AUTO:
             as_rate(rate_per_key, "rate_per_key")
         if burst_per_key is not None:
             burst_per_key = _validate.number("burst_per_key", burst_per_key, low=1.0)
         self._fn = fn
-        self._keys = make_keys(keys, rate_per_key, tokens_per_key, burst=burst_per_key)
         if shared is not None and not isinstance(shared, RedisRateLimiter):
             raise InvalidArgumentType(f"shared must be a RedisRateLimiter, got {shared!r}")
+        self._keys = make_keys(
+            keys, rate_per_key, tokens_per_key, burst=burst_per_key, learn=shared is None
+        )
         self._shared = shared
         if shared is not None:
             for state in self._keys:
@@ -897,6 +907,7 @@ class _KeyedCall(Guard[_Pair, KeyState, Any]):
             if launcher._input_interface is not None:
                 argument = launcher._input_interface(argument)
         key = Key(held, item.cost)
+        reporting = _auto_limits.enter(key._report if held.auto is not None else None)
         try:
             output = await launcher._fn(argument, key)
         except Exception as exc:
@@ -907,6 +918,7 @@ class _KeyedCall(Guard[_Pair, KeyState, Any]):
         finally:
             if key.used is not None:
                 self._run.usage.charge(item, held.label, key.used)
+            _auto_limits.leave(held, reporting)
             if held.shared is not None:
                 # What report_usage said goes to Redis now, even if the call was cancelled.
                 with anyio.CancelScope(shield=True), anyio.move_on_after(5):

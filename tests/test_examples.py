@@ -17,6 +17,7 @@ EXPECTED = {
     "fastapi_mount.py": "Mounted",
     "launcher_cache.py": "Cached: 15 of 30",
     "flow_on_dask.py": "second run on Dask",
+    "llm_auto_limits.py": "Learned limits",
     "llm_batch.py": "Launched",
     "quickstart.py": "cached",
     "rate_limited_map.py": "Summary",

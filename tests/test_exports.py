@@ -48,7 +48,7 @@ SECTION_4 = {"Batch", "Failed", "Filter", "Pipeline", "Stage", "Unbatch", "Union
 # API.md section 6 (HTTP).
 SECTION_6 = {"HttpClient"}
 # API.md section 5 (launcher).
-SECTION_5 = {"Key", "LaunchSummary", "Launcher", "launch"}
+SECTION_5 = {"Key", "LaunchSummary", "Launcher", "RateLimitInfo", "launch"}
 # The whole error hierarchy (issue 11), drawn in aioflows/errors.py's docstring.
 ERRORS = {
     "AioflowsError",
