@@ -2,7 +2,7 @@
 
 A flat grid of scalars is expanded by :func:`aioflows.flow.flatgrid.flat_grid` (the same
 configs as ``expand_config``) and its instances are hashed when first read (the same digests
-as hashing at expansion). The scheduler runs instances in its own worker loop: instances
+as hashing at expansion). The scheduler runs instances on the one pool's drain loop: instances
 that never wait are served by one or two workers, instances that wait grow it as far as they
 need (up to ``concurrency``), and a large reduce gathers its inputs with the collector paused.
 """

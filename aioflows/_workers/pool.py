@@ -43,10 +43,14 @@ class Pool:
         admit: Taken per item before its pull, released by the sink (an ordered sink does).
         call_sync: A plain function doing what ``call`` does, called without an await.
         grow: Start one worker and add one (at most one per loop pass) whenever a worker takes
-            an item while items are still backlogged and no worker is idle, up to
-            ``concurrency``: the flow executor's lazy growth. Instances that finish without
-            waiting are then served by few workers, while instances that wait grow the pool;
-            thousands of idle tasks would cost memory and garbage-collector time.
+            an item while items are still backlogged and no other worker is idle or about to
+            run (just started, or passing its checkpoint), up to ``concurrency``: the flow
+            scheduler's and the server's lazy growth. Instances that finish without waiting
+            are then served by one or two workers, while instances that wait grow the pool;
+            thousands of idle tasks would cost memory and garbage-collector time. The
+            invariant: while items are queued, some worker is about to look at the queue (a
+            worker back from its checkpoint looks again, as does a ``put`` from outside that
+            wakes no idle worker).
 
     A worker passes a checkpoint every :data:`STREAK` items it takes in a row, so a run of
     items that never wait cannot starve the event loop (nor ignore a cancel()). "In a row" is
@@ -56,6 +60,11 @@ class Pool:
     checkpoint every 64 items of workers that yield anyway costs a loop pass each time, and
     more in a pipeline, where it breaks up the bursts a one-worker stage drains (measured
     with callgrind: +4 % instructions per item of the streams benchmark's pipeline).
+
+    With no ``sink``, no ``admit`` and no ``call_sync`` over a :class:`QueueSource` (the flow
+    scheduler's ready queue, a server's requests), a worker runs the drain loop: it pops the
+    queue's deque and awaits the call, nothing else per item (no pull call and tuple, no
+    delivery). Over 10,000 no-op flow instances those were half the CPU the pool added.
 
     The first exception of ``call`` (unless ``return_exceptions``), of the source or of the
     sink (a flat stage makes its outputs as they are delivered) is recorded in :attr:`error`,
@@ -72,6 +81,7 @@ class Pool:
         "_concurrency",
         "_grow",
         "_idle",
+        "_pausing",
         "_return_exceptions",
         "_sink",
         "_spawning",
@@ -105,7 +115,7 @@ class Pool:
         self._grow = grow
         self.error: BaseException | None = None
         self._task_group: TaskGroup | None = None
-        self._workers = self._idle = 0
+        self._workers = self._idle = self._pausing = 0
         self._spawning = self._stopped = False
 
     async def run(self, workers: int | None = None) -> None:
@@ -152,8 +162,9 @@ class Pool:
         self.cancel()
 
     def _wanted(self) -> None:
-        """An item was queued: add a worker if none is idle to take it."""
-        if not self._idle:
+        """An item was queued and woke no idle worker: add one unless a worker is about to
+        look at the queue (one passing its checkpoint looks again when back)."""
+        if not (self._idle or self._pausing):
             self._spawn()
 
     def _spawn(self) -> None:
@@ -169,15 +180,14 @@ class Pool:
         """Start a worker: the fast path's loop where it applies, else the general one. Each
         is the task itself, not a level under a common wrapper: every level is one more frame
         that each resume of the worker (once per item that waits) passes through."""
-        sink, iterator = self._sink, self.source.iterator
-        if (
-            type(sink) is Collect
-            and iterator is not None
-            and self.admit is None
-            and self._call_sync is None
-            and not self._grow
-        ):
+        sink, source = self._sink, self.source
+        iterator = source.iterator
+        if self.admit is not None or self._call_sync is not None:
+            tg.start_soon(self._serve)
+        elif type(sink) is Collect and iterator is not None and not self._grow:
             tg.start_soon(self._collect, iterator, sink.results)
+        elif sink is _DISCARD and type(source) is QueueSource:
+            tg.start_soon(self._drain, source)
         else:
             tg.start_soon(self._serve)
 
@@ -256,6 +266,62 @@ class Pool:
         except anyio.get_cancelled_exc_class() as exc:
             self._cancelled(exc)
 
+    async def _drain(self, queue: QueueSource[Any]) -> None:
+        """The loop of a pool with no sink over a queue: pop, count, await the call.
+
+        The call returns nothing the pool keeps (the flow scheduler's per-instance function
+        settles the instance itself), so an item costs the pop, the count the checkpoint goes
+        by, the growth test and the call's own coroutine.
+        """
+        self._spawning = False
+        items, call, grow = queue.items, self._call, self._grow
+        popleft = items.popleft
+        countdown, after = STREAK, -1
+        item: Any = None  # dropped before the worker waits: an idle worker keeps nothing alive
+        try:
+            while True:
+                if not items:
+                    if queue.closed:
+                        return
+                    item = None
+                    self._idle += 1
+                    try:
+                        await queue.wait()
+                    finally:
+                        self._idle -= 1
+                    after = -1  # it waited: the loop has run, the count starts again
+                    continue
+                item = popleft()
+                index = queue.taken
+                queue.taken = index + 1
+                if grow and items and not (self._idle or self._pausing or self._spawning):
+                    self._spawn()
+                # Another worker took an item since this one's last: this one has yielded.
+                countdown = countdown - 1 if index == after else STREAK
+                if not countdown:
+                    countdown = STREAK
+                    await self._pause()
+                after = index + 1
+                try:
+                    await call(item)
+                except BaseException as exc:
+                    if not self._settle(exc):
+                        return
+        except anyio.get_cancelled_exc_class() as exc:
+            self._cancelled(exc)
+
+    async def _pause(self) -> None:
+        """A growing worker's checkpoint, every :data:`STREAK` items: it counts as about to run
+        while there, and adds a worker when back if items are still queued, since it goes on
+        with the item it holds (if that one waits, someone must take the rest)."""
+        self._pausing += 1
+        try:
+            await anyio.lowlevel.checkpoint()
+        finally:
+            self._pausing -= 1
+        if self._grow and self.source.backlog and not (self._idle or self._pausing):
+            self._spawn()
+
     async def _pull_idle(self) -> Pulled[Any]:
         """A growing pool's awaited pull: the worker counts as idle while it waits."""
         self._idle += 1
@@ -298,14 +364,14 @@ class Pool:
                     if admit is not None:
                         admit.release()
                     return
-                if grow and source.backlog and not self._idle:
+                if grow and source.backlog and not (self._idle or self._pausing):
                     self._spawn()
                 index, item = pulled
                 # Another worker took an item since this one's last: this one has yielded.
                 countdown = countdown - 1 if index == after else STREAK
                 if not countdown:
                     countdown = STREAK
-                    await anyio.lowlevel.checkpoint()
+                    await (self._pause() if grow else anyio.lowlevel.checkpoint())
                 after = index + 1
                 try:
                     result = await call(item) if call_sync is None else call_sync(item)

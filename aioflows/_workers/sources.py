@@ -10,7 +10,8 @@ checkpoint count and an ordered sink go by.
 - :class:`Source` over an iterable or async iterable (``map``, ``imap``, the launcher, a
   pipeline's first stage), pulled lazily so that an infinite generator is never materialised.
 - :class:`StreamSource` over a memory object stream of numbered items: a pipeline stage's input.
-- :class:`QueueSource`, fed by ``put`` and ended by ``close``: the flow executor's ready queue.
+- :class:`QueueSource`, fed by ``put`` and ended by ``close``: the flow scheduler's ready queue
+  (which a pool's drain loop pops directly).
 
 The wait queue (:class:`_Waiters`) under :class:`QueueSource` and
 :class:`~aioflows._workers.sinks.Admit` lives here, with the first of the two, so that the
@@ -229,70 +230,91 @@ class StreamSource(Generic[T]):
 
 
 class QueueSource(Generic[T]):
-    """A source fed by :meth:`put` and ended by :meth:`close`: the flow executor's ready queue.
+    """A source fed by :meth:`put` and ended by :meth:`close`: the flow scheduler's ready
+    queue and a served endpoint's queue of requests.
 
     Items are numbered as they are pulled. ``put`` never blocks (the queue is unbounded: what
     is queued is already in memory, as the flow's instances are), and :attr:`backlog` (items
     put, not yet pulled) is what drives a growing pool: it also adds a worker on a ``put`` that
-    finds none idle.
+    wakes no idle one.
+
+    Besides the pull protocol, the queue is open to a pool's drain loop
+    (a :class:`~aioflows._workers.pool.Pool` with no sink): :attr:`items`, popped directly,
+    :attr:`taken`, counted as they are popped, :attr:`closed` and :meth:`wait`. A pull's call
+    and its tuple per item were a third of the calls per instance of a flow's no-op run.
     """
 
-    __slots__ = ("_closed", "_count", "_items", "_waiters", "on_put")
+    __slots__ = ("_waiters", "closed", "items", "on_put", "taken")
 
     is_sync: Final = False
     iterator: Final = None
     blocks: Final = True
 
     def __init__(self) -> None:
-        self._items: collections.deque[T] = collections.deque()
-        self._count = 0
-        self._closed = False
+        #: What is queued, oldest first.
+        self.items: collections.deque[T] = collections.deque()
+        #: Items pulled so far: whoever pops one counts it (the index of the next).
+        self.taken = 0
+        #: Nothing more will be put.
+        self.closed = False
         self._waiters = _Waiters()
-        #: Called after each put; a growing :class:`Pool` sets it.
+        #: Called after a put that woke no waiting worker; a growing :class:`Pool` sets it.
         self.on_put: Callable[[], None] | None = None
 
     @property
     def backlog(self) -> int:
-        return len(self._items)
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
+        return len(self.items)
 
     def put(self, item: T) -> None:
         """Queue ``item``; a worker waiting for one gets it."""
-        if self._closed:
+        if self.closed:
             raise RuntimeError("put() on a closed QueueSource")
-        self._items.append(item)
-        if self._waiters:
-            self._waiters.wake()
+        self.items.append(item)
+        if self._waiters and self._waiters.wake():
+            return
         if self.on_put is not None:
             self.on_put()
 
+    def feed(self, item: T) -> None:
+        """:meth:`put` from inside a call of the pool that pulls from this queue (or before
+        the pool runs): the worker making that call looks at the queue as soon as it returns,
+        so no worker is added for ``item`` (a flow instance queueing its successors: a call
+        per instance less). An idle worker is still woken."""
+        if self.closed:
+            raise RuntimeError("put() on a closed QueueSource")
+        self.items.append(item)
+        if self._waiters:
+            self._waiters.wake()
+
     def close(self) -> None:
         """End the stream once the queued items are pulled; waiting workers see DONE."""
-        self._closed = True
+        self.closed = True
         self._waiters.wake_all()
 
     def pull_nowait(self) -> PulledNowait[T]:
-        items = self._items
+        items = self.items
         if items:
-            index = self._count
-            self._count = index + 1
+            index = self.taken
+            self.taken = index + 1
             return index, items.popleft()
-        return DONE if self._closed else BLOCKED
+        return DONE if self.closed else BLOCKED
 
     async def pull(self) -> Pulled[T]:
         while True:
             pulled = self.pull_nowait()
             if pulled is not BLOCKED:
                 return pulled
-            await self._waiters.wait(self._waiters.wake)
+            await self.wait()
+
+    async def wait(self) -> None:
+        """Until an item is put or the queue is closed (then look again: another worker may
+        have taken it). A waiter cancelled just as it was woken passes the wake-up on."""
+        await self._waiters.wait(self._waiters.wake)
 
     async def aclose(self) -> None:
         """Close, dropping what is still queued (the pool that pulled from it has stopped)."""
         self.close()
-        self._items.clear()
+        self.items.clear()
 
 
 #: The pull protocol every pool source follows.

@@ -1,16 +1,16 @@
 """The scheduling loop: run every task instance as soon as its own predecessors are done.
 
-The instances run on the scheduler's own workers, fed by a ready queue (a
-:class:`~aioflows.flow.readyqueue.ReadyQueue`): an instance is queued the moment its last
+The instances run on the one worker pool (:class:`aioflows._workers.Pool`), fed by a ready
+queue (a :class:`~aioflows._workers.QueueSource`): an instance is queued the moment its last
 predecessor settles, so independent branches never wait for each other (no level-by-level
-barrier). The workers grow lazily, up to ``concurrency``, only while queued instances wait for
+barrier). The pool grows lazily, up to ``concurrency``, only while queued instances wait for
 a worker and every worker is inside an instance that waits. An instance costs a queue entry and
 a small state record, never a task and an Event of its own.
 
-A worker runs an instance in its own loop (no coroutine around it: the body's is the only one
-made per instance), which is the generic :class:`aioflows._workers.Pool` specialised for the
-flow: the pool's call per item, its sink and its item bookkeeping were half the CPU of running
-10,000 no-op instances (cProfile, ``benchmarks/flows.py --part fanout``).
+The pool has no sink: :meth:`Scheduler._instance`, its call, settles the instance itself and
+returns nothing, so a worker runs the pool's drain loop (pop the queue's deque, await the
+call). The pool's pull, sink and item bookkeeping were half the CPU of running 10,000 no-op
+instances (cProfile, ``benchmarks/flows.py --part fanout``); that loop has none of them.
 
 A task's own ``concurrency`` is a count of free slots: an instance taken while its task has
 none is *parked* (it holds no worker, so other tasks run on) and queued again, with the slot,
@@ -18,7 +18,7 @@ when one frees; it was looked up in the store when first taken, so it is not loo
 With ``resources``, a running instance holds one item of the pool for its whole run.
 
 Failure marks the failed instance's descendants UPSTREAM_FAILED; with ``fail_fast`` the
-workers are cancelled, running instances see the cancellation and mark themselves KILLED (in
+pool is cancelled, running instances see the cancellation and mark themselves KILLED (in
 memory only: see :mod:`aioflows.flow.cache`). A cancellation from outside does the same marking
 and then propagates. Nothing outlives :meth:`Scheduler.run`.
 
@@ -36,15 +36,12 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import anyio
-import anyio.lowlevel
-from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from .._workers import STREAK
+from .._workers import Pool, QueueSource
 from ..stores.records import TaskState
 from .events import HELD, SETTLED, now
 from .graph import TaskNode
-from .readyqueue import ReadyQueue
 
 if TYPE_CHECKING:
     from .cache import Cache
@@ -63,7 +60,7 @@ _time_ns = time.time_ns
 
 
 class Scheduler:
-    """Runs ``nodes`` (a subset of ``graph``'s, closed under predecessors) on its workers.
+    """Runs ``nodes`` (a subset of ``graph``'s, closed under predecessors) on one worker pool.
 
     Args:
         graph: The expanded flow (its specs' per-task ``concurrency``).
@@ -108,8 +105,9 @@ class Scheduler:
         self.fatal: BaseException | None = None
         # A failure of the scheduling itself (not of an instance): run() raises it.
         self.error: BaseException | None = None
-        self.ready = ReadyQueue()
-        self.stopping = False  # the workers are cancelled: by fail-fast or a fatal error
+        self.ready: QueueSource[TaskNode] = QueueSource()
+        self.pool = Pool(self._instance, self.ready, limit, grow=True)
+        self.stopping = False  # the pool is cancelled: by fail-fast or a fatal error
         self.resource_send: MemoryObjectSendStream[Any]
         self.resource_receive: MemoryObjectReceiveStream[Any]
         self.cancelled = anyio.get_cancelled_exc_class()
@@ -122,11 +120,6 @@ class Scheduler:
         self.parked: dict[str, collections.deque[TaskNode]] = {
             name: collections.deque() for name in self.task_slots
         }
-        # The workers: how many started, waiting for an instance, passing a checkpoint; and
-        # whether one started is yet to run (see _take).
-        self._group: TaskGroup | None = None
-        self.workers = self._idle = self._pausing = 0
-        self._spawning = False
         # Nobody listens to state changes: a change is then an assignment, not a call (set in
         # run(): the progress display adds its listener after this is made).
         self._quiet = False
@@ -163,14 +156,16 @@ class Scheduler:
         for node in self.nodes:
             if self.slots[node].remaining == 0:
                 self._enqueue(node)
+        pool = self.pool
         try:
-            async with anyio.create_task_group() as tg:
-                self._group = tg
-                self.workers = 1
-                tg.start_soon(self._worker)
+            await pool.run()
+        except BaseException as exc:
+            if exc is not pool.error:
+                raise
+            # The scheduling itself failed (a store's save_failed): run() raises it, as
+            # itself, once the run has stopped (not wrapped by the event dispatcher's group).
+            self.error = exc
         finally:
-            self._group = None
-            self.ready.close()
             self.ready.items.clear()  # what is still queued will not run
 
     def _enqueue(self, node: TaskNode) -> None:
@@ -178,140 +173,77 @@ class Scheduler:
             self.slots[node].state = _SCHEDULED
         else:
             self._set(node, _SCHEDULED)
-        self.ready.put(node)
+        self.ready.feed(node)
 
-    def _spawn(self) -> None:
-        """Add a worker, at most one per loop pass (the one added is yet to run until then)."""
-        if self._spawning or self.workers >= self.limit or self._group is None:
-            return
-        self._spawning = True
-        self.workers += 1
-        self._group.start_soon(self._worker)
+    async def _instance(self, node: TaskNode) -> None:
+        """Run one queued instance: the pool's call.
 
-    async def _worker(self) -> None:
-        """Take instances from the ready queue and run them, until it is closed and empty.
-
-        A worker passes a checkpoint every :data:`STREAK` instances it takes in a row (so a run
-        of instances that never wait cannot starve the loop nor ignore a cancellation), "in a
-        row" read off the indices the queue hands out, as :class:`aioflows._workers.Pool`
-        does. Another worker is added when one takes an instance while more are queued and
-        no other worker is idle or about to run (just started, or at its checkpoint, which
-        looks again when back): so no-op instances are served by one or two workers, and
-        instances that wait grow the pool by one per loop pass, up to ``concurrency``. The
-        invariant: while instances are queued, some worker is about to look at the queue.
+        A running instance's stack is the pool's worker, this, then the task's own function
+        (its guard first, if it has limiters, a retry or a timeout): every level more is a
+        frame and a traceback entry per instance to unwind when the run is cancelled, so the
+        cache lookup, the state changes and the queueing of successors are steps in here,
+        not levels around the call.
         """
-        self._spawning = False
-        ready, slots, begin = self.ready, self.slots, self.begin
-        items, put, cancelled = ready.items, ready.put, self.cancelled
-        popleft = items.popleft
-        cache, resources, task_slots = self.cache, self.resources, self.task_slots
-        waits = cache is not None or bool(task_slots)
+        slot = self.slots[node]
+        if slot.state is not _SCHEDULED:
+            return
+        task_slots = self.task_slots
+        # Without a store or per-task slots there is nothing to wait for before the run: no
+        # coroutine for _ready then (its cost is per instance).
+        if (self.cache is not None or task_slots) and not await self._ready(node, slot):
+            return
+        resource: Any = None
+        held = False
         quiet = self._quiet
-        countdown, after = STREAK, -1
-        node: Any = None
         try:
-            while True:
-                if not items:
-                    if ready.closed:
-                        return
-                    node = None  # an idle worker keeps nothing alive
-                    self._idle += 1
-                    try:
-                        await ready.wait()
-                    finally:
-                        self._idle -= 1
-                    after = -1  # it waited: the loop has run, the count starts again
-                    continue
-                node = popleft()
-                index = ready.taken
-                ready.taken = index + 1
-                if items and not (self._idle or self._pausing or self._spawning):
-                    self._spawn()
-                countdown = countdown - 1 if index == after else STREAK
-                if not countdown:
-                    countdown = STREAK
-                    self._pausing += 1
-                    try:
-                        await anyio.lowlevel.checkpoint()
-                    finally:
-                        self._pausing -= 1
-                    # Another worker may have left instances queued for this one, which goes
-                    # on with the instance it holds: if that one waits, someone must take them.
-                    if items and not (self._idle or self._pausing or self._spawning):
-                        self._spawn()
-                after = index + 1
-                slot = slots[node]
-                if slot.state is not _SCHEDULED:
-                    continue
-                # Without a store or per-task slots there is nothing to wait for before the
-                # run: no coroutine for _ready then (its cost is per instance).
-                if waits and not await self._ready(node, slot):
-                    continue
-                # One instance, inline: every level more would be a frame and a traceback
-                # entry per instance to unwind when the run is cancelled.
-                resource: Any = None
-                held = False
-                try:
-                    if resources is not None:
-                        resource = await self.resource_receive.receive()
-                        held = True
-                    slot.started = _time_ns() // 1000
-                    if quiet:
-                        slot.state = _RUNNING
-                    else:
-                        self._set(node, _RUNNING)
-                    slot.value = await begin(node, slot, resource)
-                    slot.ended = _time_ns() // 1000
-                    if cache is not None:
-                        await cache.save_result(node, slot)
-                except cancelled:
-                    self._kill(node, slot)
-                    # The workers are being cancelled (fail-fast, or from outside): this one
-                    # ends. A CancelledError the task raised of its own kills only this
-                    # instance. (The test of the deadline costs a look-up of the event loop:
-                    # not for each of thousands of instances stopped by fail-fast.)
-                    if self.stopping or anyio.current_effective_deadline() == -math.inf:
-                        return
-                except BaseException as exc:
-                    await self._fail(node, slot, exc)
-                else:
-                    if quiet:
-                        slot.state = _FINISHED
-                    else:
-                        self._set(node, _FINISHED)
-                    # _done, inline (as _enqueue): it runs once per instance
-                    self.unsettled -= 1
-                    if not self.unsettled:
-                        ready.close()
-                    for succ in node.successors:
-                        succ_slot = slots.get(succ)
-                        if succ_slot is not None:
-                            succ_slot.remaining -= 1
-                            if not succ_slot.remaining and succ_slot.state is _PENDING:
-                                if quiet:
-                                    succ_slot.state = _SCHEDULED
-                                else:
-                                    self._set(succ, _SCHEDULED)
-                                put(succ)
-                finally:
-                    if held:
-                        self.resource_send.send_nowait(resource)
-                    if task_slots and node.task in task_slots:
-                        self._free_task_slot(node.task)
-        except cancelled as exc:
-            # Ends quietly: letting the cancellation out would keep it on the finished task,
-            # with its traceback and every frame of the instance's stack, as a cycle only a
-            # full garbage collection frees (thousands of workers: more than the cancel).
-            # One no cancellation explains (a store raised its own) is a failure.
-            if anyio.current_effective_deadline() != -math.inf:
-                self._broken(exc)
-        except BaseException as exc:  # the scheduling itself failed (a store's save_failed)
-            self._broken(exc)
-
-    def _broken(self, exc: BaseException) -> None:
-        if self.error is None:
-            self.error = exc
-        self._stop()
+            if self.resources is not None:
+                resource = await self.resource_receive.receive()
+                held = True
+            slot.started = _time_ns() // 1000
+            if quiet:
+                slot.state = _RUNNING
+            else:
+                self._set(node, _RUNNING)
+            slot.value = await self.begin(node, slot, resource)
+            slot.ended = _time_ns() // 1000
+            if self.cache is not None:
+                await self.cache.save_result(node, slot)
+        except self.cancelled:
+            self._kill(node, slot)
+            # The pool is being cancelled (fail-fast, or from outside): its worker ends. A
+            # CancelledError the task raised of its own kills only this instance. (The test
+            # of the deadline costs a look-up of the event loop: not for each of thousands
+            # of instances stopped by fail-fast.)
+            if self.stopping or anyio.current_effective_deadline() == -math.inf:
+                raise
+        except BaseException as exc:
+            await self._fail(node, slot, exc)
+        else:
+            if quiet:
+                slot.state = _FINISHED
+            else:
+                self._set(node, _FINISHED)
+            # _done, inline (as _enqueue): it runs once per instance
+            self.unsettled -= 1
+            ready = self.ready
+            if not self.unsettled:
+                ready.close()
+            slots = self.slots
+            for succ in node.successors:
+                succ_slot = slots.get(succ)
+                if succ_slot is not None:
+                    succ_slot.remaining -= 1
+                    if not succ_slot.remaining and succ_slot.state is _PENDING:
+                        if quiet:
+                            succ_slot.state = _SCHEDULED
+                        else:
+                            self._set(succ, _SCHEDULED)
+                        ready.feed(succ)
+        finally:
+            if held:
+                self.resource_send.send_nowait(resource)
+            if task_slots and node.task in task_slots:
+                self._free_task_slot(node.task)
 
     # --- one instance -----------------------------------------------------------------------
 
@@ -349,7 +281,7 @@ class Scheduler:
         # no instance queued meanwhile takes it first and the parked one parks again.
         node = parked.popleft()
         self.slots[node].remaining = HELD
-        self.ready.put(node)
+        self.ready.feed(node)
 
     def _settle(self, node: TaskNode) -> None:
         self.unsettled -= 1
@@ -358,7 +290,7 @@ class Scheduler:
 
     def _done(self, node: TaskNode) -> None:
         """``node`` finished or was cached: queue the successors it was the last one for
-        (the worker loop does the same inline for the instances it ran)."""
+        (:meth:`_instance` does the same inline for the instances it ran)."""
         self._settle(node)
         slots = self.slots
         for succ in node.successors:
@@ -423,5 +355,4 @@ class Scheduler:
     def _stop(self) -> None:
         """Cancel every running instance and start none more."""
         self.stopping = True
-        if self._group is not None:
-            self._group.cancel_scope.cancel()
+        self.pool.cancel()
