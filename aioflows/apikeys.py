@@ -141,12 +141,36 @@ class KeyState:
         self.shared: SharedBuckets | None = None
         self.auto: AutoLimits | None = None
 
-    def delay(self, cost: float) -> float:
-        wait = self.requests.delay(1.0) if self.requests is not None else 0.0
-        wait = max(wait, self.paused_until - anyio.current_time())
+    def delay(self, cost: float, now: float | None = None) -> float:
+        """Seconds until a call costing ``cost`` could take this key's buckets; ``now``, the
+        loop's clock when the caller has read it already (once for all its keys)."""
+        if now is None:
+            now = anyio.current_time()
+        wait = self.requests._delay_at(1.0, now) if self.requests is not None else 0.0
+        rest = self.paused_until - now
+        if rest > wait:
+            wait = rest
         if self.tokens is not None and cost > 0:
-            wait = max(wait, self.tokens.delay(min(cost, self.tokens.burst)))
+            wait = max(wait, self.tokens._delay_at(min(cost, self.tokens.burst), now))
         return wait
+
+    def take_now(self, cost: float) -> bool:
+        """Take the key's buckets for a call costing ``cost`` if that needs no wait at all (no
+        rest, nobody queued, the tokens there); else take nothing and return False.
+
+        A key that can go now has the least delay there is: the launcher tries the key whose
+        turn it is this way first and compares every key's :meth:`delay` only when it cannot.
+        """
+        if self.paused_until > -math.inf and self.paused_until > anyio.current_time():
+            return False
+        requests, tokens = self.requests, self.tokens
+        if requests is not None and not requests._take_now(1.0):
+            return False
+        if tokens is not None and cost > 0 and not tokens._take_now(min(cost, tokens.burst)):
+            if requests is not None:
+                requests.refund(1.0)  # the same instant: the bucket is as it was
+            return False
+        return True
 
     def pause(self, seconds: float) -> None:
         self.paused_until = max(self.paused_until, anyio.current_time() + seconds)
@@ -340,8 +364,12 @@ def _state(
     if learn_requests:
         requests: RateLimiter | None = AutoLimits.probe()
     else:
-        requests = RateLimiter(rate, burst=burst) if rate is not None and rate != AUTO else None
-    tokens = RateLimiter(token_rate, burst=token_rate.limit) if token_rate else None
+        requests = (
+            RateLimiter(rate, burst=burst)._on_ticks()
+            if rate is not None and rate != AUTO
+            else None
+        )
+    tokens = RateLimiter(token_rate, burst=token_rate.limit)._on_ticks() if token_rate else None
     state = KeyState(label, secret, requests, tokens)
     if learn_requests or learn_tokens:
         state.auto = AutoLimits(learn_requests, learn_tokens)

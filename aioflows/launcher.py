@@ -49,7 +49,6 @@ from collections.abc import (
     Sequence,
 )
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, BinaryIO, Concatenate, ParamSpec, TypeAlias
 
@@ -81,7 +80,7 @@ from .errors import (
     OutputFileError,  # defined with the other errors, re-exported from here as before
     RateLimited,
 )
-from .jsonl import append, encode_line, faithful, finish, open_output, show
+from .jsonl import append, encode_line, faithful, finish, open_output, show, utc_text
 from .limits import RateLike, as_rate
 from .redislimits import RedisRateLimiter
 from .retry import USE_DEFAULT, RetryLike, UseDefault, as_retry, throttle_delay, wait_cap
@@ -102,6 +101,8 @@ _Work: TypeAlias = tuple[dict[str, Any], int]
 FSYNC_EVERY = 1.0
 #: Seconds the writer lets finished records gather between two writes.
 WRITE_EVERY = 0.02
+#: Bytes up to which a write without an fsync is made in the event loop, not in a thread.
+WRITE_INLINE = 64 * 1024
 
 logger = logging.getLogger("aioflows.launcher")
 
@@ -617,14 +618,30 @@ class _Run:
         if launcher._shared is not None:
             return await self._pick_shared(launcher._shared, cost, avoid)
         start = launcher._turn
-        launcher._turn = (start + 1) % len(keys)
-        turn = [keys[(start + i) % len(keys)] for i in range(len(keys))]
-        live = [k for k in turn if alive(k.label)]
-        if not live:  # the run is stopping (all_keys_quarantined): wait for the cancellation
+        count = len(keys)
+        launcher._turn = start + 1 if start + 1 < count else 0
+        key = keys[start]
+        # The key in turn, if it can go now: nothing frees sooner and ties go in turn, so it is
+        # the pick, its buckets taken without a look at the others' (and without an await).
+        if key is not avoid and alive(key.label) and key.take_now(cost):
+            return key
+        now = anyio.current_time()
+        best: KeyState | None = None
+        soonest = math.inf
+        for i in range(count):
+            candidate = keys[(start + i) % count]
+            if candidate is avoid or not alive(candidate.label):
+                continue
+            wait = candidate.delay(cost, now)
+            if best is None or wait < soonest:  # the first of equals: ties go in turn
+                best, soonest = candidate, wait
+        if best is not None:
+            key = best
+        elif avoid is not None and alive(avoid.label):
+            key = avoid  # the only key left
+        else:  # the run is stopping (all_keys_quarantined): wait for the cancellation
             await anyio.sleep_forever()
-        others = [k for k in live if k is not avoid]
-        key = min(others or live, key=lambda k: k.delay(cost))
-        rest = key.paused_until - anyio.current_time()
+        rest = key.paused_until - now
         if rest > 0:
             await anyio.sleep(rest)
         if key.requests is not None:
@@ -690,7 +707,7 @@ class _Run:
     async def _call(self, item: dict[str, Any], sample: int) -> _Finished:
         launcher = self.launcher
         pair = _Pair(item, sample, item[launcher._id_key])
-        started_at = datetime.now(timezone.utc)
+        started_at = time.time()  # formatted once the call is done: utc_text(), not datetime
         started = time.monotonic()
         output: Any = None
         error: str | None = None
@@ -722,7 +739,7 @@ class _Run:
             "attempts": pair.attempts,
             "output": output,
             "error": error,
-            "started_at": started_at.isoformat(),
+            "started_at": utc_text(started_at),
             "duration_s": round(time.monotonic() - started, 6),
         }
         if pair.tokens is not None:
@@ -764,12 +781,19 @@ class _Run:
                 if handle is not None:
                     text = b"".join(line for _, line in batch)
                     sync = time.monotonic() - last_sync >= FSYNC_EVERY
-                    with anyio.CancelScope(shield=True):
-                        await anyio.to_thread.run_sync(append, handle, text, sync)
+                    if sync or len(text) > WRITE_INLINE:
+                        with anyio.CancelScope(shield=True):
+                            await anyio.to_thread.run_sync(append, handle, text, sync)
+                    else:
+                        # A few KiB into the page cache (written and flushed, as ever) cost
+                        # less than the hop to a thread and back; an fsync always hops.
+                        append(handle, text, False)
                     if sync:
                         last_sync = time.monotonic()
-                    # Let results gather: one thread hop per interval, not per finished call.
-                    await anyio.sleep(WRITE_EVERY)
+                    # Let results gather: one write per interval, not per finished call; woken
+                    # on a whole multiple of the interval, a tick of the key buckets too
+                    # (aioflows.limits._TICK), so the writer costs the loop no wake-up of its own.
+                    await anyio.sleep(WRITE_EVERY - anyio.current_time() % WRITE_EVERY)
         finally:
             # Cancelled or done: what had finished is still written, then the file synced.
             rest = _take_ready(receive)

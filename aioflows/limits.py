@@ -49,6 +49,16 @@ _EARLY = 1e-6
 #: for at most this long (see ``RateLimiter._arm``).
 _LATE = 2e-4
 
+#: The period of the ticks the queue of a bucket that asked for them is served on
+#: (``RateLimiter._on_ticks``, the launcher's key buckets): such a bucket, if it refills more
+#: than one token per tick and has room to bank them, wakes its head waiter at the next whole
+#: multiple of this on the loop's clock rather than the moment its tokens are there, so that
+#: every such bucket of the loop wakes at once and each wake-up serves several waiters. At
+#: 4 x 500/s that is 200 wake-ups a second instead of 2,000, each a sleep of the process and a
+#: pass of the event loop. A waiter is served at most this much later; the rate and the
+#: no-over-grant rule are untouched (tokens are granted when they are there, never before).
+_TICK = 5e-3
+
 #: Tolerance for float rounding in token arithmetic (0.3 - 0.2 is not 0.1), as a fraction of the
 #: bucket's capacity: without it a token that exists on paper after exactly ``1/rate`` seconds
 #: could be refused. Relative, not absolute, so that a bucket of a millionth of a token is not
@@ -245,9 +255,11 @@ class RateLimiter:
         "_loop",
         "_paused_until",
         "_per_sec",
+        "_queued",
         "_rate",
         "_slack",
         "_soon_at",
+        "_ticks",
         "_timer",
         "_timer_when",
         "_tokens",
@@ -270,6 +282,10 @@ class RateLimiter:
         self._burst = burst
         self._slack = burst * _ROUNDING
         self._waiters: deque[tuple[float, asyncio.Future[None]]] = deque()
+        # The cost of the waiters not yet granted nor abandoned: delay() in O(1), not O(queue).
+        self._queued = 0.0
+        # Whether a queue is served on the loop's shared ticks (see _on_ticks).
+        self._ticks = False
         self._timer: asyncio.Handle | None = None
         self._timer_when = math.inf
         # Loop time of the last wake-up asked for with call_soon (see _arm).
@@ -279,6 +295,19 @@ class RateLimiter:
         # Time of the last refill; -inf makes the first refill fill the bucket.
         self._updated = -math.inf
         self._paused_until = -math.inf
+
+    def _on_ticks(self) -> RateLimiter:
+        """Serve this bucket's queue on the loop's shared ticks (``_TICK``) if it refills more
+        than a token per tick; returns the bucket.
+
+        For the launcher's key buckets: a few fast keys with many calls queued on each, where
+        being served up to a tick later costs a call nothing, while a wake-up of the loop per
+        grant costs the process CPU (a sleep and a wake-up of the event loop: 30-50 µs of CPU
+        each on a 2-core machine, measured; 2,000 a second at 4 x 500/s). Other buckets are
+        served the moment their tokens are there.
+        """
+        self._ticks = self._per_sec * _TICK > 1.0
+        return self
 
     @classmethod
     def _trusted(cls, rate: Rate, burst: float) -> RateLimiter:
@@ -317,9 +346,12 @@ class RateLimiter:
         Args:
             cost: The tokens a caller would ask for.
         """
-        now = _loop_time()
+        return self._delay_at(cost, _loop_time())
+
+    def _delay_at(self, cost: float, now: float) -> float:
+        """:meth:`delay` on a clock read already (the launcher reads it once for every key)."""
         self._refill(now)
-        queued = sum(c for c, fut in self._waiters if not fut.done())
+        queued = self._queued if self._waiters else 0.0
         short = queued + cost - self._tokens
         wait = short / self._per_sec if short > self._slack else 0.0
         return max(wait, self._paused_until - now, 0.0)
@@ -412,10 +444,27 @@ class RateLimiter:
             return True
         return False
 
+    def _take_now(self, cost: float) -> bool:
+        """Take ``cost`` (known valid) if there are the tokens and nobody is queued, abandoned
+        waiters included: the launcher's pick of a key without a scan, which otherwise takes
+        the slow way (where they are dropped). Called in a running loop only."""
+        if self._waiters:
+            return False
+        now = _running_loop().time()
+        if now > self._updated:  # _refill, inlined as in acquire
+            tokens = self._tokens + (now - self._updated) * self._per_sec
+            self._tokens = tokens if tokens < self._burst else self._burst
+            self._updated = now
+        if self._tokens + self._slack >= cost and now >= self._paused_until:
+            self._tokens -= cost
+            return True
+        return False
+
     async def _wait(self, cost: float) -> None:
         loop = self._loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
         self._waiters.append((cost, fut))
+        self._queued += cost
         self._dispatch()
         try:
             await fut
@@ -425,6 +474,7 @@ class RateLimiter:
                 self._tokens = min(self._burst, self._tokens + cost)
             else:
                 fut.cancel()  # _dispatch skips abandoned futures
+                self._queued -= cost
             self._dispatch()
             raise
 
@@ -451,9 +501,17 @@ class RateLimiter:
                     due, full = self._paused_until, math.inf
                 else:  # when the bucket caps: a wake-up after that loses tokens for good
                     full = now + (self._burst - self._tokens) / self._per_sec
+                if self._ticks:
+                    # A fast bucket with room to bank what refills meanwhile is served on the
+                    # next tick, with every other such bucket of the loop: one wake-up grants
+                    # many waiters instead of one each (what the waiters get is the same).
+                    tick = math.ceil(due / _TICK) * _TICK
+                    if tick + _TICK < full:
+                        due = tick if tick > due else due
                 self._arm(loop, due if due > now else math.nextafter(now, math.inf), full)
                 return
             self._tokens -= cost
+            self._queued -= cost
             waiters.popleft()
             fut.set_result(None)
         if self._timer is not None:

@@ -768,3 +768,79 @@ def test_a_wait_just_over_a_whole_millisecond_is_not_rounded_up_to_the_next() ->
     # 900/s is 1.11 ms a grant: epoll made it 2 ms, half the rate (-47.7 % measured on the real
     # loop). Now the limiter sleeps 1 ms and polls the last 0.11 ms.
     assert _steady_rate(_grants_on_an_epoll_like_clock(900, burst=1)) > 0.95 * 900
+
+
+# -- Issue 15, target 4: the launcher's buckets on shared ticks; delay() in O(1) --------------
+
+
+async def _grant_times(bucket: af.RateLimiter, callers: int, grants: int) -> list[float]:
+    times: list[float] = []
+
+    async def caller() -> None:
+        while len(times) < grants:
+            await bucket.acquire()
+            times.append(now())
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(callers):
+            tg.start_soon(caller)
+    return times[:grants]
+
+
+def _on_a_tick(t: float) -> bool:
+    from aioflows.limits import _TICK
+
+    return abs(t / _TICK - round(t / _TICK)) < 1e-6
+
+
+async def test_a_fast_bucket_on_ticks_serves_its_queue_on_whole_ticks_at_its_rate() -> None:
+    from aioflows.limits import _TICK
+
+    ticking = af.RateLimiter("1000/s", burst=100)._on_ticks()
+    while ticking.try_acquire():  # empty: every grant below waits
+        pass
+    start = now()
+    times = await _grant_times(ticking, callers=20, grants=1000)
+    assert all(_on_a_tick(t) for t in times)
+    instants = sorted(set(times))
+    assert len(instants) <= (times[-1] - start) / _TICK + 1  # one wake-up a tick, several grants
+    assert times[-1] - start == pytest.approx(1.0, abs=_TICK)  # the rate is kept: nothing lost
+    check_no_over_grant([(t, 1) for t in times], burst=100, per_sec=1000)
+
+
+async def test_a_plain_slow_or_nearly_full_bucket_is_served_the_moment_its_tokens_are_there() -> (
+    None
+):
+    plain = af.RateLimiter("1000/s", burst=100)  # not on ticks: any RateLimiter of a user
+    slow = af.RateLimiter("100/s", burst=100)._on_ticks()  # under a token a tick
+    nearly_full = af.RateLimiter("1000/s", burst=2)._on_ticks()  # no room to bank a tick
+    for bucket, per_sec, burst in ((plain, 1000, 100), (slow, 100, 100), (nearly_full, 1000, 2)):
+        while bucket.try_acquire():
+            pass
+        start = now()
+        times = await _grant_times(bucket, callers=5, grants=50)
+        # One grant per token, each when it is there: 1/rate apart, none waiting for a tick.
+        assert [round((t - start) * per_sec, 6) for t in times] == [float(k) for k in range(1, 51)]
+        check_no_over_grant([(t, 1) for t in times], burst=burst, per_sec=per_sec)
+
+
+async def test_delay_counts_the_queue_and_forgets_a_waiter_once_cancelled() -> None:
+    limiter = af.RateLimiter(10, burst=10)
+    await limiter.acquire(10)  # empty
+    leaving = anyio.CancelScope()
+
+    async def leaver() -> None:
+        with leaving:
+            await limiter.acquire(3)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(limiter.acquire, 5)
+        tg.start_soon(leaver)
+        await asyncio.sleep(0)
+        assert limiter.delay(1) == pytest.approx((5 + 3 + 1) / 10)
+        leaving.cancel()
+        await asyncio.sleep(0)
+        assert limiter.waiting == 1
+        assert limiter.delay(1) == pytest.approx((5 + 1) / 10)
+    assert limiter.delay(1) == pytest.approx(0.1)  # the 5 granted at 0.5 s, nobody queued
+    assert now() == pytest.approx(0.5)
