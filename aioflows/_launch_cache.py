@@ -38,14 +38,13 @@ import os
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from datetime import datetime
 from typing import Any, Protocol
 
 import anyio
 
 from .apikeys import KeyState, describe, redact_value, text_of
 from .errors import InvalidArgument, InvalidArgumentType
-from .jsonl import encode_line
+from .jsonl import encode_line, utc_text
 from .stores.base import ResultStore
 
 __all__ = [
@@ -217,7 +216,7 @@ class RunCache:
             self._segments.append(name)
 
     def serve(
-        self, pair: _Cached, started_at: datetime, started: float
+        self, pair: _Cached, started_at: float, started: float
     ) -> tuple[dict[str, Any], bytes, Exception | None] | None:
         """A hit's record, line and failure (its ``output_interface`` raised), or None.
 
@@ -262,7 +261,7 @@ class RunCache:
             "attempts": 0,
             "output": None,
             "error": None,
-            "started_at": started_at.isoformat(),
+            "started_at": utc_text(started_at),
             "duration_s": 0.0,
             "cached": True,
         }
