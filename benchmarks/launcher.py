@@ -84,7 +84,6 @@ import itertools
 import json
 import math
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -99,6 +98,7 @@ import httpx
 import aioflows as af
 
 from ._report import max_excess, print_header, print_table, verdict
+from ._server import ServerProcess
 
 #: Measured rounds per contender; one shorter warm-up round more is run and dropped. Three,
 #: not five: a round takes about 40 s of wall time (two paced runs and the stock part).
@@ -220,23 +220,11 @@ def server_main() -> int:
     return 0
 
 
-class Server:
+class Server(ServerProcess):
     """The server process: started on a free port, stopped (SIGTERM) at the end."""
 
     def __init__(self) -> None:
-        root = Path(__file__).resolve().parent.parent
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "benchmarks.launcher", "--server"],
-            cwd=root,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        if not line.startswith("PORT "):
-            self.proc.kill()
-            raise RuntimeError(f"the server did not start: {line!r}")
-        self.base = f"http://127.0.0.1:{int(line.split()[1])}"
+        super().__init__("benchmarks.launcher")
         self.url = f"{self.base}/v1/complete"
         self.cpu = 0.0
         self.stats()
@@ -248,10 +236,6 @@ class Server:
             answer = client.get(f"{self.base}/stats").json()
         cpu, self.cpu = answer["cpu"] - self.cpu, answer["cpu"]
         return answer["arrivals"], cpu
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=10)
 
 
 # -- the clients ------------------------------------------------------------------------------

@@ -51,7 +51,6 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -66,6 +65,7 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 import aioflows as af
 
 from ._report import part_parser, print_header, print_table, run_parts, verdict
+from ._server import ServerProcess
 
 PAIRS = 20_000
 ROUNDS = 3
@@ -166,25 +166,9 @@ async def _serve() -> None:
         await server.serve_forever()
 
 
-class _Server:
+class _Server(ServerProcess):
     def __init__(self) -> None:
-        root = Path(__file__).resolve().parent.parent
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "benchmarks.launcher_cache", "--server"],
-            cwd=root,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        if not line.startswith("PORT "):
-            self.proc.kill()
-            raise RuntimeError(f"the server did not start: {line!r}")
-        self.port = int(line.split()[1])
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=10)
+        super().__init__("benchmarks.launcher_cache")
 
 
 class _Client:

@@ -52,11 +52,9 @@ import itertools
 import json
 import random
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 import aiolimiter
@@ -67,6 +65,7 @@ import aioflows as af
 from aioflows import limits
 
 from ._report import part_parser, print_header, print_table, run_parts
+from ._server import ServerProcess
 from .launcher import light_client
 
 ROUNDS = 2
@@ -186,21 +185,9 @@ async def _serve() -> None:
         await server.serve_forever()
 
 
-class Server:
+class Server(ServerProcess):
     def __init__(self) -> None:
-        root = Path(__file__).resolve().parent.parent
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "benchmarks.launcher_throttle", "--server"],
-            cwd=root,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        if not line.startswith("PORT "):
-            self.proc.kill()
-            raise RuntimeError(f"the server did not start: {line!r}")
-        self.base = f"http://127.0.0.1:{int(line.split()[1])}"
+        super().__init__("benchmarks.launcher_throttle")
         self.stats()
 
     def stats(self) -> tuple[dict[str, int], dict[str, int]]:
@@ -208,10 +195,6 @@ class Server:
         with httpx.Client() as client:
             answer = client.get(f"{self.base}/stats").json()
         return answer["ok"], answer["throttled"]
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=10)
 
 
 # -- the contenders ---------------------------------------------------------------------------
