@@ -466,44 +466,42 @@ def _lazy_instances(
         for pred in combo:  # each gets them in the order node-by-node appends would give
             pred.successors.extend(own)
         return own
-    own = []
-    for i, config in enumerate(configs):
-        for combo, lineage in combos:
-            if not keep_lineage:
-                lineage = _NO_LINEAGE
-            elif multi:
-                lineage = {**lineage, name: i}
-            node = TaskNode(f"{name}-{len(own) + 1}", name, config, None, combo, lineage, shape)
-            for pred in combo:
-                pred.successors.append(node)
-            own.append(node)
-    return own
+    return _instances(name, configs, combos, keep_lineage, shape, hashed=False)
 
 
-def _hashed_instances(
+def _instances(
     name: str,
     configs: list[dict[str, Any]],
     combos: list[tuple[tuple[TaskNode, ...], Mapping[str, int]]],
     keep_lineage: bool,
     shape: _Shape,
+    *,
+    hashed: bool = True,
 ) -> list[TaskNode]:
-    """The instances of any other grid, each hashed as it is made (the check
-    that no two are the same instance needs the digests)."""
-    hashers = [node_hasher(name, [(p.task, p.config_hash) for p in c]) for c, _ in combos]
+    """Every (config, predecessor combination) instance, node by node. ``hashed``: each is
+    hashed as it is made, as the instances of any grid but a flat one must be (the check that
+    no two are the same instance needs the digests); a flat grid's are hashed when read."""
+    hashers = (
+        [node_hasher(name, [(p.task, p.config_hash) for p in c]) for c, _ in combos]
+        if hashed
+        else None
+    )
     multi = len(configs) > 1
     seen: set[str] = set()
     prefix = shape.prefix
     own: list[TaskNode] = []
     for i, config in enumerate(configs):
-        encoded = encoded_config(name, _identity(config, prefix))
-        for (combo, lineage), hasher in zip(combos, hashers, strict=True):
-            digest = hasher(encoded)
-            if digest in seen:
-                raise FlowError(
-                    f"task {name!r} expands to the same instance twice (config {config!r}); "
-                    "remove the repeated alternative"
-                )
-            seen.add(digest)
+        encoded = encoded_config(name, _identity(config, prefix)) if hashers is not None else ""
+        for j, (combo, lineage) in enumerate(combos):
+            digest: str | None = None
+            if hashers is not None:
+                digest = hashers[j](encoded)
+                if digest in seen:
+                    raise FlowError(
+                        f"task {name!r} expands to the same instance twice (config {config!r}); "
+                        "remove the repeated alternative"
+                    )
+                seen.add(digest)
             if not keep_lineage:
                 lineage = _NO_LINEAGE
             elif multi:
@@ -541,7 +539,7 @@ def _build(flow: Flow) -> Graph:
             own = _lazy_instances(name, flat, combos, keep_lineage, shape)
         else:
             configs = expand_config(spec.config, spec.expand, flow.group_prefix)
-            own = _hashed_instances(name, configs, combos, keep_lineage, shape)
+            own = _instances(name, configs, combos, keep_lineage, shape)
         instances[name] = own
         nodes.extend(own)
     return Graph(flow, nodes, specs, bindings)
