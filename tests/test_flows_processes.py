@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import anyio
 import pytest
+from killing import sigkill_when
 
 import aioflows as af
 
@@ -56,16 +55,8 @@ def executions(log: Path) -> list[str]:
 
 def run_until_killed(script: Path, store: Path, log: Path) -> None:
     proc = subprocess.Popen([sys.executable, str(script), str(store), str(log), "0.05"])
-    try:
-        deadline = time.monotonic() + 60
-        while len(executions(log)) < 6:  # a few steps done, others running or pending
-            assert proc.poll() is None, "the flow ended before it could be killed"
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-    assert proc.returncode == -signal.SIGKILL
+    # A few steps done, others running or pending.
+    sigkill_when(proc, lambda: len(executions(log)) >= 6, "the flow")
 
 
 async def test_a_flow_killed_mid_run_resumes_where_it_stopped(tmp_path: Path) -> None:

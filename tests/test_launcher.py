@@ -6,11 +6,9 @@ import enum
 import io
 import json
 import re
-import signal
 import subprocess
 import sys
 import textwrap
-import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
@@ -21,6 +19,7 @@ import anyio
 import anyio.lowlevel
 import httpx
 import pytest
+from killing import sigkill_when
 from local_server import ServerState, serve
 
 import aioflows as af
@@ -321,16 +320,11 @@ def kill_mid_run(script: Path, output: Path) -> None:
     """Start the launcher and SIGKILL it once it has added some 40 kB of records."""
     start = output.stat().st_size if output.exists() else 0
     proc = subprocess.Popen([sys.executable, str(script), str(output)])
-    try:
-        deadline = time.monotonic() + 60
-        while not output.exists() or output.stat().st_size < start + 40_000:
-            assert proc.poll() is None, "the launcher finished before it could be killed"
-            assert time.monotonic() < deadline
-            time.sleep(0.005)
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-    assert proc.returncode == -signal.SIGKILL
+    sigkill_when(
+        proc,
+        lambda: output.exists() and output.stat().st_size >= start + 40_000,
+        "the launcher",
+    )
 
 
 def test_kill_9_then_restart_writes_every_pair_exactly_once(tmp_path: Path) -> None:

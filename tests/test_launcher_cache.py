@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import signal
 import subprocess
 import sys
 import textwrap
@@ -17,6 +16,7 @@ from typing import Any, cast
 
 import anyio
 import pytest
+from killing import sigkill_when
 from redis_server import RedisServer
 
 import aioflows as af
@@ -383,17 +383,8 @@ def test_kill_9_mid_run_then_resume_writes_each_pair_once(tmp_path: Path) -> Non
     assert run(a, 0, 200).returncode == 0  # A: items 0-199
     args = [sys.executable, str(script), str(b), str(cache), "100", "400"]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 60
-        # The 100 hits come at once; kill B once some of its own calls are written too.
-        while not b.exists() or b.read_bytes().count(b"\n") < 130:
-            assert proc.poll() is None, "B finished before it could be killed"
-            assert time.monotonic() < deadline
-            time.sleep(0.005)
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-    assert proc.returncode == -signal.SIGKILL
+    # The 100 hits come at once; kill B once some of its own calls are written too.
+    sigkill_when(proc, lambda: b.exists() and b.read_bytes().count(b"\n") >= 130, "B")
     done = run(b, 100, 400)  # the resume
     assert done.returncode == 0, done.stderr
     records = read(b)
